@@ -1,0 +1,602 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: pooled_ssh
+short_description: Run tasks over Paramiko SSH transports kept in a per-controller pool
+description:
+  - Runs tasks over SSH with Paramiko, like the C(paramiko_ssh) connection that ansible-core 2.21 removed,
+    but keeps the authenticated transports in a small pool daemon on the controller, so a playbook (and the
+    next playbook, while the pool is warm) pays one SSH handshake per host instead of one per task.
+  - Ansible forks a worker for every task; the workers reach the daemon over a UNIX socket in O(pool_dir),
+    a directory only its owner can enter. The first worker that needs the daemon starts it; it exits by itself
+    after holding nothing for O(daemon_idle_timeout) seconds.
+  - Accepts the options, variables, environment variables and C(ansible.cfg) keys of C(paramiko_ssh), so switching
+    is one line, C(ansible_connection=healer.pooled_ssh.pooled_ssh).
+  - The short name C(ansible_connection=pooled_ssh) works when this plugin's directory is on
+    C(connection_plugins) (a play's C(collections) keyword does not apply to connection plugins), for example
+    C(ANSIBLE_CONNECTION_PLUGINS=~/.ansible/collections/ansible_collections/healer/pooled_ssh/plugins/connection).
+author: healer.pooled_ssh maintainers
+version_added: 0.1.0
+requirements:
+  - paramiko >= 3.4.0 on the controller
+extends_documentation_fragment:
+  - healer.pooled_ssh.pool
+options:
+  inventory_name:
+    description:
+      - The inventory host name the pool keys transports on, with O(port) and O(remote_user).
+      - Set by Ansible from C(inventory_hostname); there is no reason to set it.
+    type: string
+    vars:
+      - name: inventory_hostname
+  remote_addr:
+    description: Address of the remote target.
+    default: inventory_hostname
+    type: string
+    vars:
+      - name: inventory_hostname
+      - name: ansible_host
+      - name: ansible_ssh_host
+      - name: ansible_paramiko_host
+      - name: ansible_pooled_ssh_host
+  port:
+    description: Remote port to connect to.
+    type: int
+    default: 22
+    ini:
+      - section: defaults
+        key: remote_port
+      - section: paramiko_connection
+        key: remote_port
+      - section: pooled_ssh_connection
+        key: remote_port
+    env:
+      - name: ANSIBLE_REMOTE_PORT
+      - name: ANSIBLE_REMOTE_PARAMIKO_PORT
+      - name: ANSIBLE_POOLED_SSH_PORT
+    vars:
+      - name: ansible_port
+      - name: ansible_ssh_port
+      - name: ansible_paramiko_port
+      - name: ansible_pooled_ssh_port
+    keyword:
+      - name: port
+  remote_user:
+    description:
+      - User to log in as. Can be set from the CLI with C(--user) or C(-u).
+      - Defaults to the user running Ansible.
+    type: string
+    vars:
+      - name: ansible_user
+      - name: ansible_ssh_user
+      - name: ansible_paramiko_user
+      - name: ansible_pooled_ssh_user
+    env:
+      - name: ANSIBLE_REMOTE_USER
+      - name: ANSIBLE_PARAMIKO_REMOTE_USER
+      - name: ANSIBLE_POOLED_SSH_REMOTE_USER
+    ini:
+      - section: defaults
+        key: remote_user
+      - section: paramiko_connection
+        key: remote_user
+      - section: pooled_ssh_connection
+        key: remote_user
+    keyword:
+      - name: remote_user
+  password:
+    description:
+      - Password to log in with; also the passphrase of an encrypted private key when O(private_key_passphrase) is unset.
+      - Can be set from the CLI with C(--ask-pass).
+      - When set, ssh-agent keys are not offered (as with C(paramiko_ssh)).
+    type: string
+    vars:
+      - name: ansible_password
+      - name: ansible_ssh_pass
+      - name: ansible_ssh_password
+      - name: ansible_paramiko_pass
+      - name: ansible_paramiko_password
+      - name: ansible_pooled_ssh_password
+  private_key_file:
+    description: Path to the private key to log in with. Offered before any other key.
+    type: string
+    ini:
+      - section: defaults
+        key: private_key_file
+      - section: paramiko_connection
+        key: private_key_file
+      - section: pooled_ssh_connection
+        key: private_key_file
+    env:
+      - name: ANSIBLE_PRIVATE_KEY_FILE
+      - name: ANSIBLE_PARAMIKO_PRIVATE_KEY_FILE
+      - name: ANSIBLE_POOLED_SSH_PRIVATE_KEY_FILE
+    vars:
+      - name: ansible_private_key_file
+      - name: ansible_ssh_private_key_file
+      - name: ansible_paramiko_private_key_file
+      - name: ansible_pooled_ssh_private_key_file
+    cli:
+      - name: private_key_file
+        option: '--private-key'
+  private_key_passphrase:
+    description: Passphrase of an encrypted O(private_key_file). Defaults to O(password).
+    type: string
+    env:
+      - name: ANSIBLE_POOLED_SSH_PRIVATE_KEY_PASSPHRASE
+    vars:
+      - name: ansible_pooled_ssh_private_key_passphrase
+  look_for_keys:
+    description: Offer the default keys in C(~/.ssh/) (C(id_ed25519), C(id_ecdsa), C(id_rsa)) when no O(private_key_file) is set.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PARAMIKO_LOOK_FOR_KEYS
+      - name: ANSIBLE_POOLED_SSH_LOOK_FOR_KEYS
+    ini:
+      - section: paramiko_connection
+        key: look_for_keys
+      - section: pooled_ssh_connection
+        key: look_for_keys
+    vars:
+      - name: ansible_pooled_ssh_look_for_keys
+  host_key_checking:
+    description:
+      - Verify the server's host key against O(known_hosts_file) and C(/etc/ssh/ssh_known_hosts) before any
+        credential is sent. An unknown key is refused (unless O(host_key_auto_add)); a changed key is always refused.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_HOST_KEY_CHECKING
+      - name: ANSIBLE_SSH_HOST_KEY_CHECKING
+      - name: ANSIBLE_PARAMIKO_HOST_KEY_CHECKING
+      - name: ANSIBLE_POOLED_SSH_HOST_KEY_CHECKING
+    ini:
+      - section: defaults
+        key: host_key_checking
+      - section: paramiko_connection
+        key: host_key_checking
+      - section: pooled_ssh_connection
+        key: host_key_checking
+    vars:
+      - name: ansible_host_key_checking
+      - name: ansible_ssh_host_key_checking
+      - name: ansible_paramiko_host_key_checking
+      - name: ansible_pooled_ssh_host_key_checking
+  host_key_auto_add:
+    description: Accept the key of a host that is not in known_hosts yet (and record it, see O(record_host_keys)).
+    type: boolean
+    default: false
+    env:
+      - name: ANSIBLE_PARAMIKO_HOST_KEY_AUTO_ADD
+      - name: ANSIBLE_POOLED_SSH_HOST_KEY_AUTO_ADD
+    ini:
+      - section: paramiko_connection
+        key: host_key_auto_add
+      - section: pooled_ssh_connection
+        key: host_key_auto_add
+    vars:
+      - name: ansible_pooled_ssh_host_key_auto_add
+  record_host_keys:
+    description: Append host keys accepted through O(host_key_auto_add) to O(known_hosts_file), once, under a lock.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PARAMIKO_RECORD_HOST_KEYS
+      - name: ANSIBLE_POOLED_SSH_RECORD_HOST_KEYS
+    ini:
+      - section: paramiko_connection
+        key: record_host_keys
+      - section: pooled_ssh_connection
+        key: record_host_keys
+    vars:
+      - name: ansible_pooled_ssh_record_host_keys
+  known_hosts_file:
+    description: The user's known_hosts file.
+    type: path
+    default: ~/.ssh/known_hosts
+    env:
+      - name: ANSIBLE_POOLED_SSH_KNOWN_HOSTS_FILE
+    ini:
+      - section: pooled_ssh_connection
+        key: known_hosts_file
+    vars:
+      - name: ansible_pooled_ssh_known_hosts_file
+  proxy_command:
+    description:
+      - A command whose standard input and output carry the SSH connection, as OpenSSH's C(ProxyCommand);
+        C(%h), C(%p) and C(%r) become the address, port and user.
+    type: string
+    default: ''
+    env:
+      - name: ANSIBLE_PARAMIKO_PROXY_COMMAND
+      - name: ANSIBLE_POOLED_SSH_PROXY_COMMAND
+    ini:
+      - section: paramiko_connection
+        key: proxy_command
+      - section: pooled_ssh_connection
+        key: proxy_command
+    vars:
+      - name: ansible_paramiko_proxy_command
+      - name: ansible_pooled_ssh_proxy_command
+  pty:
+    description:
+      - Request a pseudo-terminal for commands that may escalate privileges (C(sudo) may require one),
+        except when module data goes over standard input (pipelining), as the C(ssh) connection does.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PARAMIKO_PTY
+      - name: ANSIBLE_POOLED_SSH_PTY
+    ini:
+      - section: paramiko_connection
+        key: pty
+      - section: pooled_ssh_connection
+        key: pty
+    vars:
+      - name: ansible_pooled_ssh_pty
+  pipelining:
+    description:
+      - Send modules over standard input instead of copying them to a temporary file first. Saves a file
+        transfer and several commands per task; on by default.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PIPELINING
+      - name: ANSIBLE_POOLED_SSH_PIPELINING
+    ini:
+      - section: defaults
+        key: pipelining
+      - section: pooled_ssh_connection
+        key: pipelining
+    vars:
+      - name: ansible_pipelining
+      - name: ansible_pooled_ssh_pipelining
+  banner_timeout:
+    description: Seconds to wait for the server's SSH banner.
+    type: float
+    default: 30
+    env:
+      - name: ANSIBLE_PARAMIKO_BANNER_TIMEOUT
+      - name: ANSIBLE_POOLED_SSH_BANNER_TIMEOUT
+    ini:
+      - section: paramiko_connection
+        key: banner_timeout
+      - section: pooled_ssh_connection
+        key: banner_timeout
+    vars:
+      - name: ansible_pooled_ssh_banner_timeout
+  timeout:
+    description:
+      - Seconds allowed for opening a new transport (TCP connect, negotiation and authentication each).
+      - Default 10; the origin's C(SSH_POOL_CONNECTION_TIMEOUT_MS) (O(timeout_ms)) applies when this is unset.
+    type: int
+    ini:
+      - section: defaults
+        key: timeout
+      - section: ssh_connection
+        key: timeout
+      - section: paramiko_connection
+        key: timeout
+      - section: pooled_ssh_connection
+        key: timeout
+    env:
+      - name: ANSIBLE_TIMEOUT
+      - name: ANSIBLE_SSH_TIMEOUT
+      - name: ANSIBLE_PARAMIKO_TIMEOUT
+      - name: ANSIBLE_POOLED_SSH_TIMEOUT
+    vars:
+      - name: ansible_ssh_timeout
+      - name: ansible_paramiko_timeout
+      - name: ansible_pooled_ssh_timeout
+    cli:
+      - name: timeout
+  timeout_ms:
+    description: O(timeout) in milliseconds, under the origin's name. Used only when O(timeout) is unset.
+    type: float
+    env:
+      - name: SSH_POOL_CONNECTION_TIMEOUT_MS
+  use_rsa_sha2_algorithms:
+    description: Offer the RSA SHA-2 algorithms for host keys and public keys. Turn off only for very old servers.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PARAMIKO_USE_RSA_SHA2_ALGORITHMS
+      - name: ANSIBLE_POOLED_SSH_USE_RSA_SHA2_ALGORITHMS
+    ini:
+      - section: paramiko_connection
+        key: use_rsa_sha2_algorithms
+      - section: pooled_ssh_connection
+        key: use_rsa_sha2_algorithms
+    vars:
+      - name: ansible_paramiko_use_rsa_sha2_algorithms
+      - name: ansible_pooled_ssh_use_rsa_sha2_algorithms
+  max_auth_attempts:
+    description:
+      - How many keys and passwords may be offered in all when opening a transport. Each failed offer counts
+        against sshd's C(MaxAuthTries) and fail2ban's C(maxretry), and nothing is retried.
+    type: int
+    default: 3
+    env:
+      - name: ANSIBLE_POOLED_SSH_MAX_AUTH_ATTEMPTS
+    ini:
+      - section: pooled_ssh_connection
+        key: max_auth_attempts
+    vars:
+      - name: ansible_pooled_ssh_max_auth_attempts
+  max_handshakes_per_address:
+    description:
+      - At most this many handshakes run at once to one server address and port, however many inventory hosts
+        and forks point there, so a fleet of forks never trips sshd's C(MaxStartups). Handshakes the server drops
+        before its banner are retried with jittered backoff within O(timeout), and the limit drops to what the
+        server accepted.
+    type: int
+    default: 6
+    env:
+      - name: ANSIBLE_POOLED_SSH_MAX_HANDSHAKES_PER_ADDRESS
+    ini:
+      - section: pooled_ssh_connection
+        key: max_handshakes_per_address
+    vars:
+      - name: ansible_pooled_ssh_max_handshakes_per_address
+  command_timeout:
+    description:
+      - Seconds a command may run before the task fails with "did not finish". C(0) means no limit
+        (a dead connection is still detected by keepalives).
+    type: float
+    default: 0
+    env:
+      - name: ANSIBLE_POOLED_SSH_COMMAND_TIMEOUT
+    ini:
+      - section: pooled_ssh_connection
+        key: command_timeout
+    vars:
+      - name: ansible_pooled_ssh_command_timeout
+notes:
+  - The pool keys transports on inventory host, port and user, plus a fingerprint of the credentials and the
+    address; a transport authenticated with one password or key is never used for a request with another.
+  - C(meta) C(reset_connection) closes the host's pooled transports.
+  - See the collection's docs for the statistics command, tuning and troubleshooting.
+"""
+
+EXAMPLES = r"""
+# inventory.ini: switch from paramiko_ssh (or ssh) with one variable
+# [web]
+# web1 ansible_host=192.0.2.10
+# [all:vars]
+# ansible_connection=healer.pooled_ssh.pooled_ssh
+
+# ansible.cfg: make the short name work and tune the pool
+# [defaults]
+# connection_plugins = ~/.ansible/collections/ansible_collections/healer/pooled_ssh/plugins/connection
+# [pooled_ssh_connection]
+# max_connections = 5
+# idle_timeout = 300
+
+- name: Use the pool for one play
+  hosts: web
+  vars:
+    ansible_connection: healer.pooled_ssh.pooled_ssh
+    ansible_pooled_ssh_idle_timeout: 120
+  tasks:
+    - name: Runs over a pooled transport
+      ansible.builtin.command: uptime
+"""
+
+import os
+
+from ansible.errors import AnsibleAuthenticationFailure, AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_bytes, to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
+try:
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
+        PoolClient,
+        PoolFailure,
+        PoolUnavailable,
+        pool_dir_path,
+    )
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import (
+        OptionError,
+        connection_spec,
+        daemon_settings,
+        pool_settings,
+    )
+except ImportError as e:  # pragma: no cover - reported on use, not at load
+    IMPORT_ERROR: Exception | None = e
+else:
+    IMPORT_ERROR = None
+
+display = Display()
+
+#: Kinds of daemon errors that mean "this host cannot be reached" (UNREACHABLE), not "this task failed".
+UNREACHABLE_KINDS = {"connect", "hostkey", "exhausted", "unknown_outcome", "daemon_lost", "timeout", "shutdown",
+                     "protocol"}
+
+
+class Connection(ConnectionBase):
+    """SSH over Paramiko transports held by the controller's pool daemon."""
+
+    transport = "healer.pooled_ssh.pooled_ssh"
+    has_pipelining = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: PoolClient | None = None
+        self._spec: dict | None = None
+        self._pool: dict | None = None
+
+    # -- helpers -----------------------------------------------------------------
+
+    @property
+    def _host(self) -> str:
+        return str(self.get_option("inventory_name") or self.get_option("remote_addr"))
+
+    def _request(self) -> dict:
+        if IMPORT_ERROR is not None:
+            raise AnsibleError(f"pooled_ssh cannot load its controller code: {IMPORT_ERROR}") from IMPORT_ERROR
+        try:
+            if self._spec is None:
+                self._spec = connection_spec(self.get_option, self._host)
+                self._pool = pool_settings(self.get_option)
+        except OptionError as e:
+            raise AnsibleError(f"pooled_ssh option for {self._host}: {e}") from None
+        return {"conn": self._spec, "pool": self._pool}
+
+    def _new_client(self, spawn: bool = True) -> PoolClient:
+        pool_dir, idle_exit = daemon_settings(self.get_option)
+        return PoolClient(pool_dir_path(pool_dir), idle_exit=idle_exit, spawn=spawn)
+
+    def _where(self) -> str:
+        spec = self._spec or {}
+        return f"{spec.get('addr', self._host)}:{spec.get('port', '?')}"
+
+    def _failure(self, e: Exception) -> Exception:
+        """Map a pool error to what Ansible reports: UNREACHABLE for the host, or a failed task."""
+        if isinstance(e, PoolUnavailable):
+            return AnsibleConnectionFailure(f"pooled_ssh: {e}")
+        assert isinstance(e, PoolFailure)
+        if e.kind == "auth":
+            return AnsibleAuthenticationFailure(str(e))
+        if e.kind in UNREACHABLE_KINDS:
+            return AnsibleConnectionFailure(str(e))
+        return AnsibleError(str(e))
+
+    # -- ConnectionBase ----------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        if not self._connected:
+            request = self._request()
+            spec = request["conn"]
+            display.vvv(f"ESTABLISH POOLED SSH CONNECTION FOR USER: {spec['user']} on PORT {spec['port']} "
+                        f"TO {spec['addr']}", host=self._host)
+            self._client = self._new_client()
+            self._connected = True
+        return self
+
+    def is_pipelining_enabled(self, wrap_async: bool = False) -> bool:
+        return bool(self.has_pipelining and self.get_option("pipelining")
+                    and (not self.become or self.become.pipelining) and not wrap_async)
+
+    def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        self._connect()
+        assert self._client is not None
+        display.vvv(f"EXEC {cmd}", host=self._host)
+        become = self.become if sudoable else None
+        awaiting_prompt = bool(become and become.expect_prompt())
+        awaiting_success = bool(become and become.success)
+        message = dict(self._request(), cmd=cmd, command_timeout=self.get_option("command_timeout"),
+                       pty=bool(self.get_option("pty") and sudoable and not in_data))
+        ready = not (awaiting_prompt or awaiting_success)
+        stdin = in_data or b""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        pending = b""
+        rc = -1
+        try:
+            stream = self._client.exec_stream(message, stdin if ready else b"", eof=ready)
+            for kind, data in stream:
+                if kind == "started":
+                    display.vvvv(f"POOL {'HIT' if data['hit'] else 'MISS'} transport={data['transport']} "
+                                 f"waited={data['waited']}s", host=self._host)
+                elif kind == "exit":
+                    rc = data
+                elif ready:
+                    (out if kind == "out" else err).append(data)
+                else:
+                    pending += data
+                    pending, awaiting_prompt, ready = self._examine_become(pending, awaiting_prompt, become)
+                    if ready:
+                        if pending:
+                            out.append(pending)
+                            pending = b""
+                        self._client.send_stdin(stdin, eof=True)
+        except (PoolFailure, PoolUnavailable) as e:
+            raise self._failure(e) from None
+        except AnsibleError:
+            # Leave the command's channel to the daemon to close: it sees us go.
+            self._client.close()
+            raise
+        if not ready and pending:
+            if become is not None and become.check_missing_password(pending):
+                raise AnsibleError(f"Missing {become.name} password")
+            out.append(pending)
+        return rc, b"".join(out), b"".join(err)
+
+    def _examine_become(self, pending: bytes, awaiting_prompt: bool, become) -> tuple[bytes, bool, bool]:
+        """The ssh plugin's escalation state machine: prompt, then success marker, then module data."""
+        if awaiting_prompt and become.check_password_prompt(pending):
+            password = become.get_option("become_pass")
+            if not password:
+                raise AnsibleError(f"Missing {become.name} password")
+            display.debug("pooled_ssh: sending become password")
+            self._client.send_stdin(to_bytes(password, errors="surrogate_or_strict") + b"\n")
+            return b"", False, False
+        if become.check_incorrect_password(pending) or (not awaiting_prompt and become.prompt
+                                                        and become.check_password_prompt(pending)):
+            raise AnsibleError(f"Incorrect {become.name} password")
+        if become.check_missing_password(pending):
+            raise AnsibleError(f"Missing {become.name} password")
+        if become.success:
+            lines = pending.splitlines(True)
+            for index, line in enumerate(lines):
+                if line.endswith(b"\n") and become.check_success(line):
+                    return b"".join(lines[index + 1 :]), awaiting_prompt, True
+        elif not awaiting_prompt:
+            return pending, False, True
+        return pending, awaiting_prompt, False
+
+    def put_file(self, in_path: str, out_path: str) -> None:
+        super().put_file(in_path, out_path)
+        self._connect()
+        display.vvv(f"PUT {in_path} TO {out_path}", host=self._host)
+        local = os.path.abspath(to_text(in_path, errors="surrogate_or_strict"))
+        if not os.path.exists(local):
+            raise AnsibleFileNotFound(f"file or module does not exist: {in_path}")
+        self._transfer("put", local, to_text(out_path, errors="surrogate_or_strict"))
+
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        super().fetch_file(in_path, out_path)
+        self._connect()
+        display.vvv(f"FETCH {in_path} TO {out_path}", host=self._host)
+        local = os.path.abspath(to_text(out_path, errors="surrogate_or_strict"))
+        self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"))
+
+    def _transfer(self, op: str, local: str, remote: str) -> None:
+        assert self._client is not None
+        try:
+            reply = self._client.call(dict(self._request(), op=op, local=local, remote=remote))
+        except (PoolFailure, PoolUnavailable) as e:
+            raise self._failure(e) from None
+        display.vvvv(f"POOL {'HIT' if reply.get('hit') else 'MISS'} transport={reply.get('transport')}",
+                     host=self._host)
+
+    def reset(self) -> None:
+        """Close this host's pooled transports (``meta: reset_connection``, reboot, wait_for_connection).
+
+        Runs on a fresh, never-connected instance too, so it works from the options alone
+        and never starts a daemon just to find it empty.
+        """
+        client = self._client if self._client is not None else self._new_client(spawn=False)
+        try:
+            spec = self._request()["conn"]
+            reply = client.call({"op": "evict", "host": spec["host"], "port": spec["port"], "user": spec["user"]})
+            display.vvv(f"RESET closed {reply.get('closed', 0)} pooled transport(s)", host=self._host)
+        except PoolUnavailable:
+            display.vvv("RESET no pool daemon running", host=self._host)
+        except PoolFailure as e:
+            raise self._failure(e) from None
+        finally:
+            if client is not self._client:
+                client.close()
+
+    def close(self) -> None:
+        """Release the worker's link to the pool; the transports stay pooled."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._connected = False
+

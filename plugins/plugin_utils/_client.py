@@ -1,0 +1,271 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Worker side of the pool: find the daemon (starting it if needed) and talk to it.
+
+Used by the connection plugin, the CLI and the ``pool_info`` module. Does not import
+Ansible, so that the command line works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+from . import _protocol as proto
+
+#: Where the pool lives unless configured otherwise.
+DEFAULT_POOL_DIR = "~/.ansible/pooled_ssh"
+SPAWN_LOCK = "spawn.lock"
+#: Longest time we wait for a daemon we started to accept connections.
+SPAWN_TIMEOUT = 20.0
+#: Longest path a UNIX socket address can hold on Linux (108 bytes with the NUL).
+MAX_SOCKET_PATH = 107
+
+# Launches the daemon in a fresh interpreter: the plugin_utils directory is imported as a
+# package under a private name, whatever the collection's install layout is.
+_BOOT = (
+    "import importlib, importlib.machinery, importlib.util, sys\n"
+    "d = sys.argv[1]\n"
+    "spec = importlib.machinery.ModuleSpec('_pooled_ssh_pool', None, is_package=True)\n"
+    "spec.submodule_search_locations = [d]\n"
+    "m = importlib.util.module_from_spec(spec)\n"
+    "sys.modules['_pooled_ssh_pool'] = m\n"
+    "sys.exit(importlib.import_module('_pooled_ssh_pool._daemon').main(sys.argv[2:]))\n"
+)
+
+
+class PoolUnavailable(Exception):
+    """The daemon cannot be reached or started; the message says why and what to do."""
+
+
+class PoolFailure(Exception):
+    """The daemon reported an error for one request."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def pool_dir_path(configured: Optional[str]) -> str:
+    return os.path.abspath(os.path.expanduser(configured or DEFAULT_POOL_DIR))
+
+
+def prepare_pool_dir(path: str) -> None:
+    """Create the directory 0700, or refuse one that others could enter."""
+    if not os.path.exists(path):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise PoolUnavailable(f"pool directory {path} is not a directory: remove it or set pool_dir")
+    if st.st_uid != os.getuid():
+        raise PoolUnavailable(f"pool directory {path} is owned by uid {st.st_uid}, not you ({os.getuid()}): "
+                              "set pool_dir to a directory of your own")
+    if st.st_mode & 0o077:
+        raise PoolUnavailable(f"pool directory {path} has mode {st.st_mode & 0o777:04o}, which lets others in: "
+                              f"run 'chmod 700 {path}' or set pool_dir")
+
+
+def socket_path(pool_dir: str) -> str:
+    path = os.path.join(pool_dir, proto.socket_name())
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise PoolUnavailable(f"pool socket path {path} is longer than {MAX_SOCKET_PATH} bytes: "
+                              "set pool_dir to a shorter directory")
+    return path
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _plugin_utils_dir() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
+                 python: Optional[str] = None) -> subprocess.Popen:
+    """Start a daemon detached from the caller (own session, no inherited descriptors)."""
+    stderr_path = os.path.join(pool_dir, "daemon.stderr")
+    with open(stderr_path, "ab") as err:
+        return subprocess.Popen(
+            [python or sys.executable, "-c", _BOOT, _plugin_utils_dir(), "--dir", pool_dir,
+             "--idle-exit", str(idle_exit), "--log-level", log_level],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            cwd="/", close_fds=True, start_new_session=True,
+        )
+
+
+def _tail(path: str, lines: int = 3) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(line.strip() for line in f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "info",
+                     spawn: bool = True) -> socket.socket:
+    """Return a socket connected to the pool daemon, starting one if none answers.
+
+    Many forks may arrive at once: they serialise on a lock file, and only the first
+    finds no daemon and starts one. A socket left by a killed daemon refuses connections
+    and is replaced by the new daemon.
+    """
+    prepare_pool_dir(pool_dir)
+    path = socket_path(pool_dir)
+    try:
+        return _connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not spawn:
+            raise PoolUnavailable(f"no pool daemon is running for {pool_dir}") from None
+    with open(os.path.join(pool_dir, SPAWN_LOCK), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                return _connect(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            proc = spawn_daemon(pool_dir, idle_exit, log_level)
+            deadline = time.monotonic() + SPAWN_TIMEOUT
+            delay = 0.005
+            while True:
+                try:
+                    return _connect(path)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    pass
+                if proc.poll() is not None:
+                    # It lost a race to a daemon that is now answering, or it failed.
+                    try:
+                        return _connect(path)
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        detail = _tail(os.path.join(pool_dir, "daemon.stderr")) or _tail(
+                            os.path.join(pool_dir, "daemon.log"))
+                        raise PoolUnavailable(f"the pool daemon exited with status {proc.returncode} at start: "
+                                              f"{detail or 'no log'}; see {pool_dir}/daemon.log") from None
+                if time.monotonic() > deadline:
+                    raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
+                                          f"see {pool_dir}/daemon.log")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class PoolClient:
+    """One worker's conversation with the daemon, over one socket reused for every request."""
+
+    def __init__(self, pool_dir: str, idle_exit: float = 60.0, log_level: str = "info", spawn: bool = True) -> None:
+        self.pool_dir = pool_dir
+        self.idle_exit = idle_exit
+        self.log_level = log_level
+        self.spawn = spawn
+        self._sock: Optional[socket.socket] = None
+        self._pid = 0
+        self.daemon_pid: Optional[int] = None
+
+    def _socket(self) -> socket.socket:
+        # A socket inherited across fork() is shared with the parent: open our own.
+        if self._sock is None or self._pid != os.getpid():
+            sock = connect_or_spawn(self.pool_dir, self.idle_exit, self.log_level, self.spawn)
+            try:
+                proto.send_frame(sock, {"op": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
+                reply, _ = proto.recv_frame(sock)
+            except (OSError, proto.ProtocolError) as e:
+                sock.close()
+                raise PoolUnavailable(f"the pool daemon in {self.pool_dir} did not answer ({e}); "
+                                      "it may be of another version: stop it with the 'stop' command") from None
+            if reply.get("t") != "hello":
+                sock.close()
+                raise PoolUnavailable(f"the pool daemon refused us: {reply.get('msg')}")
+            self.daemon_pid = reply.get("pid")
+            self._sock, self._pid = sock, os.getpid()
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        self._sock = None
+
+    def call(self, message: Dict[str, Any], payload: bytes = b"") -> Dict[str, Any]:
+        """Send one request and return its single reply (raising on an error reply)."""
+        sock = self._send(message, payload)
+        reply, _ = self._recv(sock)
+        if reply.get("t") == "error":
+            raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
+        return reply
+
+    def _send(self, message: Dict[str, Any], payload: bytes = b"") -> socket.socket:
+        """Send a request; a daemon that died since our last request is restarted once."""
+        for attempt in (1, 2):
+            sock = self._socket()
+            try:
+                proto.send_frame(sock, message, payload)
+                return sock
+            except OSError:
+                self.close()
+                if attempt == 2:
+                    raise PoolUnavailable(f"lost the pool daemon in {self.pool_dir}") from None
+        raise AssertionError("unreachable")
+
+    def _recv(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
+        try:
+            return proto.recv_frame(sock)
+        except (OSError, proto.ProtocolError) as e:
+            self.close()
+            raise PoolFailure("daemon_lost", f"the pool daemon went away mid-request ({e}); "
+                              "the operation's outcome is unknown") from None
+
+    def exec_stream(self, message: Dict[str, Any], stdin: bytes = b"", eof: bool = True) -> Iterator[Tuple[str, Any]]:
+        """Run a command; yield ("started", info), ("out"|"err", bytes), then ("exit", rc).
+
+        The caller may send more input with :meth:`send_stdin` while iterating (become
+        prompts). Raises :class:`PoolFailure` for an error reply.
+        """
+        first = stdin[: proto.CHUNK]
+        rest = stdin[proto.CHUNK :]
+        sock = self._send(dict(message, op="exec", eof=eof and not rest), first)
+        while True:
+            reply, data = self._recv(sock)
+            kind = reply.get("t")
+            if kind == "started":
+                if rest:
+                    self.send_stdin(rest, eof=eof)
+                    rest = b""
+                yield "started", reply
+            elif kind in ("out", "err"):
+                yield kind, data
+            elif kind == "exit":
+                yield "exit", int(reply["rc"])
+                return
+            elif kind == "error":
+                raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
+            else:
+                self.close()
+                raise PoolFailure("protocol", f"unexpected reply {kind!r} from the pool daemon")
+
+    def send_stdin(self, data: bytes, eof: bool = False) -> None:
+        assert self._sock is not None
+        for start in range(0, len(data), proto.CHUNK):
+            proto.send_frame(self._sock, {"op": "stdin"}, data[start : start + proto.CHUNK])
+        if eof:
+            proto.send_frame(self._sock, {"op": "eof"})
+
+
+def daemon_module() -> Any:
+    """The daemon module under the name the plugin loader gave this package."""
+    return importlib.import_module(__name__.rsplit(".", 1)[0] + "._daemon")

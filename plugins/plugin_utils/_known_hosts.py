@@ -1,0 +1,181 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A tolerant reader and a safe writer for OpenSSH ``known_hosts`` files.
+
+Paramiko's ``HostKeys.load()`` raises on ``@cert-authority`` and ``@revoked`` lines and
+never matches wildcard patterns, so one unusual line would break every connection. We
+read the file ourselves, as OpenSSH does: hashed ``|1|`` names, ``[host]:port`` names,
+wildcards and negations, ``@revoked`` honoured, anything we cannot use skipped. Each
+entry remembers its file and line so that a changed key can be reported the way
+OpenSSH reports it.
+
+Pure Python (no Paramiko): keys are compared as base64 blobs.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class KnownHost:
+    path: str
+    lineno: int
+    patterns: str
+    keytype: str
+    key: str  # base64 blob
+    marker: str = ""  # "", "@revoked" or "@cert-authority"
+
+
+def host_name(addr: str, port: int) -> str:
+    """The name OpenSSH stores: ``host`` on port 22, ``[host]:port`` otherwise."""
+    addr = addr.lower()
+    return addr if port == 22 else f"[{addr}]:{port}"
+
+
+def fingerprint(key_b64: str) -> str:
+    """OpenSSH's ``SHA256:…`` fingerprint of a base64 key blob."""
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def parse(text: str, path: str = "<string>") -> List[KnownHost]:
+    entries = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        marker = ""
+        if fields[0].startswith("@"):
+            marker, fields = fields[0], fields[1:]
+        if len(fields) < 3:
+            continue
+        patterns, keytype, key = fields[0], fields[1], fields[2]
+        try:
+            base64.b64decode(key, validate=True)
+        except ValueError:
+            continue
+        entries.append(KnownHost(path, lineno, patterns, keytype, key, marker))
+    return entries
+
+
+def _match_hashed(pattern: str, name: str) -> bool:
+    try:
+        _, magic, salt, digest = pattern.split("|")
+        if magic != "1":
+            return False
+        mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()
+        return hmac.compare_digest(base64.b64encode(mac).decode(), digest)
+    except ValueError:
+        return False
+
+
+def _glob(pattern: str, name: str) -> bool:
+    """OpenSSH globs: only ``*`` and ``?`` are special (brackets are literal, as in ``[host]:port``)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name) is not None
+
+
+def matches(patterns: str, name: str) -> bool:
+    """OpenSSH pattern-list semantics: any positive match and no negated match."""
+    if patterns.startswith("|"):
+        return _match_hashed(patterns, name)
+    positive = False
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        if negated:
+            pattern = pattern[1:]
+        if _glob(pattern.lower(), name):
+            if negated:
+                return False
+            positive = True
+    return positive
+
+
+@dataclass
+class Verdict:
+    status: str  # "known", "unknown", "changed", "revoked"
+    entry: Optional[KnownHost] = None
+
+
+def verify(entries: Iterable[KnownHost], name: str, keytype: str, key: str) -> Verdict:
+    """Decide whether ``key`` (offered by the server as ``keytype``) is known for ``name``."""
+    mismatch: Optional[KnownHost] = None
+    known = False
+    for entry in entries:
+        if entry.marker == "@revoked":
+            if entry.key == key:
+                return Verdict("revoked", entry)
+            continue
+        if entry.marker or not matches(entry.patterns, name):
+            continue
+        if entry.key == key:
+            known = True
+        elif mismatch is None and _same_family(entry.keytype, keytype):
+            mismatch = entry
+    if known:
+        return Verdict("known")
+    if mismatch is not None:
+        return Verdict("changed", mismatch)
+    return Verdict("unknown")
+
+
+def _same_family(a: str, b: str) -> bool:
+    """rsa-sha2-* signatures use an ``ssh-rsa`` key."""
+    def family(t: str) -> str:
+        return "ssh-rsa" if t.startswith("rsa-sha2") else t
+    return family(a) == family(b)
+
+
+def known_types(entries: Iterable[KnownHost], name: str) -> List[str]:
+    """Key types we already know for ``name``, to prefer them in negotiation as OpenSSH does."""
+    return [e.keytype for e in entries if not e.marker and matches(e.patterns, name)]
+
+
+def load(paths: Sequence[str]) -> List[KnownHost]:
+    entries: List[KnownHost] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                entries.extend(parse(f.read(), path))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+    return entries
+
+
+def record(path: str, name: str, keytype: str, key: str) -> bool:
+    """Append ``name keytype key`` to ``path`` unless an entry already covers it.
+
+    Many forks may learn the same key at once: the check and the append happen under an
+    exclusive lock on a side file, and the line is written with one ``write`` in append
+    mode, so no line is lost or duplicated. Returns True when a line was written.
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    lock_path = os.path.join(directory, "." + os.path.basename(path) + ".lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if verify(load([path]), name, keytype, key).status == "known":
+                return False
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                prefix = b""
+                if size:
+                    with open(path, "rb") as f:
+                        f.seek(size - 1)
+                        prefix = b"" if f.read(1) == b"\n" else b"\n"
+                os.write(fd, prefix + f"{name} {keytype} {key}\n".encode())
+            finally:
+                os.close(fd)
+            return True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,137 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Turn the connection plugin's options into the request the daemon understands.
+
+Pure functions over a ``get_option`` callable, so they are unit-tested with plain dicts.
+Paths are expanded here, in the worker, because the daemon may have been started by a
+worker with another ``HOME`` or ``SSH_AUTH_SOCK``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+GetOption = Callable[[str], Any]
+
+SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
+DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+
+#: Pool timings in seconds, each with the origin's millisecond alias and its default.
+SECONDS_WITH_MS_ALIAS = {
+    "idle_timeout": 60.0,
+    "health_check_interval": 30.0,
+    "keepalive_interval": 10.0,
+    "timeout": 10.0,
+}
+
+
+class OptionError(ValueError):
+    """A malformed option; the message names it."""
+
+
+def seconds(get_option: GetOption, name: str) -> float:
+    """The option in seconds; its ``<name>_ms`` alias (the origin's unit) when it is unset."""
+    value = get_option(name)
+    if value is None:
+        ms = get_option(f"{name}_ms")
+        value = SECONDS_WITH_MS_ALIAS[name] if ms is None else float(ms) / 1000.0
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name}: expected a number of seconds, got {value!r}") from None
+    if value < 0:
+        raise OptionError(f"{name}: must not be negative, got {value:g}")
+    return value
+
+
+def _positive_int(get_option: GetOption, name: str) -> int:
+    value = get_option(name)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name}: expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise OptionError(f"{name}: must be at least 1, got {number}")
+    return number
+
+
+def pool_settings(get_option: GetOption) -> Dict[str, Any]:
+    return {
+        "max_connections": _positive_int(get_option, "max_connections"),
+        "max_channels": _positive_int(get_option, "max_channels"),
+        "idle_timeout": seconds(get_option, "idle_timeout"),
+        "wait_timeout": seconds_plain(get_option, "pool_wait_timeout"),
+        "health_checks": bool(get_option("health_checks")),
+        "health_check_interval": seconds(get_option, "health_check_interval"),
+        "keepalive_interval": seconds(get_option, "keepalive_interval"),
+        "keepalive_max_missed": _positive_int(get_option, "keepalive_max_missed"),
+    }
+
+
+def seconds_plain(get_option: GetOption, name: str) -> float:
+    value = get_option(name)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name}: expected a number of seconds, got {value!r}") from None
+    if number < 0:
+        raise OptionError(f"{name}: must not be negative, got {number:g}")
+    return number
+
+
+def connection_spec(get_option: GetOption, inventory_host: str,
+                    environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """What the daemon needs to open (or find) a transport for this host."""
+    environ = os.environ if environ is None else environ
+    addr = str(get_option("remote_addr") or inventory_host)
+    port = get_option("port") or 22
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise OptionError(f"port: expected a port number, got {port!r}") from None
+    if not 0 < port < 65536:
+        raise OptionError(f"port: {port} is not a valid port number")
+    user = get_option("remote_user") or _local_user(environ)
+    password = get_option("password")
+    key_file = get_option("private_key_file")
+    known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
+    proxy_command = get_option("proxy_command") or None
+    if proxy_command:
+        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
+            proxy_command = proxy_command.replace(token, value)
+    return {
+        "host": inventory_host,
+        "addr": addr,
+        "port": port,
+        "user": user,
+        "password": password,
+        "private_key_file": os.path.abspath(os.path.expanduser(key_file)) if key_file else None,
+        "private_key_passphrase": get_option("private_key_passphrase"),
+        "look_for_keys": bool(get_option("look_for_keys")),
+        "default_key_files": [os.path.expanduser(k) for k in DEFAULT_KEYS],
+        # As paramiko_ssh did: a password means "log in with the password", not with the agent.
+        "agent_socket": environ.get("SSH_AUTH_SOCK") if password is None else None,
+        "host_key_checking": bool(get_option("host_key_checking")),
+        "host_key_auto_add": bool(get_option("host_key_auto_add")),
+        "record_host_keys": bool(get_option("record_host_keys")),
+        "known_hosts_files": [known_hosts, *SYSTEM_KNOWN_HOSTS],
+        "timeout": seconds(get_option, "timeout"),
+        "banner_timeout": seconds_plain(get_option, "banner_timeout"),
+        "use_rsa_sha2_algorithms": bool(get_option("use_rsa_sha2_algorithms")),
+        "proxy_command": proxy_command,
+        "max_handshakes_per_address": _positive_int(get_option, "max_handshakes_per_address"),
+        "max_auth_attempts": _positive_int(get_option, "max_auth_attempts"),
+    }
+
+
+def _local_user(environ: Mapping[str, str]) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return environ.get("USER", "root")
+
+
+def daemon_settings(get_option: GetOption) -> Tuple[str, float]:
+    return str(get_option("pool_dir") or "~/.ansible/pooled_ssh"), seconds_plain(get_option, "daemon_idle_timeout")

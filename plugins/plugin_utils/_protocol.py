@@ -1,0 +1,128 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Wire format between Ansible workers and the pool daemon.
+
+A frame is a fixed header, a JSON object and an optional binary payload::
+
+    magic (4 bytes) | json length (uint32) | payload length (uint32) | json | payload
+
+JSON carries the request or reply, the payload carries command input and output
+so that bytes never need base64. Both parts are bounded, so a broken or hostile
+peer can make the reader fail but never make it allocate without limit. No
+pickle: the daemon holds authenticated sessions and must not execute what a
+peer sends it.
+
+This module is imported by both the daemon and the workers and must not import
+Ansible.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any, Dict, Optional, Tuple
+
+#: Bumped on any incompatible change. It is part of the socket's file name, so a
+#: worker never even reaches a daemon of another version.
+PROTOCOL_VERSION = 1
+MAGIC = b"HPS" + bytes([PROTOCOL_VERSION])
+HEADER = struct.Struct("!4sII")
+MAX_JSON = 256 * 1024
+MAX_PAYLOAD = 4 * 1024 * 1024
+#: Command input is split into frames of this size.
+CHUNK = 1024 * 1024
+
+Frame = Tuple[Dict[str, Any], bytes]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the socket (cleanly, or in the middle of a frame)."""
+
+
+def encode(message: Dict[str, Any], payload: bytes = b"") -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_JSON:
+        raise ProtocolError(f"message too large ({len(body)} bytes, limit {MAX_JSON})")
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload too large ({len(payload)} bytes, limit {MAX_PAYLOAD})")
+    return HEADER.pack(MAGIC, len(body), len(payload)) + body + payload
+
+
+def decode_header(header: bytes) -> Tuple[int, int]:
+    """Validate a header and return the lengths of its two parts."""
+    magic, json_len, payload_len = HEADER.unpack(header)
+    if magic != MAGIC:
+        if magic[:3] == MAGIC[:3]:
+            raise ProtocolError(f"protocol version {magic[3]} is not {PROTOCOL_VERSION}")
+        raise ProtocolError("bad magic: not a pooled_ssh frame")
+    if json_len > MAX_JSON or json_len == 0:
+        raise ProtocolError(f"bad message length {json_len}")
+    if payload_len > MAX_PAYLOAD:
+        raise ProtocolError(f"bad payload length {payload_len}")
+    return json_len, payload_len
+
+
+def decode_body(body: bytes) -> Dict[str, Any]:
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"message is not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message is not a JSON object")
+    return message
+
+
+def decode(data: bytes) -> Tuple[Frame, bytes]:
+    """Decode one frame from the start of ``data``; return it and the rest.
+
+    Raises ``ProtocolError`` when ``data`` holds no complete, valid frame.
+    Used by tests and fuzzing; sockets use :func:`recv_frame`.
+    """
+    if len(data) < HEADER.size:
+        raise ProtocolError("truncated header")
+    json_len, payload_len = decode_header(data[: HEADER.size])
+    end = HEADER.size + json_len + payload_len
+    if len(data) < end:
+        raise ProtocolError("truncated frame")
+    message = decode_body(data[HEADER.size : HEADER.size + json_len])
+    return (message, data[HEADER.size + json_len : end]), data[end:]
+
+
+def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = sock.recv(min(remaining, 1024 * 1024))
+        if not chunk:
+            if at_start and remaining == size:
+                raise PeerClosed("peer closed the connection")
+            raise PeerClosed("peer closed the connection in the middle of a frame")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_frame(sock: socket.socket) -> Frame:
+    header = _recv_exactly(sock, HEADER.size, at_start=True)
+    json_len, payload_len = decode_header(header)
+    body = _recv_exactly(sock, json_len)
+    payload = _recv_exactly(sock, payload_len) if payload_len else b""
+    return decode_body(body), payload
+
+
+def send_frame(sock: socket.socket, message: Dict[str, Any], payload: bytes = b"") -> None:
+    sock.sendall(encode(message, payload))
+
+
+def error_reply(kind: str, msg: str, **extra: Any) -> Dict[str, Any]:
+    reply: Dict[str, Any] = {"t": "error", "kind": kind, "msg": msg}
+    reply.update(extra)
+    return reply
+
+
+def socket_name(version: Optional[int] = None) -> str:
+    return f"pool-v{PROTOCOL_VERSION if version is None else version}.sock"

@@ -1,0 +1,370 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Everything Paramiko: opening, verifying, authenticating and probing transports.
+
+The daemon's only SSH module. It turns Paramiko's exceptions into :class:`PoolError` with
+one line that names the address and port and says what to do, because that line is
+what the user sees as Ansible's UNREACHABLE message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import paramiko
+
+from . import _known_hosts
+from ._pool import PoolError, PoolKey
+
+log = logging.getLogger("pooled_ssh.ssh")
+
+#: Give every channel open and request a deadline: Paramiko's own waits have none.
+CHANNEL_TIMEOUT = 30.0
+
+
+class HandshakeLimiter:
+    """Caps concurrent handshakes per server address so forks never trip ``MaxStartups``.
+
+    The cap shrinks when the server drops a handshake before its banner (it told us
+    its real limit) and never grows back above the configured value.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: Dict[Tuple[str, int], int] = {}
+        self._limit: Dict[Tuple[str, int], int] = {}
+
+    def acquire(self, address: Tuple[str, int], limit: int, deadline: float) -> None:
+        with self._cond:
+            while True:
+                current = self._active.get(address, 0)
+                if current < min(limit, self._limit.get(address, limit)):
+                    self._active[address] = current + 1
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolError(
+                        f"{address[0]}:{address[1]}: timed out waiting for a handshake slot "
+                        f"({current} handshakes to this address under way); raise the timeout",
+                        kind="connect",
+                    )
+                self._cond.wait(min(remaining, 1.0))
+
+    def release(self, address: Tuple[str, int], dropped: bool) -> None:
+        with self._cond:
+            current = self._active.get(address, 1)
+            if dropped:
+                self._limit[address] = max(1, min(self._limit.get(address, current), current - 1))
+            if current <= 1:
+                self._active.pop(address, None)
+            else:
+                self._active[address] = current - 1
+            self._cond.notify_all()
+
+    def limit(self, address: Tuple[str, int]) -> Optional[int]:
+        with self._cond:
+            return self._limit.get(address)
+
+
+class _Dropped(Exception):
+    """The server closed the connection before its banner: MaxStartups, retry later."""
+
+
+class SshConn:
+    """A pooled transport and what the daemon needs to keep it healthy."""
+
+    def __init__(self, transport: paramiko.Transport, label: str, via: Optional[Any] = None) -> None:
+        self.transport = transport
+        self.label = label
+        self._via = via  # the bastion's lease, released when we close
+        self._probe_lock = threading.Lock()
+        self.last_reply = time.monotonic()
+        self.last_probe = 0.0
+        self.settings: Any = None  # the PoolSettings of the latest request, set by the daemon
+
+    def is_active(self) -> bool:
+        return self.transport.is_active()
+
+    def open_channel(self, timeout: float = CHANNEL_TIMEOUT) -> paramiko.Channel:
+        return self.transport.open_session(timeout=timeout)
+
+    def probe(self, timeout: float) -> bool:
+        """A keepalive that needs a reply, bounded by ``timeout``.
+
+        Paramiko's keepalives ask for no reply and its ``global_request`` waits forever,
+        so run it on a helper thread and give up at the deadline.
+        """
+        if not self._probe_lock.acquire(blocking=False):
+            return time.monotonic() - self.last_reply < timeout
+        result: List[Any] = []
+
+        def run() -> None:
+            try:
+                result.append(self.transport.global_request("keepalive@openssh.com", wait=True))
+            except Exception:
+                result.append(None)
+            finally:
+                self._probe_lock.release()
+
+        worker = threading.Thread(target=run, name=f"probe-{self.label}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            return False
+        # Any reply (success or failure) proves the peer is there; None means the transport died.
+        alive = bool(result) and self.transport.is_active()
+        if alive:
+            self.last_reply = time.monotonic()
+        return alive
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            if self._via is not None:
+                via, self._via = self._via, None
+                via.release()
+
+
+def _fail(spec: Dict[str, Any], cause: str, hint: str, kind: str = "connect") -> PoolError:
+    return PoolError(f"{spec['addr']}:{spec['port']}: {cause}; {hint}", kind=kind)
+
+
+def _agent_keys(path: Optional[str]) -> Tuple[Optional[paramiko.agent.AgentSSH], List[paramiko.PKey]]:
+    """Keys from the ssh-agent of the worker that asked (the daemon's own env may be stale)."""
+    if not path:
+        return None, []
+    agent = paramiko.agent.AgentSSH()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect(path)
+        agent._connect(sock)
+    except (OSError, paramiko.SSHException):
+        return None, []
+    return agent, list(agent.get_keys())
+
+
+def _load_key(path: str, passphrase: Optional[str], spec: Dict[str, Any]) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(path, passphrase or None)
+    except paramiko.PasswordRequiredException as e:
+        raise _fail(spec, f"private key {path} is encrypted",
+                    "set its passphrase with ansible_password or private_key_passphrase", "auth") from e
+    except FileNotFoundError as e:
+        raise _fail(spec, f"private key {path} does not exist", "fix private_key_file", "auth") from e
+    except (paramiko.SSHException, ValueError) as e:
+        raise _fail(spec, f"cannot load private key {path} ({e})",
+                    "check the file and its passphrase", "auth") from e
+
+
+class Connector:
+    """Opens authenticated transports for the pool."""
+
+    def __init__(self, pool_lease: Optional[Any] = None) -> None:
+        self.limiter = HandshakeLimiter()
+        self._jump = pool_lease  # callable(spec) -> lease on a bastion transport
+
+    # -- the pool's entry point ------------------------------------------------
+
+    def connect(self, key: PoolKey, spec: Dict[str, Any]) -> SshConn:
+        timeout = float(spec.get("timeout") or 10)
+        deadline = time.monotonic() + timeout
+        address = (spec["addr"], int(spec["port"]))
+        limit = int(spec.get("max_handshakes_per_address") or 6)
+        attempt = 0
+        while True:
+            attempt += 1
+            # Waiting for a slot is queueing, not the server's fault: allow longer than the timeout.
+            self.limiter.acquire(address, limit, time.monotonic() + max(timeout, 60.0))
+            dropped = False
+            try:
+                return self._handshake(key, spec, timeout)
+            except _Dropped as e:
+                dropped = True
+                delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
+                if attempt >= 8 or time.monotonic() + delay >= deadline:
+                    raise _fail(spec, f"the server dropped the connection before its banner {attempt} times "
+                                f"({e})", "sshd's MaxStartups is too low for this many forks: raise it, "
+                                "or lower max_handshakes_per_address") from None
+                log.info("%s: handshake dropped by the server (attempt %d), retrying in %.2fs",
+                         key.label, attempt, delay)
+            finally:
+                self.limiter.release(address, dropped)
+            time.sleep(delay)
+
+    # -- one attempt -------------------------------------------------------------
+
+    def _open_socket(self, spec: Dict[str, Any], timeout: float) -> Tuple[Any, Optional[Any]]:
+        proxy_command = spec.get("proxy_command")
+        if proxy_command:
+            try:
+                return paramiko.ProxyCommand(proxy_command), None
+            except Exception as e:
+                raise _fail(spec, f"proxy command failed to start ({e})", "fix proxy_command") from e
+        if spec.get("proxy_jump") and self._jump is not None:
+            return self._jump(spec, timeout)
+        try:
+            sock = socket.create_connection((spec["addr"], int(spec["port"])), timeout=timeout)
+        except socket.gaierror as e:
+            raise _fail(spec, f"cannot resolve host name ({e.strerror})",
+                        "check ansible_host and your DNS or /etc/hosts") from e
+        except ConnectionRefusedError as e:
+            raise _fail(spec, "connection refused", "check that sshd is running and listening on that port") from e
+        except TimeoutError as e:
+            raise _fail(spec, f"TCP connect timed out after {timeout:g}s",
+                        "check that the host is up and no firewall drops SSH, or raise timeout") from e
+        except OSError as e:
+            raise _fail(spec, f"cannot connect ({e.strerror or e})", "check the address and the network") from e
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock, None
+
+    def _handshake(self, key: PoolKey, spec: Dict[str, Any], timeout: float) -> SshConn:
+        sock, via = self._open_socket(spec, timeout)
+        disabled: Dict[str, List[str]] = {}
+        if not spec.get("use_rsa_sha2_algorithms", True):
+            disabled = {
+                "pubkeys": [a for a in paramiko.Transport._preferred_pubkeys if "rsa-sha2" in a],
+                "keys": [a for a in paramiko.Transport._preferred_keys if "rsa-sha2" in a],
+            }
+        transport = paramiko.Transport(sock, disabled_algorithms=disabled or None)
+        ok = False
+        try:
+            transport.banner_timeout = float(spec.get("banner_timeout") or 30)
+            transport.auth_timeout = timeout
+            transport.channel_timeout = CHANNEL_TIMEOUT
+            name = _known_hosts.host_name(spec["addr"], int(spec["port"]))
+            known = _known_hosts.load(spec.get("known_hosts_files") or [])
+            preferred = _known_hosts.known_types(known, name)
+            if preferred and spec.get("host_key_checking", True):
+                options = transport.get_security_options()
+                ordered = [t for t in options.key_types if t in preferred or
+                           (t.startswith("rsa-sha2") and "ssh-rsa" in preferred)]
+                options.key_types = ordered + [t for t in options.key_types if t not in ordered]
+            self._start(transport, spec, timeout)
+            self._verify_host_key(transport, spec, name, known)
+            self._authenticate(transport, spec)
+            transport.set_keepalive(0)
+            ok = True
+            return SshConn(transport, key.label, via)
+        finally:
+            if not ok:
+                transport.close()
+                if via is not None:
+                    via.release()
+
+    def _start(self, transport: paramiko.Transport, spec: Dict[str, Any], timeout: float) -> None:
+        started = time.monotonic()
+        try:
+            transport.start_client(timeout=timeout)
+        except paramiko.SSHException as e:
+            context = e.__context__
+            if "protocol banner" in str(e):
+                if isinstance(context, (EOFError, ConnectionResetError, BrokenPipeError)):
+                    raise _Dropped(str(e)) from None
+                raise _fail(spec, f"no SSH banner within {transport.banner_timeout:g}s",
+                            "the port answers but is not a responsive sshd; check ansible_port") from None
+            raise _fail(spec, f"SSH negotiation failed ({e})", "check the server's algorithms and logs") from None
+        except (EOFError, OSError) as e:
+            raise _Dropped(repr(e)) from None
+        if transport.host_key is None:
+            raise _fail(spec, f"SSH negotiation timed out after {time.monotonic() - started:.1f}s",
+                        "check the network, or raise timeout")
+
+    def _verify_host_key(self, transport: paramiko.Transport, spec: Dict[str, Any], name: str,
+                         known: List[_known_hosts.KnownHost]) -> None:
+        """Check the server's key before any credential is sent."""
+        server_key = transport.get_remote_server_key()
+        keytype, blob = server_key.get_name(), server_key.get_base64()
+        if not spec.get("host_key_checking", True):
+            return
+        verdict = _known_hosts.verify(known, name, keytype, blob)
+        offered = f"{keytype} {_known_hosts.fingerprint(blob)}"
+        if verdict.status == "known":
+            return
+        if verdict.status == "revoked":
+            entry = verdict.entry
+            raise _fail(spec, f"host key {offered} is marked @revoked in {entry.path}:{entry.lineno}",
+                        "the server's key was revoked: do not connect", "hostkey")
+        if verdict.status == "changed":
+            entry = verdict.entry
+            raise _fail(spec, f"REMOTE HOST IDENTIFICATION HAS CHANGED: the server offers {offered} but "
+                        f"{entry.path}:{entry.lineno} has {entry.keytype} {_known_hosts.fingerprint(entry.key)}",
+                        f"if the change is expected, remove that line (ssh-keygen -R '{name}') and reconnect",
+                        "hostkey")
+        if spec.get("host_key_auto_add"):
+            files = spec.get("known_hosts_files") or []
+            if spec.get("record_host_keys", True) and files and _known_hosts.record(files[0], name, keytype, blob):
+                log.info("recorded host key %s for %s in %s", offered, name, files[0])
+            return
+        raise _fail(spec, f"host key is unknown ({offered})",
+                    f"verify it and add it to known_hosts (ssh-keyscan -p {spec['port']} {spec['addr']}), "
+                    "or set host_key_auto_add=true", "hostkey")
+
+    def _authenticate(self, transport: paramiko.Transport, spec: Dict[str, Any]) -> None:
+        """Offer the configured key first, then a bounded number of others, then the password.
+
+        Every failed offer counts against sshd's MaxAuthTries and fail2ban's maxretry, so
+        the number of attempts is capped and nothing is retried.
+        """
+        user = spec["user"]
+        password = spec.get("password")
+        passphrase = spec.get("private_key_passphrase") or password
+        budget = int(spec.get("max_auth_attempts") or 3)
+        keys: List[paramiko.PKey] = []
+        if spec.get("private_key_file"):
+            keys.append(_load_key(spec["private_key_file"], passphrase, spec))
+        agent = None
+        if spec.get("agent_socket"):
+            agent, agent_keys = _agent_keys(spec["agent_socket"])
+            keys.extend(agent_keys)
+        if spec.get("look_for_keys", True) and not spec.get("private_key_file"):
+            for path in spec.get("default_key_files") or []:
+                try:
+                    keys.append(paramiko.PKey.from_path(path, passphrase or None))
+                except Exception:
+                    continue
+        tried = 0
+        allowed: Optional[List[str]] = None
+        try:
+            for pkey in keys:
+                if tried >= budget or (allowed is not None and "publickey" not in allowed):
+                    break
+                tried += 1
+                try:
+                    transport.auth_publickey(user, pkey)
+                    if transport.is_authenticated():
+                        return
+                except paramiko.BadAuthenticationType as e:
+                    allowed = list(e.allowed_types)
+                except paramiko.AuthenticationException:
+                    continue
+                except paramiko.SSHException as e:
+                    raise self._auth_error(spec, tried, str(e)) from None
+            if password is not None and (allowed is None or {"password", "keyboard-interactive"} & set(allowed)):
+                tried += 1
+                try:
+                    transport.auth_password(user, password, fallback=True)
+                    if transport.is_authenticated():
+                        return
+                except paramiko.AuthenticationException:
+                    pass
+                except paramiko.SSHException as e:
+                    raise self._auth_error(spec, tried, str(e)) from None
+        finally:
+            if agent is not None:
+                agent.close()
+        raise self._auth_error(spec, tried, "")
+
+    @staticmethod
+    def _auth_error(spec: Dict[str, Any], tried: int, detail: str) -> PoolError:
+        what = "no key or password to offer" if not tried else f"{tried} method(s) tried"
+        if detail and "No existing session" not in detail:
+            what += f": {detail}"
+        return _fail(spec, f"authentication failed for user {spec['user']!r} ({what})",
+                     "check ansible_user, the private key or ansible_password", "auth")
