@@ -26,7 +26,7 @@ options:
   inventory_name:
     description:
       - The inventory host name the pool keys transports on, with O(port) and O(remote_user).
-      - Set by Ansible from C(inventory_hostname); there is no reason to set it.
+      - Set by Ansible from C(inventory_hostname); there is no reason to set it. With C(delegate_to), the delegated host is used.
     type: string
     vars:
       - name: inventory_hostname
@@ -432,7 +432,9 @@ class Connection(ConnectionBase):
 
     @property
     def _host(self) -> str:
-        return str(self.get_option("inventory_name") or self.get_option("remote_addr"))
+        """The inventory host the pool keys on: the delegated host when the task uses ``delegate_to``."""
+        delegate = getattr(self._play_context, "delegate_to", None)
+        return str(delegate or self.get_option("inventory_name") or self.get_option("remote_addr"))
 
     def _request(self) -> dict:
         if IMPORT_ERROR is not None:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The checks of healer_diagnose.
 
@@ -10,6 +9,7 @@ here; any other exception is turned into ``unknown`` by the runner.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import re
@@ -113,9 +113,9 @@ def human_bytes(count: float) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(value) < 1024 or unit == "PiB":
-            return "{:.0f} {}".format(value, unit) if unit == "B" else "{:.1f} {}".format(value, unit)
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return "{:.1f} PiB".format(value)  # pragma: no cover - loop always returns
+    return f"{value:.1f} PiB"  # pragma: no cover - loop always returns
 
 
 def _fmt(value: Optional[float], digits: int = 1) -> str:
@@ -147,7 +147,7 @@ def check_filesystem(ctx: Context) -> Dict[str, Any]:
     problems = []
     for point in missing:
         entries.append({"mountpoint": point, "state": CRITICAL, "error": "not mounted"})
-        problems.append("{} not mounted (critical)".format(point))
+        problems.append(f"{point} not mounted (critical)")
     for mount in selected:
         point = mount["mountpoint"]
         entry: Dict[str, Any] = {
@@ -159,9 +159,9 @@ def check_filesystem(ctx: Context) -> Dict[str, Any]:
         try:
             usage = filesystem_usage(ctx.system.statvfs(point))
         except OSError as error:
-            entry.update(state=UNKNOWN, error="statvfs failed: {}".format(error.strerror or error))
+            entry.update(state=UNKNOWN, error=f"statvfs failed: {error.strerror or error}")
             entries.append(entry)
-            problems.append("{} statvfs failed (unknown)".format(point))
+            problems.append(f"{point} statvfs failed (unknown)")
             continue
         entry.update(usage)
         if not usage["size_bytes"]:
@@ -172,15 +172,21 @@ def check_filesystem(ctx: Context) -> Dict[str, Any]:
             entry["state"] = OK
         else:
             space_state = ctx.judge(usage["used_percent"])
-            inode_state = OK if usage["inodes_used_percent"] is None else ctx.judge(usage["inodes_used_percent"], "inodes")
+            inode_state = (
+                OK if usage["inodes_used_percent"] is None else ctx.judge(usage["inodes_used_percent"], "inodes")
+            )
             entry["state"] = worst([space_state, inode_state])
             if space_state != OK:
                 problems.append("{} {}% used ({})".format(point, _fmt(usage["used_percent"]), space_state))
             if inode_state != OK:
-                problems.append("{} inodes {}% used ({})".format(point, _fmt(usage["inodes_used_percent"]), inode_state))
+                problems.append(
+                    "{} inodes {}% used ({})".format(point, _fmt(usage["inodes_used_percent"]), inode_state)
+                )
             perf.append(ctx.perf(point, usage["used_percent"], "%", "", minimum=0, maximum=100))
             if usage["inodes_used_percent"] is not None:
-                perf.append(ctx.perf(point + " inodes", usage["inodes_used_percent"], "%", "inodes", minimum=0, maximum=100))
+                perf.append(
+                    ctx.perf(point + " inodes", usage["inodes_used_percent"], "%", "inodes", minimum=0, maximum=100)
+                )
         entries.append(entry)
     if not entries:
         raise Skip("no data filesystem found in /proc/self/mountinfo")
@@ -195,7 +201,7 @@ def check_filesystem(ctx: Context) -> Dict[str, Any]:
                 len(entries), fullest["mountpoint"], _fmt(fullest["used_percent"])
             )
         else:
-            summary = "{} filesystems ok (all read-only)".format(len(entries))
+            summary = f"{len(entries)} filesystems ok (all read-only)"
     return _result(state, summary, {"filesystems": entries}, perf)
 
 
@@ -226,7 +232,11 @@ def _cgroup_memory(system: System) -> Optional[Dict[str, Any]]:
             inactive = parse_key_values(system.read_text(directory + "/memory.stat")).get("inactive_file", 0)
         except OSError:
             inactive = 0
-        return {"limit_bytes": int(limit_text), "current_bytes": current, "working_set_bytes": max(0, current - inactive)}
+        return {
+            "limit_bytes": int(limit_text),
+            "current_bytes": current,
+            "working_set_bytes": max(0, current - inactive),
+        }
     return None
 
 
@@ -261,7 +271,7 @@ def check_memory(ctx: Context) -> Dict[str, Any]:
         swap_state = OK
         swap_text = "no swap"
     state = worst([mem_state, swap_state])
-    return _result(state, "{}; {}".format(described, swap_text), values, perf)
+    return _result(state, f"{described}; {swap_text}", values, perf)
 
 
 # -- oom_kills ---------------------------------------------------------------------------------
@@ -276,17 +286,17 @@ def check_oom_kills(ctx: Context) -> Dict[str, Any]:
     prev_total = ctx.previous.get("oom_kill")
     prev_boot = ctx.previous.get("boot_time")
     if prev_total is None:
-        summary = "{} OOM kills since boot; no previous run to compare".format(total)
+        summary = f"{total} OOM kills since boot; no previous run to compare"
         return _result(OK, summary, values, [ctx.perf("oom_kills_total", total, "c", None, minimum=0)])
     rebooted = prev_boot is not None and boot_time is not None and abs(boot_time - prev_boot) > BOOT_TIME_TOLERANCE
     if rebooted or total < prev_total:
         new = total  # the counter restarted from 0: everything it holds is new
         values["reset"] = True
         why = "rebooted" if rebooted else "counter went backwards"
-        summary = "{} OOM kills since the counter reset ({})".format(new, why)
+        summary = f"{new} OOM kills since the counter reset ({why})"
     else:
         new = total - prev_total
-        summary = "{} new OOM kills since the previous run ({} since boot)".format(new, total)
+        summary = f"{new} new OOM kills since the previous run ({total} since boot)"
     values["new"] = new
     state = ctx.judge(new)
     return _result(state, summary, values, [ctx.perf("oom_kills", new, "", "", minimum=0)])
@@ -305,7 +315,12 @@ def check_cpu(ctx: Context) -> Dict[str, Any]:
     ratios = cpu_ratios(first, second)
     busy, iowait, steal = (round(ratios[k] * 100, 2) for k in ("busy", "iowait", "steal"))
     state = worst([ctx.judge(busy), ctx.judge(iowait, "iowait"), ctx.judge(steal, "steal")])
-    values = {"busy_percent": busy, "iowait_percent": iowait, "steal_percent": steal, "interval_seconds": round(elapsed, 3)}
+    values = {
+        "busy_percent": busy,
+        "iowait_percent": iowait,
+        "steal_percent": steal,
+        "interval_seconds": round(elapsed, 3),
+    }
     perf = [
         ctx.perf("busy", busy, "%", "", minimum=0, maximum=100),
         ctx.perf("iowait", iowait, "%", "iowait", minimum=0, maximum=100),
@@ -316,9 +331,7 @@ def check_cpu(ctx: Context) -> Dict[str, Any]:
         ("cpu_iowait_ratio", ratios["iowait"], {}),
         ("cpu_steal_ratio", ratios["steal"], {}),
     ]
-    summary = "cpu {}% busy, iowait {}%, steal {}% over {} s".format(
-        _fmt(busy), _fmt(iowait), _fmt(steal), _fmt(elapsed, 2)
-    )
+    summary = f"cpu {_fmt(busy)}% busy, iowait {_fmt(iowait)}%, steal {_fmt(steal)}% over {_fmt(elapsed, 2)} s"
     return _result(state, summary, values, perf, metrics)
 
 
@@ -343,7 +356,7 @@ def check_load(ctx: Context) -> Dict[str, Any]:
         ctx.perf("load15", load15, "", None, minimum=0),
         ctx.perf("load5_per_cpu", per_cpu, "", "", minimum=0),
     ]
-    summary = "load {:.2f} {:.2f} {:.2f} on {} CPUs, load5 per CPU {:.2f}".format(load1, load5, load15, cpus, per_cpu)
+    summary = f"load {load1:.2f} {load5:.2f} {load15:.2f} on {cpus} CPUs, load5 per CPU {per_cpu:.2f}"
     return _result(ctx.judge(per_cpu), summary, values, perf)
 
 
@@ -362,7 +375,7 @@ def scan_processes(system: System, names: List[str]) -> Dict[str, Any]:
         if not entry.isdigit():
             continue
         try:
-            comm, state, nthreads = parse_pid_stat(system.read_text("proc/{}/stat".format(entry)))
+            comm, state, nthreads = parse_pid_stat(system.read_text(f"proc/{entry}/stat"))
         except (OSError, ValueError, IndexError):
             continue  # the process exited while we looked, or hidepid hides it
         processes += 1
@@ -370,10 +383,8 @@ def scan_processes(system: System, names: List[str]) -> Dict[str, Any]:
         states[state] = states.get(state, 0) + 1
         if names:
             argv0 = ""
-            try:
-                argv0 = system.read_text("proc/{}/cmdline".format(entry)).split("\0", 1)[0].rsplit("/", 1)[-1]
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                argv0 = system.read_text(f"proc/{entry}/cmdline").split("\0", 1)[0].rsplit("/", 1)[-1]
             for name in names:
                 if _matches(name, comm, argv0):
                     counts[name] += 1
@@ -429,9 +440,12 @@ def check_file_descriptors(ctx: Context) -> Dict[str, Any]:
     used = allocated - unused
     used_percent = percent(used, maximum)
     values = {"allocated": allocated, "unused": unused, "maximum": maximum, "used_percent": used_percent}
-    summary = "{} of {} file handles in use ({}%)".format(used, maximum, _fmt(used_percent, 2))
+    summary = f"{used} of {maximum} file handles in use ({_fmt(used_percent, 2)}%)"
     return _result(
-        ctx.judge(used_percent), summary, values, [ctx.perf("file_handles", used_percent, "%", "", minimum=0, maximum=100)]
+        ctx.judge(used_percent),
+        summary,
+        values,
+        [ctx.perf("file_handles", used_percent, "%", "", minimum=0, maximum=100)],
     )
 
 
@@ -472,7 +486,7 @@ def check_services(ctx: Context) -> Dict[str, Any]:
             [systemctl, "list-units", "--state=failed", "--no-legend", "--plain", "--no-pager"], ctx.net_timeout
         )
         if listed.rc != 0:
-            raise RuntimeError("systemctl list-units failed: " + (listed.stderr.strip() or "rc {}".format(listed.rc)))
+            raise RuntimeError("systemctl list-units failed: " + (listed.stderr.strip() or f"rc {listed.rc}"))
         failed = parse_failed_units(listed.stdout)
         values.update(failed_units=failed, failed=len(failed))
         states.append(ctx.judge(len(failed)))
@@ -482,17 +496,17 @@ def check_services(ctx: Context) -> Dict[str, Any]:
         answer = ctx.system.run([systemctl, "is-active", "--", *units], ctx.net_timeout)
         lines = answer.stdout.split()
         if len(lines) != len(units):
-            raise RuntimeError("systemctl is-active returned {!r}".format(answer.stdout.strip() or answer.stderr.strip()))
+            raise RuntimeError(f"systemctl is-active returned {answer.stdout.strip() or answer.stderr.strip()!r}")
         active = dict(zip(units, lines))
         values["units"] = active
-        for unit, unit_state in active.items():
+        for _unit, unit_state in active.items():
             if unit_state == "active":
                 states.append(OK)
             elif unit_state in _ACTIVE_STATES_WARN:
                 states.append(WARNING)
             else:
                 states.append(CRITICAL)
-        parts.append(", ".join("{} {}".format(u, s) for u, s in active.items()))
+        parts.append(", ".join(f"{u} {s}" for u, s in active.items()))
     return _result(worst(states), "; ".join(parts), values, perf)
 
 
@@ -532,27 +546,29 @@ def check_ports(ctx: Context) -> Dict[str, Any]:
             results.append({"port": port, "listening": ok, "state": state})
             text = "{} {}".format(port, "listening" if ok else "not listening")
         else:
-            label = "{}:{}".format(host, port)
+            label = f"{host}:{port}"
             try:
                 seconds = ctx.system.connect(host, port, ctx.net_timeout)
             except (OSError, socket.timeout) as error:
                 state = CRITICAL
-                reason = "refused" if isinstance(error, ConnectionRefusedError) else (str(error) or type(error).__name__)
+                reason = (
+                    "refused" if isinstance(error, ConnectionRefusedError) else (str(error) or type(error).__name__)
+                )
                 results.append({"host": host, "port": port, "connected": False, "error": reason, "state": state})
-                text = "{} {}".format(label, reason)
+                text = f"{label} {reason}"
                 metrics.append(("probe_success", 0, {"target": label}))
             else:
                 state = ctx.judge(seconds)
                 results.append(
                     {"host": host, "port": port, "connected": True, "seconds": round(seconds, 6), "state": state}
                 )
-                text = "{} connected in {:.3f} s".format(label, seconds)
+                text = f"{label} connected in {seconds:.3f} s"
                 perf.append(ctx.perf(label, seconds, "s", "", minimum=0))
                 metrics.append(("probe_success", 1, {"target": label}))
                 metrics.append(("probe_duration_seconds", seconds, {"target": label}))
         states.append(state)
         if state != OK:
-            text += " ({})".format(state)
+            text += f" ({state})"
         results[-1]["summary"] = text
     state = worst(states)
     summary = ", ".join(r["summary"] for r in results)
@@ -564,7 +580,7 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
         inner = error.reason
         if isinstance(inner, ssl.SSLCertVerificationError):
-            return "certificate verify failed: {}".format(inner.verify_message or inner)
+            return f"certificate verify failed: {inner.verify_message or inner}"
         if isinstance(inner, BaseException):
             return _reason(inner)
         return str(inner)
@@ -593,10 +609,10 @@ def check_http(ctx: Context) -> Dict[str, Any]:
         reason = _reason(error)
         values["error"] = reason
         metrics.append(("probe_success", 0, labels))
-        return _result(CRITICAL, "{}: {}".format(url, reason), values, [], metrics)
+        return _result(CRITICAL, f"{url}: {reason}", values, [], metrics)
     values.update(status=status, seconds=round(seconds, 6))
     metrics += [("probe_http_status_code", status, labels), ("probe_duration_seconds", seconds, labels)]
-    parts = ["{} {} in {:.3f} s".format(url, status, seconds)]
+    parts = [f"{url} {status} in {seconds:.3f} s"]
     expected = opts.get("expect_status")
     if expected:
         status_state = OK if status in expected else CRITICAL
@@ -612,7 +628,7 @@ def check_http(ctx: Context) -> Dict[str, Any]:
         values["body_matched"] = found
         if not found:
             states.append(CRITICAL)
-            parts.append("body does not match {!r}".format(pattern))
+            parts.append(f"body does not match {pattern!r}")
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "https":
         try:
@@ -628,7 +644,7 @@ def check_http(ctx: Context) -> Dict[str, Any]:
             cert_state = ctx.judge(days, "cert")
             states.append(cert_state)
             values.update(cert_not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), cert_days_left=days)
-            parts.append("certificate expires in {:.1f} days".format(days))
+            parts.append(f"certificate expires in {days:.1f} days")
             perf.append(ctx.perf("cert_days", days, "", "cert"))
             metrics.append(("probe_ssl_earliest_cert_expiry", not_after.timestamp(), labels))
     state = worst(states)
@@ -652,7 +668,7 @@ def _resolve_with_timeout(system: System, name: str, timeout: float) -> Tuple[Li
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise socket.timeout("no answer within {} s".format(timeout))
+        raise socket.timeout(f"no answer within {timeout} s")
     if "error" in box:
         raise box["error"]
     return box["addresses"], system.monotonic() - started
@@ -706,17 +722,13 @@ def check_time_sync(ctx: Context) -> Dict[str, Any]:
     perf = []
     if not synced:
         if uptime < grace:
-            return _result(
-                OK, "clock not synchronised yet (uptime {:.0f} s < {} s)".format(uptime, grace), values, perf
-            )
-        return _result(
-            WARNING, "clock not synchronised (uptime {:.0f} s)".format(uptime), values, perf
-        )
+            return _result(OK, f"clock not synchronised yet (uptime {uptime:.0f} s < {grace} s)", values, perf)
+        return _result(WARNING, f"clock not synchronised (uptime {uptime:.0f} s)", values, perf)
     if offset is None:
         return _result(OK, "clock synchronised", values, perf)
     state = ctx.judge(abs(offset))
     perf.append(ctx.perf("offset", abs(offset), "s", "", minimum=0))
-    return _result(state, "clock synchronised, offset {:.6f} s".format(offset), values, perf)
+    return _result(state, f"clock synchronised, offset {offset:.6f} s", values, perf)
 
 
 # -- uptime ------------------------------------------------------------------------------------
@@ -733,19 +745,17 @@ def check_uptime(ctx: Context) -> Dict[str, Any]:
         "reboot_required_packages": [],
     }
     states = [ctx.judge(uptime)]
-    parts = ["up {}".format(_duration(uptime))]
+    parts = [f"up {_duration(uptime)}"]
     for flag in REBOOT_REQUIRED:
         if ctx.system.exists(flag):
             values["reboot_required"] = True
-            try:
+            with contextlib.suppress(OSError):
                 values["reboot_required_packages"] = sorted(set(ctx.system.read_text(flag + ".pkgs").split()))
-            except OSError:
-                pass
             states.append(WARNING)
             parts.append("reboot required")
             break
     if states[0] != OK:
-        parts[0] += " ({})".format(states[0])
+        parts[0] += f" ({states[0]})"
     return _result(worst(states), ", ".join(parts), values, [ctx.perf("uptime", uptime, "s", "", minimum=0)])
 
 
@@ -754,10 +764,10 @@ def _duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
     if days:
-        return "{}d {}h {}m".format(days, hours, minutes)
+        return f"{days}d {hours}h {minutes}m"
     if hours:
-        return "{}h {}m".format(hours, minutes)
-    return "{}m {}s".format(minutes, secs)
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
 
 
 # -- log_errors --------------------------------------------------------------------------------
@@ -778,11 +788,11 @@ def check_log_errors(ctx: Context) -> Dict[str, Any]:
     if opts.get("path"):
         path = opts["path"]
         if not ctx.system.exists(path):
-            raise Skip("log file {} is absent".format(path))
+            raise Skip(f"log file {path} is absent")
         regex = re.compile(opts.get("pattern") or DEFAULT_LOG_PATTERN)
         max_bytes = opts.get("max_bytes", 1048576)
         lines = [line for line in ctx.system.read_tail(path, max_bytes).splitlines() if regex.search(line)]
-        where = "in the last {} of {}".format(human_bytes(max_bytes), path)
+        where = f"in the last {human_bytes(max_bytes)} of {path}"
         values.update(source="file", path=path)
     else:
         journalctl = ctx.system.which("journalctl")
@@ -796,13 +806,13 @@ def check_log_errors(ctx: Context) -> Dict[str, Any]:
             argv.append("--unit=" + opts["unit"])
         answer = ctx.system.run(argv, ctx.net_timeout)
         if answer.rc != 0:
-            raise RuntimeError("journalctl failed: " + (answer.stderr.strip() or "rc {}".format(answer.rc)))
+            raise RuntimeError("journalctl failed: " + (answer.stderr.strip() or f"rc {answer.rc}"))
         lines = [_journal_message(line) for line in answer.stdout.splitlines() if line.strip()]
         where = "since {}{}".format(since, " in " + opts["unit"] if opts.get("unit") else "")
         values.update(source="journal", since=since, priority=priority, unit=opts.get("unit"))
     count = len(lines)
     values.update(count=count, last=[line[:200] for line in lines[-3:]])
-    summary = "{} error lines {}".format(count, where)
+    summary = f"{count} error lines {where}"
     return _result(ctx.judge(count), summary, values, [ctx.perf("errors", count, "", "", minimum=0)])
 
 

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Validation of healer_diagnose's parameters into a list of check jobs.
 
@@ -150,7 +149,7 @@ class Job:
         self.timeout = timeout
 
     def __repr__(self) -> str:
-        return "Job({!r})".format(self.name)
+        return f"Job({self.name!r})"
 
 
 class Plan:
@@ -166,33 +165,33 @@ class Plan:
 
 def _number(value: Any, name: str, positive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ParamError("{}: expected a number, got {!r}".format(name, value))
+        raise ParamError(f"{name}: expected a number, got {value!r}")
     try:
         number = float(value)
     except ValueError:
-        raise ParamError("{}: expected a number, got {!r}".format(name, value)) from None
+        raise ParamError(f"{name}: expected a number, got {value!r}") from None
     if positive and not number > 0:
-        raise ParamError("{}: must be greater than 0, got {!r}".format(name, value))
+        raise ParamError(f"{name}: must be greater than 0, got {value!r}")
     return number
 
 
 def _int(value: Any, name: str) -> int:
     if isinstance(value, bool):
-        raise ParamError("{}: expected an integer, got {!r}".format(name, value))
+        raise ParamError(f"{name}: expected an integer, got {value!r}")
     try:
         return int(str(value).strip(), 10) if isinstance(value, str) else int(value)
     except (TypeError, ValueError):
-        raise ParamError("{}: expected an integer, got {!r}".format(name, value)) from None
+        raise ParamError(f"{name}: expected an integer, got {value!r}") from None
 
 
 def _str_list(value: Any, name: str) -> List[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise ParamError("{}: expected a list of strings, got {!r}".format(name, value))
+        raise ParamError(f"{name}: expected a list of strings, got {value!r}")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ParamError("{}[{}]: expected a non-empty string, got {!r}".format(name, index, item))
+            raise ParamError(f"{name}[{index}]: expected a non-empty string, got {item!r}")
     return list(value)
 
 
@@ -201,13 +200,13 @@ def _port(value: Any, name: str) -> Dict[str, Any]:
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"port", "host"})
         if unknown:
-            raise ParamError("{}: unknown key {!r} (expected port and optional host)".format(name, unknown[0]))
+            raise ParamError(f"{name}: unknown key {unknown[0]!r} (expected port and optional host)")
         if "port" not in value:
-            raise ParamError("{}: port is required".format(name))
+            raise ParamError(f"{name}: port is required")
         target = {"port": _port_number(value["port"], name + ".port")}
         if value.get("host") is not None:
             if not isinstance(value["host"], str) or not value["host"]:
-                raise ParamError("{}.host: expected a host name or address".format(name))
+                raise ParamError(f"{name}.host: expected a host name or address")
             target["host"] = value["host"]
         return target
     return {"port": _port_number(value, name)}
@@ -216,7 +215,7 @@ def _port(value: Any, name: str) -> Dict[str, Any]:
 def _port_number(value: Any, name: str) -> int:
     port = _int(value, name)
     if not 1 <= port <= 65535:
-        raise ParamError("{}: port must be 1..65535, got {}".format(name, port))
+        raise ParamError(f"{name}: port must be 1..65535, got {port}")
     return port
 
 
@@ -226,50 +225,50 @@ def _option(kind: str, value: Any, name: str) -> Any:
         return _str_list(value, name)
     if kind == "str":
         if not isinstance(value, str) or not value:
-            raise ParamError("{}: expected a non-empty string, got {!r}".format(name, value))
+            raise ParamError(f"{name}: expected a non-empty string, got {value!r}")
         return value
     if kind == "url":
         if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
-            raise ParamError("{}: expected an http:// or https:// URL, got {!r}".format(name, value))
+            raise ParamError(f"{name}: expected an http:// or https:// URL, got {value!r}")
         return value
     if kind == "regex":
         if not isinstance(value, str):
-            raise ParamError("{}: expected a regular expression, got {!r}".format(name, value))
+            raise ParamError(f"{name}: expected a regular expression, got {value!r}")
         try:
             re.compile(value)
         except re.error as error:
-            raise ParamError("{}: invalid regular expression {!r}: {}".format(name, value, error)) from None
+            raise ParamError(f"{name}: invalid regular expression {value!r}: {error}") from None
         return value
     if kind == "bool":
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("yes", "true", "on", "1", "no", "false", "off", "0"):
             return value.lower() in ("yes", "true", "on", "1")
-        raise ParamError("{}: expected a boolean, got {!r}".format(name, value))
+        raise ParamError(f"{name}: expected a boolean, got {value!r}")
     if kind == "number":
         return _number(value, name)
     if kind == "interval":
         number = _number(value, name)
         if number < 0.1:
-            raise ParamError("{}: must be at least 0.1 s, got {!r}".format(name, value))
+            raise ParamError(f"{name}: must be at least 0.1 s, got {value!r}")
         return number
     if kind == "positive_int":
         number = _int(value, name)
         if number < 1:
-            raise ParamError("{}: must be at least 1, got {}".format(name, number))
+            raise ParamError(f"{name}: must be at least 1, got {number}")
         return number
     if kind == "list_int":
         if not isinstance(value, list):
             value = [value]
-        return [_int(item, "{}[{}]".format(name, index)) for index, item in enumerate(value)]
+        return [_int(item, f"{name}[{index}]") for index, item in enumerate(value)]
     if kind == "dict_str":
         if not isinstance(value, dict):
-            raise ParamError("{}: expected a dictionary, got {!r}".format(name, value))
+            raise ParamError(f"{name}: expected a dictionary, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
     if kind == "ports":
         if not isinstance(value, list) or not value:
-            raise ParamError("{}: expected a non-empty list of ports".format(name))
-        return [_port(item, "{}[{}]".format(name, index)) for index, item in enumerate(value)]
+            raise ParamError(f"{name}: expected a non-empty list of ports")
+        return [_port(item, f"{name}[{index}]") for index, item in enumerate(value)]
     if kind == "priority":
         text = str(value)
         if text not in _PRIORITIES and text not in [str(n) for n in range(8)]:
@@ -285,7 +284,7 @@ def check_options(check: str, raw: Any, name: str) -> Dict[str, Any]:
     if isinstance(raw, list) and check in SHORTHAND:
         raw = {SHORTHAND[check]: raw}
     if not isinstance(raw, dict):
-        raise ParamError("{}: expected a dictionary, got {!r}".format(name, raw))
+        raise ParamError(f"{name}: expected a dictionary, got {raw!r}")
     schema = OPTIONS[check]
     result: Dict[str, Any] = {}
     for key in sorted(raw):
@@ -294,16 +293,16 @@ def check_options(check: str, raw: Any, name: str) -> Dict[str, Any]:
                 result["timeout"] = _number(raw[key], name + ".timeout")
             continue
         if key not in schema:
-            allowed = ", ".join(sorted(list(schema) + ["timeout"]))
-            raise ParamError("{}.{}: unknown option (expected one of: {})".format(name, key, allowed))
+            allowed = ", ".join(sorted([*list(schema), "timeout"]))
+            raise ParamError(f"{name}.{key}: unknown option (expected one of: {allowed})")
         if raw[key] is not None:
-            result[key] = _option(schema[key][0], raw[key], "{}.{}".format(name, key))
+            result[key] = _option(schema[key][0], raw[key], f"{name}.{key}")
     for key, (_, default) in schema.items():
         if key not in result and default is not None:
             result[key] = default
     required = REQUIRED.get(check)
     if required and not result.get(required):
-        raise ParamError("{}.{}: required by the {} check".format(name, required, check))
+        raise ParamError(f"{name}.{required}: required by the {check} check")
     return result
 
 
@@ -315,14 +314,14 @@ def check_thresholds(check: str, layers: List[Tuple[Any, str]]) -> Dict[str, Opt
         if raw is None:
             continue
         if not isinstance(raw, dict):
-            raise ParamError("{}: expected a dictionary, got {!r}".format(name, raw))
+            raise ParamError(f"{name}: expected a dictionary, got {raw!r}")
         for key, value in raw.items():
             if key not in spec:
                 raise ParamError(
                     "{}.{}: unknown threshold (expected one of: {})".format(name, key, ", ".join(sorted(spec)))
                 )
             try:
-                result[key] = parse_threshold(value, "{}.{}".format(name, key), spec[key][1])
+                result[key] = parse_threshold(value, f"{name}.{key}", spec[key][1])
             except ThresholdError as error:
                 raise ParamError(str(error)) from None
     return result
@@ -333,7 +332,7 @@ def _dict_param(params: Dict[str, Any], key: str, allowed: Any) -> Dict[str, Any
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ParamError("{}: expected a dictionary, got {!r}".format(key, value))
+        raise ParamError(f"{key}: expected a dictionary, got {value!r}")
     for check in value:
         if check not in allowed:
             raise ParamError("{}.{}: unknown check (expected one of: {})".format(key, check, ", ".join(allowed)))
@@ -344,7 +343,7 @@ def _previous(value: Any) -> Dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ParamError("previous: expected a dictionary, got {!r}".format(value))
+        raise ParamError(f"previous: expected a dictionary, got {value!r}")
     result = dict(value)
     for key in ("oom_kill", "boot_time"):
         if result.get(key) is not None:
@@ -363,7 +362,9 @@ def build_plan(params: Dict[str, Any]) -> Plan:
             )
     thresholds = _dict_param(params, "thresholds", ALL_CHECKS)
     options = _dict_param(params, "options", ALL_CHECKS)
-    default_timeout = _number(params["check_timeout"], "check_timeout") if params.get("check_timeout") is not None else 10.0
+    default_timeout = (
+        _number(params["check_timeout"], "check_timeout") if params.get("check_timeout") is not None else 10.0
+    )
     fail_on = params.get("fail_on") or "critical"
     if fail_on not in FAIL_ON:
         raise ParamError("fail_on: expected one of {}, got {!r}".format(", ".join(FAIL_ON), fail_on))
@@ -377,41 +378,43 @@ def build_plan(params: Dict[str, Any]) -> Plan:
 
     applications = params.get("applications") or []
     if not isinstance(applications, list):
-        raise ParamError("applications: expected a list, got {!r}".format(applications))
+        raise ParamError(f"applications: expected a list, got {applications!r}")
     seen = set()
     for index, app in enumerate(applications):
-        where = "applications[{}]".format(index)
+        where = f"applications[{index}]"
         if not isinstance(app, dict):
-            raise ParamError("{}: expected a dictionary, got {!r}".format(where, app))
+            raise ParamError(f"{where}: expected a dictionary, got {app!r}")
         unknown = sorted(set(app) - set(APPLICATION_CHECKS) - {"name", "thresholds", "timeout"})
         if unknown:
-            raise ParamError("{}.{}: unknown key".format(where, unknown[0]))
+            raise ParamError(f"{where}.{unknown[0]}: unknown key")
         app_name = app.get("name")
         if not isinstance(app_name, str) or not _APP_NAME_RE.match(app_name):
-            raise ParamError("{}.name: expected a name of letters, digits, '_', '.' or '-', got {!r}".format(where, app_name))
+            raise ParamError(f"{where}.name: expected a name of letters, digits, '_', '.' or '-', got {app_name!r}")
         if app_name in seen:
-            raise ParamError("{}.name: duplicate application {!r}".format(where, app_name))
+            raise ParamError(f"{where}.name: duplicate application {app_name!r}")
         seen.add(app_name)
         app_thresholds = app.get("thresholds") or {}
         if not isinstance(app_thresholds, dict):
-            raise ParamError("{}.thresholds: expected a dictionary".format(where))
+            raise ParamError(f"{where}.thresholds: expected a dictionary")
         for check in app_thresholds:
             if check not in APPLICATION_CHECKS:
-                raise ParamError("{}.thresholds.{}: not an application check".format(where, check))
+                raise ParamError(f"{where}.thresholds.{check}: not an application check")
         app_timeout = _number(app["timeout"], where + ".timeout") if app.get("timeout") is not None else default_timeout
         for check in APPLICATION_CHECKS:
             raw = app.get(check)
             if raw is None or raw == [] or raw == {}:
                 continue
-            opts = check_options(check, raw, "{}.{}".format(where, check))
+            opts = check_options(check, raw, f"{where}.{check}")
             opts["scope"] = "application"
             limits = check_thresholds(
                 check,
                 [
                     (thresholds.get(check), "thresholds." + check),
-                    (app_thresholds.get(check), "{}.thresholds.{}".format(where, check)),
+                    (app_thresholds.get(check), f"{where}.thresholds.{check}"),
                 ],
             )
             jobs.append(Job(app_name + "/" + check, check, app_name, opts, limits, opts.pop("timeout", app_timeout)))
     metrics = params.get("metrics")
-    return Plan(jobs, fail_on, True if metrics is None else bool(metrics), _previous(params.get("previous")), default_timeout)
+    return Plan(
+        jobs, fail_on, True if metrics is None else bool(metrics), _previous(params.get("previous")), default_timeout
+    )

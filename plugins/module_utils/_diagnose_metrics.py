@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Host metrics with node_exporter's names and base units (bytes, seconds, ratios 0..1).
 
@@ -43,7 +42,9 @@ class Metrics:
 
     def as_dict(self) -> Dict[str, List[Dict[str, Any]]]:
         with self._lock:
-            return {name: [dict(s, labels=dict(s["labels"])) for s in samples] for name, samples in self._samples.items()}
+            return {
+                name: [dict(s, labels=dict(s["labels"])) for s in samples] for name, samples in self._samples.items()
+            }
 
 
 def collect_cpu(system: System, metrics: Metrics) -> None:
@@ -63,7 +64,9 @@ def collect_cpu(system: System, metrics: Metrics) -> None:
 
 
 def collect_load(system: System, metrics: Metrics) -> None:
-    for name, value in zip(("node_load1", "node_load5", "node_load15"), parse_loadavg(system.read_text("proc/loadavg"))):
+    for name, value in zip(
+        ("node_load1", "node_load5", "node_load15"), parse_loadavg(system.read_text("proc/loadavg"))
+    ):
         metrics.add(name, value)
 
 
@@ -74,7 +77,7 @@ def collect_memory(system: System, metrics: Metrics) -> None:
     meminfo = parse_key_values(system.read_text("proc/meminfo"))
     for key in MEMINFO_KEYS:
         if key in meminfo:
-            metrics.add("node_memory_{}_bytes".format(key), meminfo[key])
+            metrics.add(f"node_memory_{key}_bytes", meminfo[key])
 
 
 def collect_vmstat(system: System, metrics: Metrics) -> None:
@@ -105,8 +108,8 @@ def collect_network(system: System, metrics: Metrics) -> None:
     for device, stats in sorted(parse_net_dev(system.read_text("proc/net/dev")).items()):
         for direction in ("receive", "transmit"):
             for field in ("bytes", "packets", "errs", "drop"):
-                key = "{}_{}".format(direction, field)
-                metrics.add("node_network_{}_total".format(key), stats[key], {"device": device})
+                key = f"{direction}_{field}"
+                metrics.add(f"node_network_{key}_total", stats[key], {"device": device})
 
 
 # (resource, line) -> node_exporter name; cpu "full" is reported by recent kernels only.
@@ -129,7 +132,7 @@ def collect_pressure(system: System, metrics: Metrics) -> None:
             psi = parse_psi(system.read_text("proc/pressure/" + resource))
         except OSError as error:
             # psi=0 on the kernel command line: the files exist but reading them fails (EOPNOTSUPP)
-            raise Skip("no PSI: reading /proc/pressure/{} failed: {}".format(resource, error.strerror or error)) from None
+            raise Skip(f"no PSI: reading /proc/pressure/{resource} failed: {error.strerror or error}") from None
         for line, fields in psi.items():
             name = PSI_METRICS.get((resource, line))
             if name and "total" in fields:
@@ -185,9 +188,8 @@ def collect(system: System, metrics: Metrics, skipped: Dict[str, str]) -> None:
         except Skip as reason:
             skipped[name] = str(reason)
         except PermissionError as error:
-            skipped[name] = "permission denied: {}".format(error.filename or error)
+            skipped[name] = f"permission denied: {error.filename or error}"
         except FileNotFoundError as error:
-            skipped[name] = "{} is absent".format(system.display(error.filename))
+            skipped[name] = f"{system.display(error.filename)} is absent"
         except Exception as error:
-            skipped[name] = "error: {}: {}".format(type(error).__name__, error)
-
+            skipped[name] = f"error: {type(error).__name__}: {error}"

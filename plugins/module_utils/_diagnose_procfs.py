@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Parsers for /proc and /sys text, and the arithmetic on what they return.
 
@@ -19,14 +18,43 @@ CPU_TOTAL_MODES = CPU_MODES[:8]
 
 # Filesystems that hold no user data (node_exporter's default fs-types-exclude).
 PSEUDO_FSTYPES = frozenset(
-    (
-        "autofs binfmt_misc bpf cgroup cgroup2 configfs debugfs devpts devtmpfs efivarfs fusectl "
-        "hugetlbfs iso9660 mqueue nsfs overlay proc procfs pstore ramfs rpc_pipefs securityfs "
-        "selinuxfs squashfs erofs sysfs tracefs fuse.lxcfs fuse.gvfsd-fuse nfsd"
-    ).split()
+    [
+        "autofs",
+        "binfmt_misc",
+        "bpf",
+        "cgroup",
+        "cgroup2",
+        "configfs",
+        "debugfs",
+        "devpts",
+        "devtmpfs",
+        "efivarfs",
+        "fusectl",
+        "hugetlbfs",
+        "iso9660",
+        "mqueue",
+        "nsfs",
+        "overlay",
+        "proc",
+        "procfs",
+        "pstore",
+        "ramfs",
+        "rpc_pipefs",
+        "securityfs",
+        "selinuxfs",
+        "squashfs",
+        "erofs",
+        "sysfs",
+        "tracefs",
+        "fuse.lxcfs",
+        "fuse.gvfsd-fuse",
+        "nfsd",
+    ]
 )
 # Mount points under which nothing is user data (node_exporter's mount-points-exclude).
-_PSEUDO_MOUNT_RE = re.compile(r"^/(dev|proc|sys|run/credentials/.+|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)")
+_PSEUDO_MOUNT_RE = re.compile(
+    r"^/(dev|proc|sys|run/credentials/.+|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+)
 
 _TCP_LISTEN = "0A"
 
@@ -313,5 +341,5 @@ def certificate_not_after(der: bytes) -> datetime.datetime:
     elif tag == 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
         parsed = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ")
     else:
-        raise ValueError("unexpected ASN.1 tag {:#x} for notAfter".format(tag))
+        raise ValueError(f"unexpected ASN.1 tag {tag:#x} for notAfter")
     return parsed.replace(tzinfo=datetime.timezone.utc)

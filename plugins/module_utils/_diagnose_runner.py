@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Runs healer_diagnose's checks, each in its own thread with its own deadline.
 
@@ -46,16 +45,16 @@ def execute(job: Job, system: System, previous: Dict[str, Any]) -> Dict[str, Any
     try:
         outcome = CHECK_FUNCTIONS[job.check](ctx)
     except Skip as reason:
-        return _outcome(SKIPPED, "skipped: {}".format(reason))
+        return _outcome(SKIPPED, f"skipped: {reason}")
     except PermissionError as error:
-        return _outcome(SKIPPED, "skipped: permission denied: {}".format(system.display(error.filename or error)))
+        return _outcome(SKIPPED, f"skipped: permission denied: {system.display(error.filename or error)}")
     except FileNotFoundError as error:
-        return _outcome(SKIPPED, "skipped: {} is absent".format(system.display(error.filename or error)))
+        return _outcome(SKIPPED, f"skipped: {system.display(error.filename or error)} is absent")
     except subprocess.TimeoutExpired as error:
         command = error.cmd[0] if isinstance(error.cmd, (list, tuple)) else error.cmd
-        return _outcome(UNKNOWN, "{} timed out after {:g} s".format(command, error.timeout))
+        return _outcome(UNKNOWN, f"{command} timed out after {error.timeout:g} s")
     except Exception as error:
-        return _outcome(UNKNOWN, "internal error: {}: {}".format(type(error).__name__, error))
+        return _outcome(UNKNOWN, f"internal error: {type(error).__name__}: {error}")
     if outcome.get("state") not in STATES:
         return _outcome(UNKNOWN, "internal error: check returned state {!r}".format(outcome.get("state")))
     return outcome
@@ -83,7 +82,7 @@ def run_jobs(jobs: List[Job], system: System, previous: Dict[str, Any]) -> Dict[
         thread.join(max(0.0, start + job.timeout - time.monotonic()))
         outcome = outcomes.get(job.name)
         if thread.is_alive() or outcome is None:
-            outcome = _outcome(UNKNOWN, "timed out after {:g} s".format(job.timeout))
+            outcome = _outcome(UNKNOWN, f"timed out after {job.timeout:g} s")
             duration = job.timeout
         else:
             duration = durations.get(job.name, 0.0)
@@ -113,7 +112,7 @@ def collect_metrics(system: System, timeout: float) -> Tuple[Dict[str, Any], Dic
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        skipped["timeout"] = "metrics collection timed out after {:g} s; partial".format(timeout)
+        skipped["timeout"] = f"metrics collection timed out after {timeout:g} s; partial"
     return metrics.as_dict(), dict(skipped)
 
 
@@ -172,7 +171,7 @@ def diagnose(params: Dict[str, Any], system: Optional[System] = None, plan: Opti
 
 
 def _summary(health: str, counts: Dict[str, int]) -> str:
-    parts = ["{} {}".format(counts[s], s) for s in (CRITICAL, WARNING, UNKNOWN, OK, SKIPPED) if counts[s]]
+    parts = [f"{counts[s]} {s}" for s in (CRITICAL, WARNING, UNKNOWN, OK, SKIPPED) if counts[s]]
     return "{}: {}".format(health, ", ".join(parts) if parts else "no checks")
 
 
@@ -182,7 +181,7 @@ def _message(health: str, checks: Dict[str, Dict[str, Any]], counts: Dict[str, i
         ((name, c) for name, c in checks.items() if c["state"] not in (OK, SKIPPED)),
         key=lambda item: -rank(item[1]["state"]),
     )
-    text = "health {}".format(_summary(health, counts))
+    text = f"health {_summary(health, counts)}"
     if bad:
         text += " - " + "; ".join("{} {}: {}".format(name, c["state"], c["summary"]) for name, c in bad)
     if failed:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Everything healer_diagnose touches on the host, behind one object.
 
@@ -146,11 +145,10 @@ class System:
     def run(self, argv: List[str], timeout: float) -> CommandResult:
         """Run a read-only command with a deadline; ``subprocess.TimeoutExpired`` propagates."""
         env = dict(os.environ, LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
-        proc = subprocess.run(  # noqa: S603 - argv list, no shell
+        proc = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             timeout=timeout,
             env=env,
             check=False,
@@ -215,7 +213,7 @@ class System:
         if not validate_certs:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
+        request = urllib.request.Request(url, method=method, headers=headers)
         opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
         start = time.monotonic()
         try:

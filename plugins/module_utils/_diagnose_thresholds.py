@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """States, Nagios threshold ranges and perfdata for healer_diagnose.
 
@@ -28,7 +27,7 @@ ABOVE = "above"
 BELOW = "below"
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_RANGE_RE = re.compile(r"^(?P<inside>@)?(?:(?P<start>~|{n})?:)?(?P<end>{n})?$".format(n=_NUMBER))
+_RANGE_RE = re.compile(rf"^(?P<inside>@)?(?:(?P<start>~|{_NUMBER})?:)?(?P<end>{_NUMBER})?$")
 
 
 class ThresholdError(ValueError):
@@ -66,7 +65,7 @@ class Threshold:
         return within if self.inside else not within
 
     def __repr__(self) -> str:
-        return "Threshold({!r})".format(self.text)
+        return f"Threshold({self.text!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Threshold) and (self.start, self.end, self.inside) == (
@@ -96,29 +95,29 @@ def parse_threshold(value: Any, name: str, direction: str = ABOVE) -> Optional[T
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ThresholdError("{}: invalid range {!r} (expected a number or a Nagios range)".format(name, value))
+        raise ThresholdError(f"{name}: invalid range {value!r} (expected a number or a Nagios range)")
     if isinstance(value, (int, float)):
         number = float(value)
         if math.isnan(number) or math.isinf(number):
-            raise ThresholdError("{}: invalid range {!r}".format(name, value))
+            raise ThresholdError(f"{name}: invalid range {value!r}")
         text = _format_number(number)
         if direction == BELOW:
             return Threshold(number, math.inf, False, text + ":")
         return Threshold(0.0, number, False, text)
     if not isinstance(value, str):
-        raise ThresholdError("{}: invalid range {!r} (expected a number or a Nagios range)".format(name, value))
+        raise ThresholdError(f"{name}: invalid range {value!r} (expected a number or a Nagios range)")
     text = value.strip()
     if text == "":
         return None
     match = _RANGE_RE.match(text)
     if not match or text == "@":
-        raise ThresholdError("{}: invalid range {!r}".format(name, value))
+        raise ThresholdError(f"{name}: invalid range {value!r}")
     has_colon = ":" in text
     start_text = match.group("start")
     end_text = match.group("end")
     if not has_colon:
         if end_text is None:
-            raise ThresholdError("{}: invalid range {!r}".format(name, value))
+            raise ThresholdError(f"{name}: invalid range {value!r}")
         if direction == BELOW and not match.group("inside"):
             return parse_threshold(float(end_text), name, BELOW)
         start, end = 0.0, float(end_text)
@@ -131,7 +130,7 @@ def parse_threshold(value: Any, name: str, direction: str = ABOVE) -> Optional[T
             start = float(start_text)
         end = math.inf if end_text is None else float(end_text)
     if start > end:
-        raise ThresholdError("{}: invalid range {!r} (start is greater than end)".format(name, value))
+        raise ThresholdError(f"{name}: invalid range {value!r} (start is greater than end)")
     return Threshold(start, end, bool(match.group("inside")), text)
 
 

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
@@ -95,8 +94,8 @@ options:
       - "C(log_errors): journal mode C(since) (V(1 hour ago)), C(unit), C(priority) (V(err));
         or file mode C(path) with C(pattern) (default matches error, critical, fatal, panic,
         emerg and alert) and C(max_bytes) (V(1048576)) read from the end of the file."
-      - A list may be given instead of the dictionary for C(processes), C(services), C(ports)
-        and C(dns), for example C(processes: [sshd]).
+      - "A list may be given instead of the dictionary for C(processes), C(services), C(ports)
+        and C(dns), for example C(processes: [sshd])."
     type: dict
     default: {}
   applications:
@@ -123,8 +122,8 @@ options:
         elements: str
       ports:
         description:
-          - Ports that must listen here (V(80)) or accept connections
-            (C({host: 127.0.0.1, port: 8080})).
+          - "Ports that must listen here (V(80)) or accept connections
+            (C({host: 127.0.0.1, port: 8080}))."
         type: list
         elements: raw
       http:
@@ -340,7 +339,6 @@ counters:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_config import (
     ALL_CHECKS,
     DEFAULT_CHECKS,

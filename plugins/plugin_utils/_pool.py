@@ -179,6 +179,7 @@ def _new_counters() -> Dict[str, float]:
         "channelsRefused": 0,
         "waits": 0,
         "waitSeconds": 0.0,
+        "peakConnections": 0,
     }
 
 
@@ -328,7 +329,9 @@ class Pool:
                 opened=1,
             )
             kp.entries.append(entry)
-            self._counters(key)["poolMisses"] += 1
+            counters = self._counters(key)
+            counters["poolMisses"] += 1
+            counters["peakConnections"] = max(counters["peakConnections"], len(kp.entries))
             self._on_event("created", key=key.label, transport=entry.id)
             self._dispatch(kp)
             return Lease(self, entry, hit=False, waited=0.0)

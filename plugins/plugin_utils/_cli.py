@@ -1,0 +1,78 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``pooled-ssh``: look at and steer the pool daemon from a terminal.
+
+Run it as ``python -m ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli``
+with the collections directory on ``PYTHONPATH``. Does not import Ansible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from ._client import PoolClient, PoolFailure, PoolUnavailable, pool_dir_path
+
+
+def _pool_dir(args: argparse.Namespace) -> str:
+    return pool_dir_path(args.pool_dir or os.environ.get("ANSIBLE_POOLED_SSH_POOL_DIR"))
+
+
+def _print_table(stats: Dict[str, Any]) -> None:
+    columns = ["poolHits", "poolMisses", "totalConnections", "activeConnections", "idleConnections",
+               "healthChecksPassed", "healthCheckFailures"]
+    rows = [(host, values) for host, values in sorted(stats.get("hosts", {}).items())]
+    rows.append(("TOTAL", stats.get("total", {})))
+    width = max([len(h) for h, _ in rows] + [4])
+    print(f"{'host':<{width}}  " + "  ".join(columns))
+    for host, values in rows:
+        print(f"{host:<{width}}  " + "  ".join(f"{values.get(c, 0):>{len(c)}}" for c in columns))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pooled-ssh", description="Inspect and control the pooled_ssh daemon.")
+    parser.add_argument("--pool-dir", help="the pool directory (default: $ANSIBLE_POOLED_SSH_POOL_DIR or "
+                        "~/.ansible/pooled_ssh)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="the daemon and its live transports")
+    stats = sub.add_parser("stats", help="pool statistics, overall and per host")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    flush = sub.add_parser("flush", help="close pooled transports (all, or one host's)")
+    flush.add_argument("host", nargs="?", help="inventory host name")
+    sub.add_parser("stop", help="stop the daemon (it closes every transport)")
+    args = parser.parse_args(argv)
+
+    client = PoolClient(_pool_dir(args), spawn=False)
+    try:
+        if args.command == "stats":
+            reply = client.call({"op": "stats"})
+            reply.pop("t", None)
+            if args.json:
+                print(json.dumps(reply, indent=2, sort_keys=True))
+            else:
+                _print_table(reply)
+        elif args.command == "status":
+            reply = client.call({"op": "status"})
+            reply.pop("t", None)
+            print(json.dumps(reply, indent=2, sort_keys=True))
+        elif args.command == "flush":
+            reply = client.call({"op": "evict", "host": args.host})
+            print(f"closed {reply.get('closed', 0)} transport(s)")
+        elif args.command == "stop":
+            client.call({"op": "stop"})
+            print("daemon stopping")
+    except PoolUnavailable as e:
+        print(f"pooled-ssh: {e}", file=sys.stderr)
+        return 3
+    except PoolFailure as e:
+        print(f"pooled-ssh: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

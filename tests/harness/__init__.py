@@ -1,0 +1,1 @@
+"""Test harness: real sshd fleets, real Ansible runs and fault injection on loopback."""
