@@ -668,7 +668,7 @@ def _resolve_with_timeout(system: System, name: str, timeout: float) -> Tuple[Li
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise socket.timeout(f"no answer within {timeout} s")
+        raise socket.timeout(f"no answer within {timeout:g} s")
     if "error" in box:
         raise box["error"]
     return box["addresses"], system.monotonic() - started

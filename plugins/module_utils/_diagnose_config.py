@@ -281,7 +281,8 @@ def check_options(check: str, raw: Any, name: str) -> Dict[str, Any]:
     """Validated options of one check (defaults filled in); ``name`` is the parameter path."""
     if raw is None:
         raw = {}
-    if isinstance(raw, list) and check in SHORTHAND:
+    shorthand = isinstance(raw, list) and check in SHORTHAND
+    if shorthand:
         raw = {SHORTHAND[check]: raw}
     if not isinstance(raw, dict):
         raise ParamError(f"{name}: expected a dictionary, got {raw!r}")
@@ -296,7 +297,7 @@ def check_options(check: str, raw: Any, name: str) -> Dict[str, Any]:
             allowed = ", ".join(sorted([*list(schema), "timeout"]))
             raise ParamError(f"{name}.{key}: unknown option (expected one of: {allowed})")
         if raw[key] is not None:
-            result[key] = _option(schema[key][0], raw[key], f"{name}.{key}")
+            result[key] = _option(schema[key][0], raw[key], name if shorthand else f"{name}.{key}")
     for key, (_, default) in schema.items():
         if key not in result and default is not None:
             result[key] = default
@@ -325,6 +326,15 @@ def check_thresholds(check: str, layers: List[Tuple[Any, str]]) -> Dict[str, Opt
             except ThresholdError as error:
                 raise ParamError(str(error)) from None
     return result
+
+
+def _lenient_options(check: str, raw: Any, name: str) -> None:
+    """Validate options of a check that does not run, without requiring its targets."""
+    try:
+        check_options(check, raw, name)
+    except ParamError as error:
+        if not str(error).endswith(f"required by the {check} check"):
+            raise
 
 
 def _dict_param(params: Dict[str, Any], key: str, allowed: Any) -> Dict[str, Any]:
@@ -368,6 +378,13 @@ def build_plan(params: Dict[str, Any]) -> Plan:
     fail_on = params.get("fail_on") or "critical"
     if fail_on not in FAIL_ON:
         raise ParamError("fail_on: expected one of {}, got {!r}".format(", ".join(FAIL_ON), fail_on))
+
+    # Options and thresholds of checks that do not run are validated too: a typo is an error.
+    for check in ALL_CHECKS:
+        if check not in checks and options.get(check) is not None:
+            _lenient_options(check, options[check], "options." + check)
+        if check not in checks:
+            check_thresholds(check, [(thresholds.get(check), "thresholds." + check)])
 
     jobs: List[Job] = []
     for check in dict.fromkeys(checks):

@@ -69,7 +69,8 @@ def decode_header(header: bytes) -> Tuple[int, int]:
 def decode_body(body: bytes) -> Dict[str, Any]:
     try:
         message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # RecursionError: nesting deeper than the interpreter allows, well within MAX_JSON.
         raise ProtocolError(f"message is not JSON: {e}") from None
     if not isinstance(message, dict):
         raise ProtocolError("message is not a JSON object")

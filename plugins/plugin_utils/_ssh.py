@@ -213,6 +213,8 @@ class Connector:
         except socket.gaierror as e:
             raise _fail(spec, f"cannot resolve host name ({e.strerror})",
                         "check ansible_host and your DNS or /etc/hosts") from e
+        except UnicodeError as e:
+            raise _fail(spec, "cannot resolve host name (not a valid DNS name)", "check ansible_host") from e
         except ConnectionRefusedError as e:
             raise _fail(spec, "connection refused", "check that sshd is running and listening on that port") from e
         except TimeoutError as e:

@@ -138,7 +138,7 @@ def target_python() -> str:
     """The interpreter the test user runs modules with (``ansible_python_interpreter``).
 
     ``/usr/bin/python3`` is preferred: the controller's interpreter often lives under a 0700
-    home (pyenv under /root) that the test user cannot reach. As root we install python3 when
+    home (e.g. pyenv in root's home) that the test user cannot reach. As root we install python3 when
     it is missing; as non-root the current interpreter works since the test user is us.
     """
     system = "/usr/bin/python3"
