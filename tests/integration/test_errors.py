@@ -27,6 +27,7 @@ def _free_closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.compat
 def test_each_bad_host_fails_alone_with_one_clear_line(make_fleet, make_runner, tmp_path, pool_dir,
                                                        collections_root):
     fleet = make_fleet(count=4)

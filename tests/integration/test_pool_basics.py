@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from harness import pool
 from harness.sshd import wait_until
 
@@ -43,6 +44,7 @@ def accepted(fleet) -> dict:
     return {h.name: h.accepted_count("publickey") for h in fleet}
 
 
+@pytest.mark.compat
 def test_seven_tasks_five_hosts_one_handshake_per_host(fleet, runner, tmp_path, collections_root, pool_dir):
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     first = runner.playbook(SEVEN_TASKS, inventory)
@@ -126,6 +128,7 @@ KILL_DAEMON_BETWEEN_TASKS = """
 """
 
 
+@pytest.mark.compat
 def test_daemon_sigkill_between_tasks(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=2)
     runner = make_runner(fleet)
@@ -142,6 +145,7 @@ def test_daemon_sigkill_between_tasks(make_fleet, make_runner, tmp_path, pool_di
     assert [h.accepted_count("publickey") for h in fleet] == [2, 2]
 
 
+@pytest.mark.compat
 def test_sshd_restarted_between_tasks_reconnects(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=2)
     runner = make_runner(fleet)
