@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import json
 import re
 import socket
@@ -605,7 +606,7 @@ def check_http(ctx: Context) -> Dict[str, Any]:
             opts.get("validate_certs", True),
             opts.get("max_body_bytes", 1048576),
         )
-    except (OSError, urllib.error.URLError, ValueError, socket.timeout) as error:
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as error:
         reason = _reason(error)
         values["error"] = reason
         metrics.append(("probe_success", 0, labels))

@@ -357,7 +357,8 @@ def _previous(value: Any) -> Dict[str, Any]:
     result = dict(value)
     for key in ("oom_kill", "boot_time"):
         if result.get(key) is not None:
-            result[key] = _number(result[key], "previous." + key, positive=False)
+            number = _number(result[key], "previous." + key, positive=False)
+            result[key] = int(number) if number.is_integer() else number
     return result
 
 
@@ -431,6 +432,8 @@ def build_plan(params: Dict[str, Any]) -> Plan:
                 ],
             )
             jobs.append(Job(app_name + "/" + check, check, app_name, opts, limits, opts.pop("timeout", app_timeout)))
+        for check, raw in app_thresholds.items():  # thresholds of a check this application does not run
+            check_thresholds(check, [(raw, f"{where}.thresholds.{check}")])
     metrics = params.get("metrics")
     return Plan(
         jobs, fail_on, True if metrics is None else bool(metrics), _previous(params.get("previous")), default_timeout
