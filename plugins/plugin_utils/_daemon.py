@@ -300,6 +300,12 @@ class Daemon:
                 lease.release(refused=True)
             except (paramiko.SSHException, EOFError, OSError) as e:
                 last = e
+                if lease.conn.is_active():
+                    # The transport is fine; the server refused this request (no SFTP subsystem...).
+                    lease.release()
+                    spec = msg["conn"]
+                    raise PoolError(f"{spec['addr']}:{spec['port']}: the server refused the request ({e})",
+                                    kind="refused") from None
                 lease.release(broken=True)
         spec = msg["conn"]
         raise PoolError(f"{spec['addr']}:{spec['port']}: could not open a channel ({last}); "
@@ -406,8 +412,9 @@ class Daemon:
         try:
             lease, sftp = self._with_channel(msg, self._sftp)
         except PoolError as e:
-            if "subsystem" not in str(e).lower() and "could not open a channel" not in str(e):
+            if e.kind != "refused":
                 raise
+            log.info("%s has no SFTP subsystem; transferring through cat", where)
             self._transfer_with_cat(conn, msg, put)
             return
         broken = False

@@ -34,7 +34,10 @@ def seconds(get_option: GetOption, name: str) -> float:
     value = get_option(name)
     if value is None:
         ms = get_option(f"{name}_ms")
-        value = SECONDS_WITH_MS_ALIAS[name] if ms is None else float(ms) / 1000.0
+        if ms is None:
+            return SECONDS_WITH_MS_ALIAS[name]
+        # Validated (and named in errors) as the alias the user actually set.
+        return seconds_plain(lambda _: ms, f"{name}_ms") / 1000.0
     try:
         value = float(value)
     except (TypeError, ValueError):

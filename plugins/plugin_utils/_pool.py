@@ -234,6 +234,8 @@ class Pool:
             raise self._exhausted(kp)
         waiter = _Waiter()
         kp.waiters.append(waiter)
+        # The queue may now hold more than the handshakes in flight can carry: start another.
+        self._dispatch(kp)
         deadline = start + settings.wait_timeout
         try:
             while waiter.grant is None and waiter.error is None:
@@ -290,7 +292,9 @@ class Pool:
             return Lease(self, best, hit=True)
         # A handshake already under way will bring room for several requests: wait for it
         # rather than pay another handshake (and another MaxStartups slot).
-        if kp.connecting and len(kp.waiters) < kp.connecting * (kp.channel_limit() - 1):
+        # Demand counts the request being served: queued (from _dispatch) or not (empty queue).
+        demand = max(len(kp.waiters), 1)
+        if kp.connecting and demand <= kp.connecting * (kp.channel_limit() - 1):
             return None
         if len(kp.entries) + kp.connecting < kp.settings.max_connections:
             kp.connecting += 1
