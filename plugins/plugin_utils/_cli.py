@@ -11,24 +11,14 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from ._client import PoolClient, PoolFailure, PoolUnavailable, pool_dir_path
+from ._stats import prometheus, render_table
 
 
 def _pool_dir(args: argparse.Namespace) -> str:
     return pool_dir_path(args.pool_dir or os.environ.get("ANSIBLE_POOLED_SSH_POOL_DIR"))
-
-
-def _print_table(stats: Dict[str, Any]) -> None:
-    columns = ["poolHits", "poolMisses", "totalConnections", "activeConnections", "idleConnections",
-               "healthChecksPassed", "healthCheckFailures"]
-    rows = [(host, values) for host, values in sorted(stats.get("hosts", {}).items())]
-    rows.append(("TOTAL", stats.get("total", {})))
-    width = max([len(h) for h, _ in rows] + [4])
-    print(f"{'host':<{width}}  " + "  ".join(columns))
-    for host, values in rows:
-        print(f"{host:<{width}}  " + "  ".join(f"{values.get(c, 0):>{len(c)}}" for c in columns))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -38,7 +28,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="the daemon and its live transports")
     stats = sub.add_parser("stats", help="pool statistics, overall and per host")
-    stats.add_argument("--json", action="store_true", help="print JSON")
+    fmt = stats.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--prometheus", action="store_true", help="print the Prometheus text exposition format")
     flush = sub.add_parser("flush", help="close pooled transports (all, or one host's)")
     flush.add_argument("host", nargs="?", help="inventory host name")
     sub.add_parser("stop", help="stop the daemon (it closes every transport)")
@@ -51,8 +43,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             reply.pop("t", None)
             if args.json:
                 print(json.dumps(reply, indent=2, sort_keys=True))
+            elif args.prometheus:
+                print(prometheus(reply), end="")
             else:
-                _print_table(reply)
+                print(render_table(reply))
         elif args.command == "status":
             reply = client.call({"op": "status"})
             reply.pop("t", None)

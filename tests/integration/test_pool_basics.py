@@ -108,6 +108,9 @@ def test_twenty_forks_on_one_host_stay_within_max_connections(make_fleet, make_r
     assert target.accepted_count("publickey") == stats["poolMisses"]
     assert stats["poolHits"] + stats["poolMisses"] >= 40
     assert stats["waits"] > 0, "with 8 channel slots for 20 forks some requests must have queued"
+    # Twenty workers raced to start the pool: exactly one daemon ever ran.
+    log = (Path(pool_dir) / "daemon.log").read_text()
+    assert log.count(" started pid=") == 1, log
 
 
 KILL_DAEMON_BETWEEN_TASKS = """
