@@ -1,0 +1,43 @@
+"""Every plugin, module and the role's argument spec render with ansible-doc, without warnings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+PLUGINS = [
+    ("connection", "healer.pooled_ssh.pooled_ssh"),
+    ("callback", "healer.pooled_ssh.pool_stats"),
+    ("module", "healer.pooled_ssh.healer_diagnose"),
+    ("module", "healer.pooled_ssh.pool_info"),
+    ("role", "healer.pooled_ssh.diagnose"),
+]
+
+
+@pytest.mark.parametrize(("kind", "name"), PLUGINS, ids=[n for _, n in PLUGINS])
+def test_ansible_doc_renders(kind, name, make_runner, tmp_path):
+    runner = make_runner(tmp_path / "known_hosts")
+    text = runner.run([runner.executable("ansible-doc"), "-t", kind, name])
+    assert text.rc == 0, text.output_tail()
+    assert "WARNING" not in text.stderr.upper(), text.stderr
+    assert name.split(".")[-1] in text.stdout
+    data = json.loads(runner.run([runner.executable("ansible-doc"), "-t", kind, "--json", name]).stdout)
+    doc = data[name]["doc"] if kind != "role" else data[name]
+    assert doc, data
+
+
+def test_connection_doc_lists_the_origin_and_paramiko_names(make_runner, tmp_path):
+    runner = make_runner(tmp_path / "known_hosts")
+    data = json.loads(runner.run([runner.executable("ansible-doc"), "-t", "connection", "--json",
+                                  "healer.pooled_ssh.pooled_ssh"]).stdout)
+    options = data["healer.pooled_ssh.pooled_ssh"]["doc"]["options"]
+    envs = {e["name"] for o in options.values() for e in o.get("env", [])}
+    for origin in ("SSH_POOL_MAX_CONNECTIONS", "SSH_POOL_IDLE_TIMEOUT_MS", "SSH_POOL_CONNECTION_TIMEOUT_MS",
+                   "SSH_POOL_HEALTH_CHECKS", "SSH_POOL_HEALTH_CHECK_INTERVAL_MS", "SSH_KEEPALIVE_INTERVAL",
+                   "SSH_KEEPALIVE_MAX_MISSED"):
+        assert origin in envs
+    for old in ("remote_addr", "port", "remote_user", "password", "private_key_file", "host_key_checking",
+                "host_key_auto_add", "record_host_keys", "look_for_keys", "proxy_command", "pty", "banner_timeout",
+                "timeout", "use_rsa_sha2_algorithms"):
+        assert old in options
