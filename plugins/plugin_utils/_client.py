@@ -63,6 +63,11 @@ def prepare_pool_dir(path: str) -> None:
         os.makedirs(parent, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
+    check_pool_dir(path)
+
+
+def check_pool_dir(path: str) -> None:
+    """Refuse a pool directory that is not a directory of ours that only we can enter."""
     st = os.lstat(path)
     if os.path.islink(path) or not os.path.isdir(path):
         raise PoolUnavailable(f"pool directory {path} is not a directory: remove it or set pool_dir")
@@ -176,6 +181,9 @@ class PoolClient:
         self._sock: Optional[socket.socket] = None
         self._pid = 0
         self.daemon_pid: Optional[int] = None
+        #: Seconds to wait for the daemon's next reply (None: no limit). The plugin sets it while awaiting a
+        #: become prompt; when it expires the request is abandoned (kind "recv_timeout").
+        self.recv_timeout: Optional[float] = None
 
     def _socket(self) -> socket.socket:
         # A socket inherited across fork() is shared with the parent: open our own.
@@ -223,8 +231,13 @@ class PoolClient:
         raise AssertionError("unreachable")
 
     def _recv(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
+        sock.settimeout(self.recv_timeout)
         try:
             return proto.recv_frame(sock)
+        except socket.timeout:
+            # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
+            self.close()
+            raise PoolFailure("recv_timeout", f"no reply from the pool daemon within {self.recv_timeout:g}s") from None
         except (OSError, proto.ProtocolError) as e:
             self.close()
             raise PoolFailure("daemon_lost", f"the pool daemon went away mid-request ({e}); "

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import paramiko
 
 from . import _protocol as proto
+from ._client import check_pool_dir
 from ._pool import Lease, Pool, PoolError, PoolKey, PoolSettings
 from ._ssh import CHANNEL_TIMEOUT, Connector
 
@@ -53,19 +54,6 @@ IDENTITY_FIELDS = (
     "addr", "password", "private_key_file", "private_key_passphrase", "proxy_command", "proxy_jump",
     "host_key_checking", "known_hosts_files", "look_for_keys",
 )
-
-
-def check_pool_dir(path: str) -> None:
-    """Refuse a pool directory that someone else could enter or own."""
-    st = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise PermissionError(f"pool directory {path} is not a directory")
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"pool directory {path} is owned by uid {st.st_uid}, not {os.getuid()}: "
-                              "use a directory of your own (pool_dir)")
-    if st.st_mode & 0o077:
-        raise PermissionError(f"pool directory {path} has mode {st.st_mode & 0o777:04o}: "
-                              f"it must be 0700 (chmod 700 {path})")
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -279,6 +267,9 @@ class Daemon:
     def _lease(self, msg: Dict[str, Any]) -> Tuple[Lease, PoolSettings]:
         spec = msg["conn"]
         settings = PoolSettings.from_dict(msg.get("pool") or {})
+        if spec.get("proxy_jump"):
+            # The bastion's transports are pooled with the same settings (see _jump_socket).
+            spec["pool_settings"] = msg.get("pool") or {}
         lease = self.pool.acquire(self._key(spec), settings, spec)
         lease.conn.settings = settings
         return lease, settings
@@ -490,6 +481,7 @@ class Daemon:
                     and (user is None or key.user == user))
 
         closed = self.pool.evict(match)
+        self.connector.forget_auth_failures(match)
         proto.send_frame(conn, {"t": "ok", "closed": closed})
 
     def op_stats(self, conn: socket.socket, msg: Dict[str, Any], payload: bytes) -> None:
@@ -529,7 +521,43 @@ class Daemon:
     # -- jump hosts --------------------------------------------------------------------
 
     def _jump_socket(self, spec: Dict[str, Any], timeout: float) -> Tuple[Any, Any]:
-        raise PoolError(f"{spec['addr']}:{spec['port']}: proxy_jump is not supported yet", kind="connect")
+        """A ``direct-tcpip`` channel to the target through a pooled transport to its jump host.
+
+        The bastion's transport comes from this same pool (key: the hop's name, port and
+        user, with the target's credentials unless ssh_config gave the hop its own key),
+        so many targets behind one bastion share one login to it. The lease holds one of
+        the bastion transport's channel slots for as long as the target transport lives:
+        ``SshConn.close`` releases it. Chains (``a,b``) recurse: ``b`` is reached through ``a``.
+        """
+        hops = list(spec["proxy_jump"])
+        hop = hops[-1]
+        bastion = {k: v for k, v in spec.items() if k not in ("proxy_jump", "proxy_command")}
+        bastion.update(host=hop["host"], addr=hop["addr"], port=int(hop["port"]), user=hop["user"])
+        if hop.get("private_key_file"):
+            bastion["private_key_file"] = hop["private_key_file"]
+        if len(hops) > 1:
+            bastion["proxy_jump"] = hops[:-1]
+        settings = PoolSettings.from_dict(spec.get("pool_settings") or {})
+        key = self._key(bastion)
+        lease = self.pool.acquire(key, settings, bastion)
+        lease.conn.settings = settings
+        target = f"{spec['addr']}:{spec['port']}"
+        try:
+            chan = lease.conn.transport.open_channel(
+                "direct-tcpip", dest_addr=(spec["addr"], int(spec["port"])), src_addr=("127.0.0.1", 0),
+                timeout=timeout)
+        except paramiko.ChannelException as e:
+            lease.release()
+            raise PoolError(f"{target}: the jump host {key.label} refused to connect to it ({e.text or e}); "
+                            "check that the target is reachable from the jump host and that its sshd has "
+                            "AllowTcpForwarding yes", kind="connect") from None
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            lease.release(broken=not lease.conn.is_active())
+            raise PoolError(f"{target}: no channel through the jump host {key.label} within {timeout:g}s ({e}); "
+                            "raise timeout or check the jump host", kind="connect") from None
+        log.info("%s: tunnelled through jump host %s (transport %d, %s)", target, key.label, lease.entry.id,
+                 "reused" if lease.hit else "new")
+        return chan, lease
 
 
 def setup_logging(pool_dir: str, level: str) -> None:

@@ -321,24 +321,28 @@ class Pool:
             raise
         with self._cond:
             kp.connecting -= 1
-            now = self._clock()
-            entry = Entry(
-                key=key,
-                conn=conn,
-                created=now,
-                last_used=now,
-                last_checked=now,
-                max_channels=kp.channel_limit(),
-                in_use=1,
-                opened=1,
-            )
-            kp.entries.append(entry)
-            counters = self._counters(key)
-            counters["poolMisses"] += 1
-            counters["peakConnections"] = max(counters["peakConnections"], len(kp.entries))
-            self._on_event("created", key=key.label, transport=entry.id)
-            self._dispatch(kp)
-            return Lease(self, entry, hit=False, waited=0.0)
+            if self._keys.get(key) is kp:
+                now = self._clock()
+                entry = Entry(
+                    key=key,
+                    conn=conn,
+                    created=now,
+                    last_used=now,
+                    last_checked=now,
+                    max_channels=kp.channel_limit(),
+                    in_use=1,
+                    opened=1,
+                )
+                kp.entries.append(entry)
+                counters = self._counters(key)
+                counters["poolMisses"] += 1
+                counters["peakConnections"] = max(counters["peakConnections"], len(kp.entries))
+                self._on_event("created", key=key.label, transport=entry.id)
+                self._dispatch(kp)
+                return Lease(self, entry, hit=False, waited=0.0)
+        # close_all() ran during the handshake: nobody may use this transport.
+        self._close(Entry(key=key, conn=conn, created=0.0, last_used=0.0, max_channels=0), "shutdown")
+        raise PoolError("pool daemon is shutting down", kind="shutdown")
 
     def release(self, lease: Lease, *, broken: bool = False, refused: bool = False) -> None:
         to_close = None
