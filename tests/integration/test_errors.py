@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,7 +77,7 @@ fleet:
     out = result.stdout + result.stderr
     for name, (host, cause) in expected.items():
         assert recap[name]["unreachable"] == 1, (name, recap)
-        where = f"{host.address}:{host.port}" if host else ("127.0.0.1:%d" % closed_port if name == "closedport"
+        where = f"{host.address}:{host.port}" if host else (f"127.0.0.1:{closed_port}" if name == "closedport"
                                                              else "no..such..host:22")
         line = next((ln for ln in out.splitlines() if f"[{name}]: UNREACHABLE!" in ln), None)
         assert line is not None, out
