@@ -120,3 +120,17 @@ def test_sftp_less_server_falls_back_to_cat(make_fleet, make_runner, tmp_path, p
     assert (tmp_path / "back.txt").read_text() == "no sftp here\n"
     assert fleet.hosts[0].accepted_count("publickey") == 1
     assert "no SFTP subsystem; transferring through cat" in Path(pool_dir, "daemon.log").read_text()
+
+
+def test_host_key_checking_off_accepts_an_unknown_host(make_fleet, make_runner, tmp_path):
+    fleet = make_fleet(count=1)
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    runner = make_runner(empty)
+    inventory = fleet.write_inventory(tmp_path / "inventory.yml")
+    refused = runner.adhoc("fleet", "ansible.builtin.command", "true", inventory)
+    assert refused.rc != 0 and "host key is unknown" in refused.stdout
+    accepted = runner.adhoc("fleet", "ansible.builtin.command", "true", inventory,
+                            env={"ANSIBLE_HOST_KEY_CHECKING": "False"})
+    assert accepted.rc == 0, accepted.output_tail()
+    assert empty.read_text() == "", "host_key_checking=False must not record keys"

@@ -95,7 +95,7 @@ def test_twenty_forks_on_one_host_stay_within_max_connections(make_fleet, make_r
 """
     runner = make_runner(fleet, extra_env={
         "ANSIBLE_FORKS": "20",
-        "ANSIBLE_POOLED_SSH_MAX_CONNECTIONS": "2",
+        "SSH_POOL_MAX_CONNECTIONS": "2",  # the origin's name for max_connections
         "ANSIBLE_POOLED_SSH_MAX_CHANNELS": "4",
     })
     result = runner.playbook(playbook, inventory, "-i", str(tmp_path / "workers.yml"))
@@ -170,7 +170,8 @@ def test_sshd_restarted_between_tasks_reconnects(make_fleet, make_runner, tmp_pa
 
 def test_idle_transport_is_closed_after_idle_timeout(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=1)
-    runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": "2",
+    # The origin's variable, in milliseconds, is honoured as an alias of idle_timeout.
+    runner = make_runner(fleet, extra_env={"SSH_POOL_IDLE_TIMEOUT_MS": "2000",
                                             "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "600"})
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
