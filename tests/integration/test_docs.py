@@ -20,7 +20,9 @@ def test_ansible_doc_renders(kind, name, make_runner, tmp_path):
     runner = make_runner(tmp_path / "known_hosts")
     text = runner.run([runner.executable("ansible-doc"), "-t", kind, name])
     assert text.rc == 0, text.output_tail()
-    assert "WARNING" not in text.stderr.upper(), text.stderr
+    # ansible-core 2.21 itself warns about its internal _protomatter collection when listing roles.
+    warnings = [ln for ln in text.stderr.splitlines() if "WARNING" in ln.upper() and "_protomatter" not in ln]
+    assert warnings == [], text.stderr
     assert name.split(".")[-1] in text.stdout
     data = json.loads(runner.run([runner.executable("ansible-doc"), "-t", kind, "--json", name]).stdout)
     doc = data[name]["doc"] if kind != "role" else data[name]
