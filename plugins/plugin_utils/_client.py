@@ -130,6 +130,8 @@ def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "i
     finds no daemon and starts one. A socket left by a killed daemon refuses connections
     and is replaced by the new daemon.
     """
+    if not spawn and not os.path.isdir(pool_dir):
+        raise PoolUnavailable(f"no pool daemon is running for {pool_dir}")
     prepare_pool_dir(pool_dir)
     path = socket_path(pool_dir)
     try:

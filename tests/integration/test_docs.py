@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,10 @@ def test_connection_doc_lists_the_origin_and_paramiko_names(make_runner, tmp_pat
                 "host_key_auto_add", "record_host_keys", "look_for_keys", "proxy_command", "pty", "banner_timeout",
                 "timeout", "use_rsa_sha2_algorithms"):
         assert old in options
+
+
+def test_options_doc_matches_the_plugin_documentation(make_runner, tmp_path):
+    runner = make_runner(tmp_path / "known_hosts")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gen_options_doc.py"
+    result = runner.run([sys.executable, str(script), "--check", "--ansible-doc", runner.executable("ansible-doc")])
+    assert result.rc == 0, result.output_tail()
