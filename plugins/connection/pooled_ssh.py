@@ -220,6 +220,54 @@ options:
     vars:
       - name: ansible_paramiko_proxy_command
       - name: ansible_pooled_ssh_proxy_command
+  proxy_jump:
+    description:
+      - Reach the target through one or more jump hosts, as OpenSSH's C(ProxyJump) (C(-J)) does. The value is
+        C([user@]host[:port]), comma-separated for a chain, the first hop first. C(none) means no jump host.
+      - The jump host's transport is pooled like any other, keyed on its name, port and user, and logs in with the
+        target's credentials (its user defaults to the target's O(remote_user), its port to 22; with
+        O(ssh_config_file), each hop's C(HostName), C(Port), C(User) and C(IdentityFile) are read from it).
+      - Every target transport holds one channel slot of a jump host transport for as long as it lives, so one
+        bastion transport carries up to O(max_channels) targets and the bastion gets at most O(max_connections)
+        transports; C(AllowTcpForwarding) must be on at the jump host.
+      - Mutually exclusive with O(proxy_command).
+    type: string
+    version_added: 0.2.0
+    env:
+      - name: ANSIBLE_POOLED_SSH_PROXY_JUMP
+    ini:
+      - section: pooled_ssh_connection
+        key: proxy_jump
+    vars:
+      - name: ansible_pooled_ssh_proxy_jump
+  ssh_config_file:
+    description:
+      - Read this OpenSSH client config file (for example C(~/.ssh/config)) for the host's C(HostName), C(User),
+        C(Port), C(IdentityFile), C(ProxyJump) and C(ProxyCommand). Off unless set, so that behaviour does not depend
+        on a file the inventory does not mention.
+      - The host is looked up under its O(remote_addr) (C(ansible_host), else the inventory name). An Ansible option
+        that is set wins over the file; the file fills only what is unset (the port only when it is 22).
+        C(ProxyJump)/C(ProxyCommand) from the file apply only when neither O(proxy_jump) nor O(proxy_command) is set.
+    type: path
+    version_added: 0.2.0
+    env:
+      - name: ANSIBLE_POOLED_SSH_SSH_CONFIG_FILE
+    ini:
+      - section: pooled_ssh_connection
+        key: ssh_config_file
+    vars:
+      - name: ansible_pooled_ssh_ssh_config_file
+  use_persistent_connections:
+    description:
+      - Accepted for compatibility with C(paramiko_ssh), where it only stopped the host key prompt. This plugin
+        never prompts (unknown host keys are refused, see O(host_key_checking)), so it has no effect.
+    type: boolean
+    default: false
+    env:
+      - name: ANSIBLE_USE_PERSISTENT_CONNECTIONS
+    ini:
+      - section: defaults
+        key: use_persistent_connections
   pty:
     description:
       - Request a pseudo-terminal for commands that may escalate privileges (C(sudo) may require one),
@@ -269,7 +317,9 @@ options:
       - name: ansible_pooled_ssh_banner_timeout
   timeout:
     description:
-      - Seconds allowed for opening a new transport (TCP connect, negotiation and authentication each).
+      - Seconds allowed for opening a new transport (TCP connect, negotiation and authentication each), and for
+        privilege escalation to show its prompt or success marker once the command started (then the task fails with
+        C(timed out waiting for privilege escalation prompt)).
       - Default 10; the origin's C(SSH_POOL_CONNECTION_TIMEOUT_MS) (O(timeout_ms)) applies when this is unset.
     type: int
     ini:
@@ -385,6 +435,7 @@ EXAMPLES = r"""
 """
 
 import os
+import time
 
 from ansible.errors import AnsibleAuthenticationFailure, AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -416,6 +467,14 @@ UNREACHABLE_KINDS = {"connect", "hostkey", "exhausted", "unknown_outcome", "daem
                      "protocol"}
 
 
+def _int_env(name: str) -> int:
+    """A terminal size from the environment, as paramiko_ssh passed it to ``get_pty``; 0 when unset or bad."""
+    try:
+        return max(0, int(os.environ.get(name, "0")))
+    except ValueError:
+        return 0
+
+
 class Connection(ConnectionBase):
     """SSH over Paramiko transports held by the controller's pool daemon."""
 
@@ -427,6 +486,7 @@ class Connection(ConnectionBase):
         self._client: PoolClient | None = None
         self._spec: dict | None = None
         self._pool: dict | None = None
+        self._become_password_sent = False
 
     # -- helpers -----------------------------------------------------------------
 
@@ -448,7 +508,10 @@ class Connection(ConnectionBase):
         return {"conn": self._spec, "pool": self._pool}
 
     def _new_client(self, spawn: bool = True) -> PoolClient:
-        pool_dir, idle_exit = daemon_settings(self.get_option)
+        try:
+            pool_dir, idle_exit = daemon_settings(self.get_option)
+        except OptionError as e:
+            raise AnsibleError(f"pooled_ssh option for {self._host}: {e}") from None
         return PoolClient(pool_dir_path(pool_dir), idle_exit=idle_exit, spawn=spawn)
 
     def _where(self) -> str:
@@ -490,9 +553,15 @@ class Connection(ConnectionBase):
         become = self.become if sudoable else None
         awaiting_prompt = bool(become and become.expect_prompt())
         awaiting_success = bool(become and become.success)
-        message = dict(self._request(), cmd=cmd, command_timeout=self.get_option("command_timeout"),
-                       pty=bool(self.get_option("pty") and sudoable and not in_data))
+        request = self._request()
+        message = dict(request, cmd=cmd, command_timeout=self.get_option("command_timeout"),
+                       pty=bool(self.get_option("pty") and sudoable and not in_data),
+                       term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
         ready = not (awaiting_prompt or awaiting_success)
+        # Escalation must show its prompt or success marker within the connection timeout.
+        escalation_timeout = float(request["conn"]["timeout"])
+        deadline: float | None = None
+        self._become_password_sent = False
         stdin = in_data or b""
         out: list[bytes] = []
         err: list[bytes] = []
@@ -502,8 +571,10 @@ class Connection(ConnectionBase):
             stream = self._client.exec_stream(message, stdin if ready else b"", eof=ready)
             for kind, data in stream:
                 if kind == "started":
-                    display.vvvv(f"POOL {'HIT' if data['hit'] else 'MISS'} transport={data['transport']} "
-                                 f"waited={data['waited']}s", host=self._host)
+                    display.vvv(f"POOL {'reused' if data['hit'] else 'created'} transport {data['transport']} "
+                                f"(waited {data['waited']}s)", host=self._host)
+                    if not ready:
+                        deadline = time.monotonic() + escalation_timeout
                 elif kind == "exit":
                     rc = data
                 elif ready:
@@ -516,12 +587,25 @@ class Connection(ConnectionBase):
                             out.append(pending)
                             pending = b""
                         self._client.send_stdin(stdin, eof=True)
-        except (PoolFailure, PoolUnavailable) as e:
+                # Only the escalation phase has a deadline; the command itself runs as long as it needs.
+                self._client.recv_timeout = None if ready or deadline is None else max(
+                    0.001, deadline - time.monotonic())
+        except PoolFailure as e:
+            if e.kind == "recv_timeout" and not ready and become is not None:
+                raise AnsibleError(
+                    f"{become.name}: timed out waiting for privilege escalation prompt after "
+                    f"{escalation_timeout:g}s (timeout); received: {to_text(pending[-200:], errors='replace')!r}"
+                ) from None
+            raise self._failure(e) from None
+        except PoolUnavailable as e:
             raise self._failure(e) from None
         except AnsibleError:
             # Leave the command's channel to the daemon to close: it sees us go.
             self._client.close()
             raise
+        finally:
+            if self._client is not None:
+                self._client.recv_timeout = None
         if not ready and pending:
             if become is not None and become.check_missing_password(pending):
                 raise AnsibleError(f"Missing {become.name} password")
@@ -536,9 +620,12 @@ class Connection(ConnectionBase):
                 raise AnsibleError(f"Missing {become.name} password")
             display.debug("pooled_ssh: sending become password")
             self._client.send_stdin(to_bytes(password, errors="surrogate_or_strict") + b"\n")
+            self._become_password_sent = True
             return b"", False, False
-        if become.check_incorrect_password(pending) or (not awaiting_prompt and become.prompt
-                                                        and become.check_password_prompt(pending)):
+        if not awaiting_prompt and become.prompt and become.check_password_prompt(pending):
+            # A prompt after we answered one: the password was wrong. Before any answer: there was none to give.
+            raise AnsibleError(f"{'Incorrect' if self._become_password_sent else 'Missing'} {become.name} password")
+        if become.check_incorrect_password(pending):
             raise AnsibleError(f"Incorrect {become.name} password")
         if become.check_missing_password(pending):
             raise AnsibleError(f"Missing {become.name} password")
@@ -573,7 +660,7 @@ class Connection(ConnectionBase):
             reply = self._client.call(dict(self._request(), op=op, local=local, remote=remote))
         except (PoolFailure, PoolUnavailable) as e:
             raise self._failure(e) from None
-        display.vvvv(f"POOL {'HIT' if reply.get('hit') else 'MISS'} transport={reply.get('transport')}",
+        display.vvv(f"POOL {'reused' if reply.get('hit') else 'created'} transport {reply.get('transport')}",
                      host=self._host)
 
     def reset(self) -> None:

@@ -233,17 +233,23 @@ class PoolClient:
         raise AssertionError("unreachable")
 
     def _recv(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
-        sock.settimeout(self.recv_timeout)
+        timeout = self.recv_timeout
+        if timeout is not None:
+            sock.settimeout(timeout)
         try:
             return proto.recv_frame(sock)
         except socket.timeout:
             # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
             self.close()
-            raise PoolFailure("recv_timeout", f"no reply from the pool daemon within {self.recv_timeout:g}s") from None
+            raise PoolFailure("recv_timeout", f"no reply from the pool daemon within {timeout:g}s") from None
         except (OSError, proto.ProtocolError) as e:
             self.close()
             raise PoolFailure("daemon_lost", f"the pool daemon went away mid-request ({e}); "
                               "the operation's outcome is unknown") from None
+        finally:
+            if timeout is not None and self._sock is sock:
+                # Sends (module data after the escalation) must not inherit the deadline.
+                sock.settimeout(None)
 
     def exec_stream(self, message: Dict[str, Any], stdin: bytes = b"", eof: bool = True) -> Iterator[Tuple[str, Any]]:
         """Run a command; yield ("started", info), ("out"|"err", bytes), then ("exit", rc).

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from . import _ssh_config
+
 GetOption = Callable[[str], Any]
 
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
@@ -27,6 +29,14 @@ SECONDS_WITH_MS_ALIAS = {
 
 class OptionError(ValueError):
     """A malformed option; the message names it."""
+
+
+def _optional(get_option: GetOption, name: str) -> Any:
+    """An option that older callers (and test doubles) may not declare: unknown means unset."""
+    try:
+        return get_option(name)
+    except KeyError:
+        return None
 
 
 def seconds(get_option: GetOption, name: str) -> float:
@@ -87,6 +97,14 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     """What the daemon needs to open (or find) a transport for this host."""
     environ = os.environ if environ is None else environ
     addr = str(get_option("remote_addr") or inventory_host)
+    config_file = _optional(get_option, "ssh_config_file") or None
+    found: Dict[str, Any] = {}
+    if config_file:
+        try:
+            found = _ssh_config.lookup(str(config_file), addr)
+        except _ssh_config.JumpSpecError as e:
+            raise OptionError(f"ssh_config_file: {e}") from None
+        addr = found.get("hostname", addr)
     port = get_option("port") or 22
     try:
         port = int(port)
@@ -94,15 +112,28 @@ def connection_spec(get_option: GetOption, inventory_host: str,
         raise OptionError(f"port: expected a port number, got {port!r}") from None
     if not 0 < port < 65536:
         raise OptionError(f"port: {port} is not a valid port number")
-    user = get_option("remote_user") or _local_user(environ)
+    if port == 22 and "port" in found:
+        port = found["port"]
+    user = get_option("remote_user") or found.get("user") or _local_user(environ)
     password = get_option("password")
-    key_file = get_option("private_key_file")
+    key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
     proxy_command = get_option("proxy_command") or None
+    jump_spec = _optional(get_option, "proxy_jump") or None
+    if proxy_command and jump_spec:
+        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
+    if not proxy_command and not jump_spec:
+        # ssh_config fills the proxy only when the inventory sets neither.
+        jump_spec = found.get("proxyjump")
+        proxy_command = None if jump_spec else found.get("proxycommand")
     if proxy_command:
         for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
             proxy_command = proxy_command.replace(token, value)
-    return {
+    try:
+        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
+    except _ssh_config.JumpSpecError as e:
+        raise OptionError(f"proxy_jump: {e}") from None
+    spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
         "port": port,
@@ -125,6 +156,9 @@ def connection_spec(get_option: GetOption, inventory_host: str,
         "max_handshakes_per_address": _positive_int(get_option, "max_handshakes_per_address"),
         "max_auth_attempts": _positive_int(get_option, "max_auth_attempts"),
     }
+    if hops:
+        spec["proxy_jump"] = hops
+    return spec
 
 
 def _local_user(environ: Mapping[str, str]) -> str:

@@ -24,6 +24,12 @@ log = logging.getLogger("pooled_ssh.ssh")
 
 #: Give every channel open and request a deadline: Paramiko's own waits have none.
 CHANNEL_TIMEOUT = 30.0
+#: How long a failed login is remembered for the same host, user and credentials. Every
+#: task of a playbook would otherwise try again, and sshd's MaxAuthTries, fail2ban's
+#: maxretry (5) and PerSourcePenalties count each try.
+AUTH_FAILURE_TTL = 30.0
+#: Bound on remembered failures (oldest dropped first).
+AUTH_FAILURE_MAX = 4096
 
 
 class HandshakeLimiter:
@@ -149,10 +155,19 @@ def _agent_keys(path: Optional[str]) -> Tuple[Optional[paramiko.agent.AgentSSH],
     return agent, list(agent.get_keys())
 
 
+def _passphrase(value: Optional[str]) -> Optional[bytes]:
+    """``PKey.from_path`` wants bytes (a str raises TypeError deep in cryptography)."""
+    return value.encode("utf-8") if value else None
+
+
 def _load_key(path: str, passphrase: Optional[str], spec: Dict[str, Any]) -> paramiko.PKey:
     try:
-        return paramiko.PKey.from_path(path, passphrase or None)
-    except paramiko.PasswordRequiredException as e:
+        return paramiko.PKey.from_path(path, _passphrase(passphrase))
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        # Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
+        # TypeError ("Key is password-protected, but password was not provided") comes through.
+        if isinstance(e, TypeError) and "password" not in str(e).lower():
+            raise _fail(spec, f"cannot load private key {path} ({e})", "check the file", "auth") from e
         raise _fail(spec, f"private key {path} is encrypted",
                     "set its passphrase with ansible_password or private_key_passphrase", "auth") from e
     except FileNotFoundError as e:
@@ -165,13 +180,58 @@ def _load_key(path: str, passphrase: Optional[str], spec: Dict[str, Any]) -> par
 class Connector:
     """Opens authenticated transports for the pool."""
 
-    def __init__(self, pool_lease: Optional[Any] = None) -> None:
+    def __init__(self, pool_lease: Optional[Any] = None, clock: Any = time.monotonic) -> None:
         self.limiter = HandshakeLimiter()
-        self._jump = pool_lease  # callable(spec) -> lease on a bastion transport
+        self._jump = pool_lease  # callable(spec, timeout) -> (channel, lease on a bastion transport)
+        self._clock = clock
+        self._auth_lock = threading.Lock()
+        #: PoolKey (host, port, user and a salted fingerprint of the credentials) -> (expiry, message).
+        self._auth_failures: Dict[PoolKey, Tuple[float, str]] = {}
 
     # -- the pool's entry point ------------------------------------------------
 
     def connect(self, key: PoolKey, spec: Dict[str, Any]) -> SshConn:
+        self._check_auth_cache(key)
+        try:
+            return self._connect(key, spec)
+        except PoolError as e:
+            if e.kind == "auth":
+                self._remember_auth_failure(key, str(e))
+            raise
+
+    def _check_auth_cache(self, key: PoolKey) -> None:
+        """Fail at once, without contacting the server, when these credentials just failed."""
+        now = self._clock()
+        with self._auth_lock:
+            cached = self._auth_failures.get(key)
+            if cached is None:
+                return
+            expiry, message = cached
+            if expiry <= now:
+                del self._auth_failures[key]
+                return
+        raise PoolError(f"{message} (not retried: this login failed {AUTH_FAILURE_TTL - (expiry - now):.0f}s ago; "
+                        f"the failure is remembered for {AUTH_FAILURE_TTL:g}s to spare the server's MaxAuthTries "
+                        "and fail2ban)", kind="auth")
+
+    def _remember_auth_failure(self, key: PoolKey, message: str) -> None:
+        now = self._clock()
+        with self._auth_lock:
+            for old in [k for k, (expiry, _) in self._auth_failures.items() if expiry <= now]:
+                del self._auth_failures[old]
+            while len(self._auth_failures) >= AUTH_FAILURE_MAX:
+                del self._auth_failures[next(iter(self._auth_failures))]
+            self._auth_failures[key] = (now + AUTH_FAILURE_TTL, message)
+
+    def forget_auth_failures(self, match: Any) -> int:
+        """Drop remembered failures of matching keys (``meta: reset_connection`` retries at once)."""
+        with self._auth_lock:
+            gone = [k for k in self._auth_failures if match(k)]
+            for k in gone:
+                del self._auth_failures[k]
+        return len(gone)
+
+    def _connect(self, key: PoolKey, spec: Dict[str, Any]) -> SshConn:
         timeout = float(spec.get("timeout") or 10)
         deadline = time.monotonic() + timeout
         address = (spec["addr"], int(spec["port"]))
@@ -328,7 +388,7 @@ class Connector:
         if spec.get("look_for_keys", True) and not spec.get("private_key_file"):
             for path in spec.get("default_key_files") or []:
                 try:
-                    keys.append(paramiko.PKey.from_path(path, passphrase or None))
+                    keys.append(paramiko.PKey.from_path(path, _passphrase(passphrase)))
                 except Exception:
                     continue
         tried = 0
@@ -360,7 +420,7 @@ class Connector:
                     raise self._auth_error(spec, tried, str(e)) from None
         finally:
             if agent is not None:
-                agent.close()
+                agent._close()  # AgentSSH has no public close; the socket is ours to close
         raise self._auth_error(spec, tried, "")
 
     @staticmethod

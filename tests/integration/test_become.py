@@ -50,7 +50,7 @@ def ensure_user(name: str, password: str) -> None:
         proc = subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True,
                               timeout=60, check=False)
         if proc.returncode not in (0, 9):
-            raise RuntimeError(f"useradd {name}: {proc.stderr}")
+            raise RuntimeError(f"useradd {name}: {proc.stderr}") from None
     set_password(name, password)
 
 
@@ -167,7 +167,8 @@ def test_su_with_a_password(fleet1, make_runner, tmp_path, pool_dir):
 
 def test_su_wrong_and_missing_password(fleet1, make_runner, tmp_path, pool_dir):
     ensure_user(SECOND_USER, SECOND_PASSWORD)
-    base = {"ansible_become_method": "su", "ansible_become_user": SECOND_USER}
+    base = {"ansible_become_method": "su", "ansible_become_user": SECOND_USER,
+            "ansible_shell_allow_world_readable_temp": True}
     wrong = fleet1.write_inventory(tmp_path / "wrong.yml", group_vars=dict(base, ansible_become_password="nope"))
     res = make_runner(fleet1).run_json(ID_PLAY, wrong).task("host1", "whoami")
     assert res.get("failed") and "Incorrect su password" in res["msg"], res

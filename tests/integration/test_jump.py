@@ -20,11 +20,11 @@ PLAY = """
     - name: third
       ansible.builtin.copy:
         content: "via the bastion\\n"
-        dest: "/tmp/jump-{{ inventory_hostname }}.txt"
+        dest: "~/jump-{{ inventory_hostname }}.txt"
         mode: "0644"
     - name: fourth
       ansible.builtin.file:
-        path: "/tmp/jump-{{ inventory_hostname }}.txt"
+        path: "~/jump-{{ inventory_hostname }}.txt"
         state: absent
 """
 
@@ -116,4 +116,40 @@ def test_proxy_command_with_openssh_w(make_fleet, make_runner, tmp_path, pool_di
     assert result.rc == 0, result.output_tail()
     assert bastion.accepted_count("publickey") == 1
     assert target.accepted_count("publickey") == 1
+    assert _direct_tcpip_targets(bastion.log_text()) == [(target.address, str(target.port))]
+
+
+def test_ssh_config_file_supplies_address_user_key_and_jump_host(make_fleet, make_runner, tmp_path, pool_dir):
+    fleet = make_fleet(count=2, per_host_config={"host1": BASTION_CONFIG})
+    bastion, target = fleet.hosts
+    config = tmp_path / "ssh_config"
+    config.write_text(f"""
+Host web-behind-bastion
+    HostName {target.address}
+    Port {target.port}
+    User {fleet.user}
+    IdentityFile {fleet.client_key}
+    ProxyJump jumpbox
+
+Host jumpbox
+    HostName {bastion.address}
+    Port {bastion.port}
+    User {fleet.user}
+""")
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(f"""
+all:
+  vars:
+    ansible_connection: healer.pooled_ssh.pooled_ssh
+    ansible_pooled_ssh_ssh_config_file: {config}
+    ansible_python_interpreter: {fleet.python}
+  children:
+    targets:
+      hosts:
+        web-behind-bastion: {{}}
+""")
+    result = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_LOOK_FOR_KEYS": "0"}).playbook(
+        PLAY, inventory, env={"SSH_AUTH_SOCK": None})
+    assert result.rc == 0, result.output_tail()
+    assert bastion.accepted_count("publickey") == 1 and target.accepted_count("publickey") == 1
     assert _direct_tcpip_targets(bastion.log_text()) == [(target.address, str(target.port))]

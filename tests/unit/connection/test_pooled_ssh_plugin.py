@@ -683,9 +683,6 @@ def test_become_password_configured_but_never_asked(conn: Any, wire: Wire) -> No
     assert conn.exec_command(cmd, in_data=b"MODULE") == (0, b"{}", b"")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: plugins/connection/pooled_ssh.py _new_client: an OptionError from "
-                                       "daemon_settings (e.g. a negative daemon_idle_timeout) escapes as a bare "
-                                       "ValueError instead of the AnsibleError _request() gives other options")
 def test_bad_daemon_option_is_a_task_error(make_conn: Callable[..., Any], wire: Wire) -> None:
     conn = make_conn({"ansible_pooled_ssh_daemon_idle_timeout": -1})
     wire.script = frames(STARTED, ("exit", 0))
