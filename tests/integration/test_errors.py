@@ -134,6 +134,7 @@ def test_exhausted_pool_reports_host_port_and_max(make_fleet, make_runner, tmp_p
     message = f"Connection pool exhausted for host1:{host.port} (max: 1)"
     assert sum(1 for ln in result.stdout.splitlines() if "UNREACHABLE!" in ln and message in ln) == 3
     assert "Traceback" not in result.stdout + result.stderr
+    assert "exhausted key=" in (Path(pool_dir) / "daemon.log").read_text()
     # No leak: the pool serves the next request at once.
     after = runner.playbook(playbook.replace("sleep 4", "'true'"), inventory, "-i", str(tmp_path / "workers.yml"),
                             "--limit", "w0")

@@ -123,3 +123,15 @@ def test_pool_info_flushes_a_host_and_stops_the_daemon(make_fleet, make_runner, 
     assert result.rc == 0, result.output_tail()
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, interval=0.1, what="the daemon to stop")
     assert fleet.host("host1").accepted_count("publickey") == 1
+
+
+def test_pool_events_in_the_daemon_log_and_at_vvv(make_fleet, make_runner, tmp_path, pool_dir):
+    fleet = make_fleet(count=1)
+    runner = make_runner(fleet)
+    inventory = fleet.write_inventory(tmp_path / "inventory.yml")
+    result = runner.playbook(PLAY.split("\n- hosts: localhost")[0], inventory, "-vvv")
+    assert result.rc == 0, result.output_tail()
+    assert result.stdout.count("POOL created transport") == 1
+    assert result.stdout.count("POOL reused transport") == 2
+    log = (Path(pool_dir) / "daemon.log").read_text()
+    assert log.count("created key=") == 1 and log.count("reused key=") == 2

@@ -181,6 +181,7 @@ def test_idle_transport_is_closed_after_idle_timeout(make_fleet, make_runner, tm
         return pool.stats(collections_root, pool_dir)["total"]["closedIdle"] == 1
 
     wait_until(closed, timeout=30, interval=0.25, what="the idle transport to be closed")
+    assert "closed_idle count=1" in (Path(pool_dir) / "daemon.log").read_text()
     total = pool.stats(collections_root, pool_dir)["total"]
     assert total["totalConnections"] == 0 and total["idleConnections"] == 0
     host = fleet.hosts[0]
