@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from harness import pool
@@ -135,3 +137,20 @@ def test_pool_events_in_the_daemon_log_and_at_vvv(make_fleet, make_runner, tmp_p
     assert result.stdout.count("POOL reused transport") == 2
     log = (Path(pool_dir) / "daemon.log").read_text()
     assert log.count("created key=") == 1 and log.count("reused key=") == 2
+
+
+def test_console_script_from_pip_install(make_fleet, make_runner, tmp_path, pool_dir):
+    """`pip install` (./run uses an editable install) provides the `pooled-ssh` command."""
+    script = Path(sys.executable).parent / "pooled-ssh"
+    assert script.is_file(), "pooled-ssh is declared in pyproject.toml [project.scripts]"
+    fleet = make_fleet(count=1)
+    runner = make_runner(fleet)
+    inventory = fleet.write_inventory(tmp_path / "inventory.yml")
+    assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
+    out = subprocess.run([str(script), "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert json.loads(out)["hosts"]["host1"]["poolMisses"] == 1
+    missing = subprocess.run([str(script), "--pool-dir", str(tmp_path / "nothing-here"), "status"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 3 and "no pool daemon is running" in missing.stderr
+    assert not (tmp_path / "nothing-here").exists(), "a read-only command must not create the pool dir"
