@@ -432,6 +432,7 @@ EXAMPLES = r"""
   tasks:
     - name: Runs over a pooled transport
       ansible.builtin.command: uptime
+      changed_when: false
 """
 
 import os
