@@ -463,6 +463,49 @@ else:
 
 display = Display()
 
+_FQCN = "healer.pooled_ssh.pooled_ssh"
+
+
+def _preload_option_definitions() -> None:
+    """Register this plugin's option definitions from a fast YAML parse, once per worker.
+
+    ansible-playbook caches the option definitions of the builtin connection plugins before it
+    forks, but not those of collection plugins: every task's worker parses this file's
+    DOCUMENTATION and its doc fragment again with Ansible's instrumented YAML loader (tens of
+    milliseconds of CPU per task). The C YAML loader reads the same text several times faster;
+    the loader then finds the definitions in place and skips its own parse. Only when we are
+    the collection's module: anything unexpected leaves the job to the loader.
+    """
+    try:
+        from ansible import constants as C
+
+        # ansible-core keys the definitions on the module's name or on the FQCN, depending on the version.
+        names = (__name__, _FQCN)
+        if (__name__ != "ansible_collections.healer.pooled_ssh.plugins.connection.pooled_ssh"
+                or any(C.config.has_configuration_definition("connection", n) for n in names)):
+            return
+        import yaml
+        from ansible_collections.healer.pooled_ssh.plugins.doc_fragments.pool import ModuleDocFragment
+
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        options = yaml.load(DOCUMENTATION, Loader=loader)["options"]
+        fragment = yaml.load(ModuleDocFragment.DOCUMENTATION, Loader=loader)
+        try:
+            from ansible.utils.plugin_docs import add_collection_to_versions_and_dates
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            add_collection_to_versions_and_dates(fragment, "healer.pooled_ssh", is_module=False)
+        for name, definition in fragment["options"].items():  # as add_fragments merges: ours win
+            options[name] = {**definition, **options.get(name, {})}
+        for name in names:
+            C.config.initialize_plugin_configuration_definitions("connection", name, options)
+    except Exception:  # pragma: no cover - the loader parses the documentation itself
+        return
+
+
+_preload_option_definitions()
+
 #: Kinds of daemon errors that mean "this host cannot be reached" (UNREACHABLE), not "this task failed".
 UNREACHABLE_KINDS = {"connect", "hostkey", "exhausted", "unknown_outcome", "daemon_lost", "timeout", "shutdown",
                      "protocol"}

@@ -24,6 +24,8 @@ DEFAULT_POOL_DIR = "~/.ansible/pooled_ssh"
 SPAWN_LOCK = "spawn.lock"
 #: Longest time we wait for a daemon we started to accept connections.
 SPAWN_TIMEOUT = 20.0
+#: Longest wait for whatever listens on the pool socket to answer our hello.
+HELLO_TIMEOUT = 10.0
 #: Longest path a UNIX socket address can hold on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
 
@@ -191,16 +193,26 @@ class PoolClient:
         # A socket inherited across fork() is shared with the parent: open our own.
         if self._sock is None or self._pid != os.getpid():
             sock = connect_or_spawn(self.pool_dir, self.idle_exit, self.log_level, self.spawn)
+            path = os.path.join(self.pool_dir, proto.socket_name())
             try:
+                # Whatever listens on the socket must say hello in time: a process of another
+                # version (or a wedged one) is refused, never waited on forever.
+                sock.settimeout(HELLO_TIMEOUT)
                 proto.send_frame(sock, {"op": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
                 reply, _ = proto.recv_frame(sock)
+                sock.settimeout(None)
             except (OSError, proto.ProtocolError) as e:
                 sock.close()
-                raise PoolUnavailable(f"the pool daemon in {self.pool_dir} did not answer ({e}); "
-                                      "it may be of another version: stop it with the 'stop' command") from None
-            if reply.get("t") != "hello":
+                detail = f"no answer within {HELLO_TIMEOUT:g}s" if isinstance(e, socket.timeout) else str(e)
+                raise PoolUnavailable(f"the process listening on {path} is not a pool daemon of protocol "
+                                      f"{proto.PROTOCOL_VERSION} ({detail}): stop that process, or set pool_dir "
+                                      "to another directory") from None
+            if reply.get("t") != "hello" or reply.get("version") != proto.PROTOCOL_VERSION:
                 sock.close()
-                raise PoolUnavailable(f"the pool daemon refused us: {reply.get('msg')}")
+                got = reply.get("msg") if reply.get("t") == "error" else f"protocol {str(reply.get('version'))[:20]}"
+                raise PoolUnavailable(f"the pool daemon on {path} refused us or speaks another protocol ({got}; "
+                                      f"we speak {proto.PROTOCOL_VERSION}): stop that process, or set pool_dir "
+                                      "to another directory")
             self.daemon_pid = reply.get("pid")
             self._sock, self._pid = sock, os.getpid()
         return self._sock

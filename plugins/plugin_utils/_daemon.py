@@ -47,6 +47,8 @@ LOG_NAME = "daemon.log"
 MAX_CLIENTS = 1024
 #: How long a connected worker may stay silent between requests before we drop it.
 CLIENT_IDLE = 3600.0
+#: How long a new client has to say hello: one that connects and stalls is dropped after this.
+HELLO_TIMEOUT = 10.0
 SFTP_WINDOW = 8 * 1024 * 1024
 SFTP_PACKET = 32768
 #: Spec fields that decide who we are on the server: part of the pool key's fingerprint.
@@ -56,10 +58,150 @@ IDENTITY_FIELDS = (
 )
 
 
+def _lost_reason(chan: Any) -> str:
+    """" (why)" when the daemon itself gave up on the channel's transport (keepalives), else ""."""
+    reason = getattr(getattr(chan.get_transport(), "pooled_conn", None), "lost_reason", None)
+    return f" ({reason})" if reason else ""
+
+
+def _partial_name(path: str) -> str:
+    """A temporary name next to ``path`` (same directory, so the final rename is atomic)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.pooled-{os.urandom(4).hex()}.part")
+
+
+def _sftp_replace(sftp: paramiko.SFTPClient, source: str, dest: str) -> None:
+    """Rename over an existing file: OpenSSH's posix-rename, else remove then rename."""
+    try:
+        sftp.posix_rename(source, dest)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sftp.remove(dest)
+        sftp.rename(source, dest)
+
+
+def _discard_partial(sftp: Optional[paramiko.SFTPClient], partial: str, lease: Lease) -> None:
+    """Remove a partial file: locally (fetch) or, while the transport lives, remotely (put)."""
+    if sftp is None:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+    elif lease.conn.is_active():
+        with contextlib.suppress(Exception):
+            sftp.remove(partial)
+
+
+#: After an error reply to a broken frame, read (and drop) at most this much of what the client
+#: still sends, for at most DRAIN_SECONDS: closing a socket with unread input resets it, and
+#: the client would lose the error reply that says what was wrong.
+DRAIN_BYTES = proto.MAX_JSON + proto.MAX_PAYLOAD
+DRAIN_SECONDS = 1.0
+
+
+def _drain_before_close(conn: socket.socket) -> None:
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(DRAIN_SECONDS)
+    deadline = time.monotonic() + DRAIN_SECONDS
+    left = DRAIN_BYTES
+    while left > 0 and time.monotonic() < deadline:
+        chunk = conn.recv(min(left, 65536))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
+
+
+# -- the exec fast path: a spare session channel, and exec without waiting for its reply ---------
+#
+# Each command costs round trips: channel open, exec request and its reply, then the command's
+# input, output and exit status. OpenSSH sends the input right behind the exec request; we do
+# the same, and keep one session channel opened ahead on a transport that just ran a command,
+# so the next command on it skips the channel-open round trip. A spare holds one of the
+# server's MaxSessions slots: it is opened only while the pool knows of two free slots, it is
+# taken by the next session request on its transport before any new channel is opened (so it
+# never makes the server refuse one of ours), a refused spare turns spares off for that
+# transport, and an old spare is closed rather than used.
+
+#: A spare older than this is closed, not used (the server may time idle channels out).
+SPARE_MAX_AGE = 20.0
+_spare_lock = threading.Lock()
+
+
+def _claim_spare(ssh: Any) -> Optional[paramiko.Channel]:
+    """The transport's spare session channel (waiting for one being opened), or None."""
+    with _spare_lock:
+        pending = getattr(ssh, "spare_pending", None)
+    if pending is not None:
+        pending.wait(CHANNEL_TIMEOUT)
+    with _spare_lock:
+        spare = getattr(ssh, "spare", None)
+        ssh.spare = None
+    if spare is None:
+        return None
+    chan, born = spare
+    if chan.closed or not chan.active or time.monotonic() - born > SPARE_MAX_AGE or not ssh.is_active():
+        chan.close()
+        return None
+    return chan
+
+
+def _prime_spare(lease: Lease) -> None:
+    """Open a spare session channel on the lease's transport in the background, when there is room."""
+    ssh, entry = lease.conn, lease.entry
+    with _spare_lock:
+        if (getattr(ssh, "spare", None) is not None or getattr(ssh, "spare_pending", None) is not None
+                or getattr(ssh, "spare_off", False) or entry.in_use + 2 > entry.max_channels or not entry.usable):
+            return
+        ready = ssh.spare_pending = threading.Event()
+    threading.Thread(target=_open_spare, args=(ssh, ready), name="spare", daemon=True).start()
+
+
+def _open_spare(ssh: Any, ready: threading.Event) -> None:
+    chan = None
+    try:
+        chan = ssh.transport.open_session(window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET,
+                                          timeout=CHANNEL_TIMEOUT)
+    except paramiko.ChannelException:
+        ssh.spare_off = True  # the server is full: no spares on this transport
+    except Exception:
+        pass
+    finally:
+        with _spare_lock:
+            if chan is not None:
+                ssh.spare = (chan, time.monotonic())
+            ssh.spare_pending = None
+        ready.set()
+
+
+def _send_exec(chan: paramiko.Channel, cmd: str) -> None:
+    """Send an exec request without waiting for its reply (``_exec_accepted`` reads it later)."""
+    try:
+        m = paramiko.Message()
+        m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string("exec")
+        m.add_boolean(True)
+        m.add_string(cmd)
+        chan._event_pending()
+        chan.transport._send_user_message(m)
+    except AttributeError:  # pragma: no cover - a Paramiko without these internals: wait as usual
+        chan.exec_command(cmd)
+
+
+def _exec_accepted(chan: paramiko.Channel) -> bool:
+    """Whether the server accepted the exec request: False when it refused it or the channel closed first.
+
+    SSH messages are ordered and the server replies before the command's output, so a channel
+    closed with the request unanswered never ran it. A reply slower than CHANNEL_TIMEOUT counts as
+    accepted: the relay's deadlines and keepalives judge the channel from there.
+    """
+    if not chan.event.wait(CHANNEL_TIMEOUT):
+        return True
+    return bool(chan.event_ready)
 
 
 class Daemon:
@@ -215,40 +357,67 @@ class Daemon:
     def _keepalive(self, entry: Any, timeout: float) -> None:
         if not entry.conn.probe(timeout):
             log.warning("keepalive: %s did not answer within %.0fs; closing it", entry.key.label, timeout)
+            entry.conn.lost_reason = f"the server did not answer keepalives for {timeout:g}s"
             self.pool.mark_dead(entry)
             entry.conn.close()
 
     # -- requests ------------------------------------------------------------------
 
     def _serve_client(self, conn: socket.socket) -> None:
+        """One client's conversation: hello, then requests until it closes.
+
+        Whatever a (same-uid) client sends, the daemon answers with an error frame or drops
+        that client; it never dies, and one client never blocks another (a thread each, a
+        deadline for the hello, bounded frames).
+        """
         try:
+            # A client that connects and says nothing (or half a header) is dropped at a deadline.
+            conn.settimeout(HELLO_TIMEOUT)
             msg, _ = proto.recv_frame(conn)
             if msg.get("op") != "hello" or msg.get("version") != proto.PROTOCOL_VERSION:
                 proto.send_frame(conn, proto.error_reply(
-                    "protocol", f"expected hello for protocol {proto.PROTOCOL_VERSION}"))
+                    "protocol", f"expected hello for protocol {proto.PROTOCOL_VERSION}, got "
+                    f"op {str(msg.get('op'))[:40]!r} version {str(msg.get('version'))[:20]!r}"))
+                _drain_before_close(conn)
                 return
             proto.send_frame(conn, {"t": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
             conn.settimeout(CLIENT_IDLE)
             while not self.stopping.is_set():
                 msg, payload = proto.recv_frame(conn)
                 self.requests += 1
-                handler = self.OPS.get(str(msg.get("op")))
+                op = str(msg.get("op"))[:40]
+                handler = self.OPS.get(op)
                 if handler is None:
-                    proto.send_frame(conn, proto.error_reply("protocol", f"unknown op {str(msg.get('op'))[:40]!r}"))
+                    # Also the answer to a frame out of order ("stdin" with no command running).
+                    proto.send_frame(conn, proto.error_reply("protocol", f"unknown op {op!r}"))
+                    continue
+                problem = check_request(op, msg)
+                if problem:
+                    log.warning("malformed %s request: %s", op, problem)
+                    proto.send_frame(conn, proto.error_reply("protocol", f"malformed {op} request: {problem}"))
                     continue
                 try:
                     handler(self, conn, msg, payload)
                 except PoolError as e:
                     proto.send_frame(conn, proto.error_reply(e.kind, str(e)))
-                except (KeyError, TypeError, ValueError) as e:
-                    log.warning("malformed %s request", str(msg.get("op"))[:40], exc_info=True)
+                except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+                    log.warning("malformed %s request", op, exc_info=True)
                     proto.send_frame(conn, proto.error_reply("protocol", f"malformed request: {e!r}"[:200]))
+                except (OSError, proto.ProtocolError):
+                    raise
+                except Exception as e:
+                    # A bug, not the client's fault: say so, and end this conversation only.
+                    log.exception("unexpected error serving %s", op)
+                    proto.send_frame(conn, proto.error_reply(
+                        "internal", f"pool daemon error in {op}: {e!r}"[:200] + f"; see {LOG_NAME}"))
+                    return
         except proto.PeerClosed:
             pass
         except proto.ProtocolError as e:
             log.warning("protocol error from a client: %s", e)
             with contextlib.suppress(OSError):
                 proto.send_frame(conn, proto.error_reply("protocol", str(e)))
+                _drain_before_close(conn)
         except (OSError, socket.timeout):
             pass
         except Exception:
@@ -289,7 +458,24 @@ class Daemon:
             except paramiko.ChannelException as e:
                 last = e
                 lease.release(refused=True)
-            except (paramiko.SSHException, EOFError, OSError) as e:
+            except paramiko.SSHException as e:
+                last = e
+                if str(e) == "Unable to open channel." and lease.conn.is_active():
+                    # A refused channel (MaxSessions) whose ChannelException another thread took:
+                    # Paramiko keeps one "saved exception" per transport, not one per channel.
+                    lease.release(refused=True)
+                elif str(e) == "Timeout opening channel.":
+                    # No answer to a channel open within CHANNEL_TIMEOUT: the transport is not usable.
+                    lease.release(broken=True)
+                elif lease.conn.is_active():
+                    # The transport is fine; the server refused this request (no SFTP subsystem...).
+                    lease.release()
+                    spec = msg["conn"]
+                    raise PoolError(f"{spec['addr']}:{spec['port']}: the server refused the request ({e})",
+                                    kind="refused") from None
+                else:
+                    lease.release(broken=True)
+            except (EOFError, OSError) as e:
                 last = e
                 if lease.conn.is_active():
                     # The transport is fine; the server refused this request (no SFTP subsystem...).
@@ -306,29 +492,57 @@ class Daemon:
         cmd = msg["cmd"]
         pty = bool(msg.get("pty"))
 
+        eof = bool(msg.get("eof"))
+        use_spare = [True]
+
         def opener(ssh: Any) -> paramiko.Channel:
-            chan = ssh.open_channel(CHANNEL_TIMEOUT)
+            chan = _claim_spare(ssh) if use_spare[0] else None
+            spare = chan is not None
+            if chan is None:
+                chan = ssh.open_channel(CHANNEL_TIMEOUT)
             try:
                 chan.settimeout(CHANNEL_TIMEOUT)
                 if pty:
                     chan.get_pty(term=msg.get("term") or "vt100", width=int(msg.get("width") or 0),
                                  height=int(msg.get("height") or 0))
-                chan.exec_command(cmd)
                 chan.settimeout(None)
+                # The input follows the exec request at once, as OpenSSH does; the reply is read below.
+                _send_exec(chan, cmd)
+                if payload:
+                    chan.sendall(payload)
+                if eof:
+                    chan.shutdown_write()
+            except OSError:
+                if not chan.closed:  # closed: the exec was refused; told apart below
+                    chan.close()
+                    raise
             except BaseException:
                 chan.close()
                 raise
+            chan.pooled_spare = spare
             return chan
 
-        lease, chan = self._with_channel(msg, opener)
+        for _attempt in range(3):
+            lease, chan = self._with_channel(msg, opener)
+            if _exec_accepted(chan):
+                break
+            # Unanswered or refused: the command never ran, so another try is safe.
+            chan.close()
+            alive = lease.conn.is_active()
+            lease.release(broken=not alive)
+            if alive and not chan.pooled_spare:
+                spec = msg["conn"]
+                raise PoolError(f"{spec['addr']}:{spec['port']}: the server refused the request (exec)",
+                                kind="refused")
+            use_spare[0] = False  # a spare the server had closed, or a dead transport: fresh channel
+        else:
+            spec = msg["conn"]
+            raise PoolError(f"{spec['addr']}:{spec['port']}: could not start the command", kind="connect")
         broken = False
         try:
+            _prime_spare(lease)
             proto.send_frame(conn, {"t": "started", "hit": lease.hit, "transport": lease.entry.id,
                                     "waited": round(lease.waited, 6)})
-            if payload:
-                chan.sendall(payload)
-            if msg.get("eof"):
-                chan.shutdown_write()
             broken = self._relay(conn, chan, msg)
         finally:
             chan.close()
@@ -390,13 +604,19 @@ class Daemon:
         proto.send_frame(conn, proto.error_reply(
             "unknown_outcome",
             f"{spec['addr']}:{spec['port']}: the SSH {'session' if alive else 'connection'} was lost while the "
-            "command ran; its outcome is unknown and it was not re-run: check the host before retrying"))
+            "command ran" + _lost_reason(chan) + "; its outcome is unknown and it was not re-run: check the host "
+            "before retrying"))
         return not alive
 
     def _sftp(self, ssh: Any) -> paramiko.SFTPClient:
         return paramiko.SFTPClient.from_transport(ssh.transport, window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET)
 
     def _transfer(self, conn: socket.socket, msg: Dict[str, Any], put: bool) -> None:
+        """Copy a file with SFTP, to a temporary name first, renamed into place once complete.
+
+        A transfer cut midway never leaves a partial file under the destination's name: the
+        partial one has a ``.pooled-*.part`` name and is removed when the connection still allows.
+        """
         spec = msg["conn"]
         local, remote = msg["local"], msg["remote"]
         where = f"{spec['addr']}:{spec['port']}"
@@ -409,31 +629,51 @@ class Daemon:
             self._transfer_with_cat(conn, msg, put)
             return
         broken = False
+        partial = _partial_name(remote if put else local)
         try:
             if put:
-                sftp.put(local, remote, confirm=True)
+                sftp.put(local, partial, confirm=True)
+                _sftp_replace(sftp, partial, remote)
             else:
-                sftp.get(remote, local)
+                sftp.get(remote, partial)
+                os.replace(partial, local)
         except FileNotFoundError as e:
-            raise PoolError(f"{where}: {'local' if put else 'remote'} file {e.filename or (local if put else remote)} "
-                            "does not exist", kind="file") from None
-        except PermissionError as e:
-            raise PoolError(f"{where}: permission denied on {e.filename or (remote if put else local)}",
-                            kind="file") from None
+            _discard_partial(sftp if put else None, partial, lease)
+            if put:
+                what = f"local file {local}" if e.filename == local else f"remote directory of {remote}"
+            else:
+                what = f"remote file {remote}" if e.filename != partial else f"local directory of {local}"
+            raise PoolError(f"{where}: {what} does not exist", kind="file") from None
+        except PermissionError:
+            _discard_partial(sftp if put else None, partial, lease)
+            raise PoolError(f"{where}: permission denied on {remote if put else local}", kind="file") from None
         except (EOFError, paramiko.SSHException, OSError) as e:
             broken = not lease.conn.is_active()
-            raise PoolError(f"{where}: transfer of {local if put else remote} failed ({e})",
-                            kind="connect" if broken else "file") from None
+            _discard_partial(sftp if put else None, partial, lease)
+            raise PoolError(f"{where}: transfer of {local if put else remote} failed ({str(e) or type(e).__name__})"
+                            f"{'; the connection was lost' if broken else ''}; no partial file was left at "
+                            f"{remote if put else local}", kind="connect" if broken else "file") from None
         finally:
-            sftp.close()
+            with contextlib.suppress(Exception):
+                sftp.close()
             lease.release(broken=broken)
         proto.send_frame(conn, {"t": "done", "hit": lease.hit, "transport": lease.entry.id})
 
     def _transfer_with_cat(self, conn: socket.socket, msg: Dict[str, Any], put: bool) -> None:
-        """For servers without an SFTP subsystem: stream the file through ``cat``."""
+        """For servers without an SFTP subsystem: stream the file through ``cat``.
+
+        As with SFTP, the file lands under a temporary name and is renamed once its size is
+        right: a cut connection gives ``cat`` an early end of input, not an error.
+        """
         local, remote = msg["local"], msg["remote"]
         spec = msg["conn"]
-        cmd = f"cat > {shlex.quote(remote)}" if put else f"cat {shlex.quote(remote)}"
+        if put:
+            size = os.path.getsize(local)
+            tmp, dest = shlex.quote(_partial_name(remote)), shlex.quote(remote)
+            cmd = (f"cat > {tmp} && test $(wc -c < {tmp}) -eq {size} && mv -f {tmp} {dest} "
+                   f"|| {{ rm -f {tmp}; exit 1; }}")
+        else:
+            cmd = f"cat {shlex.quote(remote)}"
 
         def opener(ssh: Any) -> paramiko.Channel:
             chan = ssh.open_channel(CHANNEL_TIMEOUT)
@@ -441,6 +681,7 @@ class Daemon:
             return chan
 
         lease, chan = self._with_channel(msg, opener)
+        partial = _partial_name(local)
         try:
             if put:
                 with open(local, "rb") as f:
@@ -452,14 +693,19 @@ class Daemon:
                 chan.shutdown_write()
                 chan.recv_exit_status()
             else:
-                with open(local, "wb") as f:
+                with open(partial, "wb") as f:
                     while True:
                         block = chan.recv(1024 * 1024)
                         if not block:
                             break
                         f.write(block)
             rc = chan.recv_exit_status()
+            if not put and rc == 0:
+                os.replace(partial, local)
         finally:
+            if not put:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
             chan.close()
             lease.release()
         if rc != 0:
@@ -558,6 +804,47 @@ class Daemon:
         log.info("%s: tunnelled through jump host %s (transport %d, %s)", target, key.label, lease.entry.id,
                  "reused" if lease.hit else "new")
         return chan, lease
+
+
+#: Fields of a request's "conn" (connection spec) and the types the daemon accepts for them.
+_SPEC_TYPES: Dict[str, Tuple[type, ...]] = {
+    "host": (str,), "addr": (str,), "user": (str,), "password": (str, type(None)),
+    "private_key_file": (str, type(None)), "private_key_passphrase": (str, type(None)),
+    "proxy_command": (str, type(None)), "agent_socket": (str, type(None)), "proxy_jump": (list, type(None)),
+    "known_hosts_files": (list, type(None)), "default_key_files": (list, type(None)),
+    "timeout": (int, float, type(None)), "banner_timeout": (int, float, type(None)),
+    "max_handshakes_per_address": (int, type(None)), "max_auth_attempts": (int, type(None)),
+}
+_OPS_WITH_CONN = ("exec", "put", "fetch")
+
+
+def check_request(op: str, msg: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the shape of a request (None: nothing); the handlers trust the shape."""
+    if op not in _OPS_WITH_CONN:
+        return None
+    spec = msg.get("conn")
+    if not isinstance(spec, dict):
+        return "conn must be an object"
+    for name in ("host", "addr", "port", "user"):
+        if name not in spec:
+            return f"conn.{name} is missing"
+    port = spec["port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return "conn.port must be a port number"
+    for name, types in _SPEC_TYPES.items():
+        if name in spec and (isinstance(spec[name], bool) or not isinstance(spec[name], types)):
+            return f"conn.{name} has the wrong type"
+    for name in ("timeout", "banner_timeout"):
+        value = spec.get(name)
+        if value is not None and not 0 <= value <= 86400:
+            return f"conn.{name} is out of range"
+    if msg.get("pool") is not None and not isinstance(msg.get("pool"), dict):
+        return "pool must be an object"
+    if op == "exec" and not isinstance(msg.get("cmd"), str):
+        return "cmd must be a string"
+    if op in ("put", "fetch") and not (isinstance(msg.get("local"), str) and isinstance(msg.get("remote"), str)):
+        return "local and remote must be strings"
+    return None
 
 
 def setup_logging(pool_dir: str, level: str) -> None:

@@ -90,8 +90,28 @@ class PoolSettings:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> PoolSettings:
+        """Settings from a request; raises ValueError for a value of the wrong type or range.
+
+        Checked here, before the pool stores them: a key pool holding a bad value would make
+        every later sweep fail, for every host.
+        """
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        defaults = cls()
+        for name, value in values.items():
+            default = getattr(defaults, name)
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"pool setting {name} must be true or false")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"pool setting {name} must be a number")
+            elif isinstance(default, int):
+                if value != int(value) or not 1 <= value <= 1_000_000:
+                    raise ValueError(f"pool setting {name} must be a whole number from 1 to 1000000")
+                values[name] = int(value)
+            elif not 0 <= value <= 10 * 365 * 86400:
+                raise ValueError(f"pool setting {name} is out of range")
+        return cls(**values)
 
 
 _ids = itertools.count(1)

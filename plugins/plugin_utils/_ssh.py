@@ -36,35 +36,44 @@ class HandshakeLimiter:
     """Caps concurrent handshakes per server address so forks never trip ``MaxStartups``.
 
     The cap shrinks when the server drops a handshake before its banner (it told us
-    its real limit) and never grows back above the configured value.
+    its real limit) and never grows back above the configured value. A drop also pauses
+    new handshakes to that address for the retry's backoff: sshd counts a connection as
+    unauthenticated until its listener hears that the login finished, so handshakes sent
+    back to back are dropped even one at a time; everyone waiting backs off together.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active: Dict[Tuple[str, int], int] = {}
         self._limit: Dict[Tuple[str, int], int] = {}
+        self._not_before: Dict[Tuple[str, int], float] = {}
 
     def acquire(self, address: Tuple[str, int], limit: int, deadline: float) -> None:
         with self._cond:
             while True:
                 current = self._active.get(address, 0)
-                if current < min(limit, self._limit.get(address, limit)):
+                now = time.monotonic()
+                paused = self._not_before.get(address, 0.0) - now
+                if paused <= 0 and current < min(limit, self._limit.get(address, limit)):
                     self._active[address] = current + 1
                     return
-                remaining = deadline - time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     raise PoolError(
                         f"{address[0]}:{address[1]}: timed out waiting for a handshake slot "
                         f"({current} handshakes to this address under way); raise the timeout",
                         kind="connect",
                     )
-                self._cond.wait(min(remaining, 1.0))
+                self._cond.wait(min(remaining, max(paused, 0.001) if paused > 0 else 1.0))
 
-    def release(self, address: Tuple[str, int], dropped: bool) -> None:
+    def release(self, address: Tuple[str, int], dropped: bool, backoff: float = 0.0) -> None:
         with self._cond:
             current = self._active.get(address, 1)
             if dropped:
                 self._limit[address] = max(1, min(self._limit.get(address, current), current - 1))
+                if backoff > 0:
+                    until = time.monotonic() + backoff
+                    self._not_before[address] = max(self._not_before.get(address, 0.0), until)
             if current <= 1:
                 self._active.pop(address, None)
             else:
@@ -80,17 +89,39 @@ class _Dropped(Exception):
     """The server closed the connection before its banner: MaxStartups, retry later."""
 
 
+class _Refused(Exception):
+    """TCP connection refused: nothing listens (yet). Retried briefly: sshd may be restarting."""
+
+    def __init__(self, error: PoolError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: A handshake dropped before the banner (MaxStartups) is tried at most this many times in all.
+MAX_DROPS = 10
+#: How long a request may queue for a handshake slot behind other forks' handshakes to the same
+#: address (at least ``timeout``).
+QUEUE_ALLOWANCE = 60.0
+#: A refused TCP connect is retried this many times (sshd restarting), with jittered delays
+#: starting at REFUSED_DELAY and doubling: about 1.4 s in all, within the connect timeout.
+REFUSED_RETRIES = 3
+REFUSED_DELAY = 0.2
+
+
 class SshConn:
     """A pooled transport and what the daemon needs to keep it healthy."""
 
     def __init__(self, transport: paramiko.Transport, label: str, via: Optional[Any] = None) -> None:
         self.transport = transport
+        transport.pooled_conn = self  # type: ignore[attr-defined]  # channel -> transport -> us, for messages
         self.label = label
         self._via = via  # the bastion's lease, released when we close
         self._probe_lock = threading.Lock()
         self.last_reply = time.monotonic()
         self.last_probe = 0.0
         self.settings: Any = None  # the PoolSettings of the latest request, set by the daemon
+        #: Why the daemon gave up on this transport (keepalives unanswered...), for error messages.
+        self.lost_reason: Optional[str] = None
 
     def is_active(self) -> bool:
         return self.transport.is_active()
@@ -232,30 +263,53 @@ class Connector:
         return len(gone)
 
     def _connect(self, key: PoolKey, spec: Dict[str, Any]) -> SshConn:
+        """Handshake with bounded retries of what a busy or restarting server does to us.
+
+        ``timeout`` bounds the time this request spends on the server (its handshakes and its
+        own backoff); queueing behind other forks' handshakes to the same address is bounded
+        separately (QUEUE_ALLOWANCE), because it is not the server's fault.
+        """
         timeout = float(spec.get("timeout") or 10)
-        deadline = time.monotonic() + timeout
         address = (spec["addr"], int(spec["port"]))
         limit = int(spec.get("max_handshakes_per_address") or 6)
-        attempt = 0
+        queue_deadline = time.monotonic() + max(timeout, QUEUE_ALLOWANCE)
+        spent = 0.0
+        dropped_times = 0
+        refused = 0
         while True:
-            attempt += 1
-            # Waiting for a slot is queueing, not the server's fault: allow longer than the timeout.
-            self.limiter.acquire(address, limit, time.monotonic() + max(timeout, 60.0))
+            self.limiter.acquire(address, limit, queue_deadline + spent)
+            started = time.monotonic()
             dropped = False
+            delay = 0.0
             try:
                 return self._handshake(key, spec, timeout)
             except _Dropped as e:
                 dropped = True
-                delay = min(2.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random())
-                if attempt >= 8 or time.monotonic() + delay >= deadline:
-                    raise _fail(spec, f"the server dropped the connection before its banner {attempt} times "
+                dropped_times += 1
+                spent += time.monotonic() - started
+                delay = min(2.0, 0.1 * 2 ** (dropped_times - 1)) * (0.5 + random.random())
+                if dropped_times >= MAX_DROPS or spent + delay >= timeout:
+                    raise _fail(spec, f"the server dropped the connection before its banner {dropped_times} times "
                                 f"({e})", "sshd's MaxStartups is too low for this many forks: raise it, "
                                 "or lower max_handshakes_per_address") from None
+                spent += delay
                 log.info("%s: handshake dropped by the server (attempt %d), retrying in %.2fs",
-                         key.label, attempt, delay)
+                         key.label, dropped_times, delay)
+            except _Refused as e:
+                # Nothing reached sshd, so no MaxStartups slot, penalty or fail2ban count is spent.
+                refused += 1
+                spent += time.monotonic() - started
+                delay = REFUSED_DELAY * 2 ** (refused - 1) * (0.5 + random.random())
+                if refused > REFUSED_RETRIES or spent + delay >= timeout:
+                    raise e.error from None
+                spent += delay
+                log.info("%s: connection refused (attempt %d; sshd may be restarting), retrying in %.2fs",
+                         key.label, refused, delay)
             finally:
-                self.limiter.release(address, dropped)
-            time.sleep(delay)
+                # A drop pauses every handshake to this address for the backoff (see HandshakeLimiter).
+                self.limiter.release(address, dropped, backoff=delay if dropped else 0.0)
+            if not dropped:
+                time.sleep(delay)
 
     # -- one attempt -------------------------------------------------------------
 
@@ -276,7 +330,8 @@ class Connector:
         except UnicodeError as e:
             raise _fail(spec, "cannot resolve host name (not a valid DNS name)", "check ansible_host") from e
         except ConnectionRefusedError as e:
-            raise _fail(spec, "connection refused", "check that sshd is running and listening on that port") from e
+            raise _Refused(_fail(spec, "connection refused",
+                                 "check that sshd is running and listening on that port")) from e
         except TimeoutError as e:
             raise _fail(spec, f"TCP connect timed out after {timeout:g}s",
                         "check that the host is up and no firewall drops SSH, or raise timeout") from e

@@ -1,0 +1,153 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One command through a warm pool against a fresh connection, at Python level, 0 ms RTT.
+
+"The remote command itself" is ``true`` run on a transport already open in this process
+(channel open, exec request, exit status: what any SSH client must pay); the pool's overhead
+is what a worker pays on top of that to have the daemon do it (UNIX socket, framing, the
+daemon's threads), with one client kept open and with a new client per command (as an
+Ansible worker does once per task).
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import paramiko
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _median_ms(fn: Callable[[], None], count: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000.0
+
+
+def _options(host: Any, key: Path, known_hosts: Path) -> Dict[str, Any]:
+    return {
+        "remote_addr": host.address, "port": host.port, "remote_user": host.user, "password": None,
+        "private_key_file": str(key), "private_key_passphrase": None, "look_for_keys": False,
+        "known_hosts_file": str(known_hosts), "proxy_command": None, "proxy_jump": None, "ssh_config_file": None,
+        "host_key_checking": True, "host_key_auto_add": False, "record_host_keys": False, "timeout": 10,
+        "banner_timeout": 30, "use_rsa_sha2_algorithms": True, "max_handshakes_per_address": 6,
+        "max_auth_attempts": 3,
+    }
+
+
+def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -> str:
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _options as opts
+
+    options = _options(host, key, known_hosts)
+    spec = opts.connection_spec(lambda name: options.get(name), host.name, environ={})
+    message = {"conn": spec, "pool": {}, "cmd": "true", "pty": False}
+    pool_dir = base / "micro-pool"
+    pool_dir.mkdir(mode=0o700, exist_ok=True)
+
+    def pooled(client: Any) -> None:
+        for kind, data in client.exec_stream(message):
+            if kind == "exit" and data != 0:
+                raise RuntimeError(f"true exited {data}")
+
+    client = _client.PoolClient(str(pool_dir), idle_exit=30.0)
+    rows: List[List[str]] = []
+    try:
+        start = time.perf_counter()
+        pooled(client)
+        first = (time.perf_counter() - start) * 1000.0
+        warm = _median_ms(lambda: pooled(client), count)
+
+        def new_client() -> None:
+            fresh = _client.PoolClient(str(pool_dir), idle_exit=30.0)
+            try:
+                pooled(fresh)
+            finally:
+                fresh.close()
+
+        warm_new = _median_ms(lambda: new_client(), count // 2)
+    finally:
+        client.close()
+
+    ssh = paramiko.SSHClient()
+    ssh.load_host_keys(str(known_hosts))
+    ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
+    ssh.connect(host.address, host.port, host.user, key_filename=str(key), look_for_keys=False, allow_agent=False)
+    transport = ssh.get_transport()
+    assert transport is not None
+    # As the pool's transports: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms per command.
+    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def direct() -> None:
+        chan = transport.open_session()
+        chan.exec_command("true")
+        chan.shutdown_write()
+        chan.recv_exit_status()
+        chan.close()
+
+    try:
+        itself = _median_ms(direct, count)
+    finally:
+        ssh.close()
+
+    def fresh_connection() -> None:
+        c = paramiko.SSHClient()
+        c.load_host_keys(str(known_hosts))
+        c.set_missing_host_key_policy(paramiko.RejectPolicy())
+        c.connect(host.address, host.port, host.user, key_filename=str(key), look_for_keys=False,
+                  allow_agent=False)
+        try:
+            _stdin, stdout, _stderr = c.exec_command("true")
+            stdout.channel.recv_exit_status()
+        finally:
+            c.close()
+
+    fresh = _median_ms(fresh_connection, 20, warmup=1)
+
+    ssh_base = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-p", str(host.port), f"{host.user}@{host.address}"]
+    openssh_fresh = _median_ms(lambda: subprocess.run([*ssh_base, "-o", "ControlMaster=no", "true"], check=True,
+                                                      capture_output=True), 20, warmup=1)
+    control = base / "micro-cm"
+    master = [*ssh_base[:-1], "-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=60s"]
+    try:
+        openssh_mux = _median_ms(lambda: subprocess.run([*master, ssh_base[-1], "true"], check=True,
+                                                        capture_output=True), 50)
+    finally:
+        subprocess.run([*master, "-O", "exit", ssh_base[-1]], capture_output=True, check=False)
+        _client_stop(pool_dir)
+
+    rows = [
+        ["the remote command itself (exec on a transport open in this process)", f"{itself:.2f}", "-"],
+        ["pooled_ssh, warm pool, one worker socket reused", f"{warm:.2f}", f"{warm - itself:+.2f}"],
+        ["pooled_ssh, warm pool, new worker socket per command (as each task)", f"{warm_new:.2f}",
+         f"{warm_new - itself:+.2f}"],
+        ["pooled_ssh, first command (daemon start + handshake)", f"{first:.1f}", f"{first - itself:+.1f}"],
+        ["OpenSSH mux client through a ControlPersist master", f"{openssh_mux:.2f}", f"{openssh_mux - itself:+.2f}"],
+        ["fresh paramiko connection (connect, auth, exec)", f"{fresh:.1f}", f"{fresh - itself:+.1f}"],
+        ["fresh OpenSSH connection (ssh -o ControlMaster=no)", f"{openssh_fresh:.1f}",
+         f"{openssh_fresh - itself:+.1f}"],
+    ]
+    header = ["one `true`", "median ms", "overhead ms"]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
+    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _client_stop(pool_dir: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from harness.ansible import stop_pool
+
+    stop_pool(pool_dir)

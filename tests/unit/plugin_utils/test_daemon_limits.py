@@ -1,0 +1,90 @@
+"""The daemon's guards against busy servers and malformed requests, without sockets or sshd."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._daemon import check_request
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._pool import PoolError, PoolSettings
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._ssh import HandshakeLimiter
+
+ADDRESS = ("127.0.0.2", 2222)
+
+
+def test_a_drop_shrinks_the_cap_and_pauses_every_handshake_to_that_address() -> None:
+    limiter = HandshakeLimiter()
+    deadline = time.monotonic() + 10
+    limiter.acquire(ADDRESS, 3, deadline)
+    limiter.acquire(ADDRESS, 3, deadline)
+    limiter.release(ADDRESS, dropped=True, backoff=0.3)
+    assert limiter.limit(ADDRESS) == 1
+    # One handshake is still under way and the address is paused: nobody gets in...
+    with pytest.raises(PoolError, match="timed out waiting for a handshake slot"):
+        limiter.acquire(ADDRESS, 3, time.monotonic() + 0.05)
+    limiter.release(ADDRESS, dropped=False)
+    # ...until the pause is over; another address is not paused at all.
+    limiter.acquire(("127.0.0.3", 2222), 3, time.monotonic() + 0.05)
+    started = time.monotonic()
+    limiter.acquire(ADDRESS, 3, time.monotonic() + 10)
+    assert time.monotonic() - started > 0.1
+
+
+def test_waiters_are_woken_when_a_slot_frees() -> None:
+    limiter = HandshakeLimiter()
+    limiter.acquire(ADDRESS, 1, time.monotonic() + 10)
+    got = threading.Event()
+
+    def wait() -> None:
+        limiter.acquire(ADDRESS, 1, time.monotonic() + 10)
+        got.set()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    assert not got.wait(0.05)
+    limiter.release(ADDRESS, dropped=False)
+    assert got.wait(10)
+    thread.join(10)
+
+
+@pytest.mark.parametrize("data", [
+    {"max_connections": "5"}, {"max_connections": 0}, {"max_connections": 2.5}, {"max_connections": True},
+    {"idle_timeout": "60"}, {"idle_timeout": -1}, {"idle_timeout": float("nan")}, {"health_checks": 1},
+    {"keepalive_max_missed": []},
+])
+def test_pool_settings_of_the_wrong_type_or_range_are_refused(data: dict) -> None:
+    with pytest.raises(ValueError, match="pool setting"):
+        PoolSettings.from_dict(data)
+
+
+def test_pool_settings_accept_what_the_plugin_sends() -> None:
+    s = PoolSettings.from_dict({"max_connections": 2, "max_channels": 4.0, "idle_timeout": 0.5, "wait_timeout": 0,
+                                "health_checks": False, "keepalive_interval": 0, "keepalive_max_missed": 2})
+    assert (s.max_connections, s.max_channels, s.idle_timeout, s.health_checks) == (2, 4, 0.5, False)
+    assert isinstance(s.max_channels, int)
+
+
+GOOD = {"host": "h", "addr": "127.0.0.1", "port": 22, "user": "u", "timeout": 10.0, "password": None}
+
+
+@pytest.mark.parametrize(("op", "msg", "problem"), [
+    ("exec", {"cmd": "true"}, "conn must be an object"),
+    ("exec", {"cmd": "true", "conn": {"host": "h"}}, "conn.addr is missing"),
+    ("exec", {"cmd": "true", "conn": dict(GOOD, port="22")}, "conn.port must be a port number"),
+    ("exec", {"cmd": "true", "conn": dict(GOOD, port=70000)}, "conn.port must be a port number"),
+    ("exec", {"cmd": "true", "conn": dict(GOOD, addr=["x"])}, "conn.addr has the wrong type"),
+    ("exec", {"cmd": "true", "conn": dict(GOOD, timeout=True)}, "conn.timeout has the wrong type"),
+    ("exec", {"cmd": "true", "conn": dict(GOOD, timeout=1e12)}, "conn.timeout is out of range"),
+    ("exec", {"cmd": ["true"], "conn": GOOD}, "cmd must be a string"),
+    ("exec", {"cmd": "true", "conn": GOOD, "pool": []}, "pool must be an object"),
+    ("put", {"conn": GOOD, "local": "a", "remote": 3}, "local and remote must be strings"),
+])
+def test_malformed_requests_are_named(op: str, msg: dict, problem: str) -> None:
+    assert check_request(op, msg) == problem
+
+
+def test_well_formed_requests_pass() -> None:
+    assert check_request("exec", {"cmd": "true", "conn": GOOD, "pool": {}}) is None
+    assert check_request("fetch", {"conn": GOOD, "local": "a", "remote": "b"}) is None
+    assert check_request("stats", {"anything": object()}) is None
