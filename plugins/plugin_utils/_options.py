@@ -48,13 +48,7 @@ def seconds(get_option: GetOption, name: str) -> float:
             return SECONDS_WITH_MS_ALIAS[name]
         # Validated (and named in errors) as the alias the user actually set.
         return seconds_plain(lambda _: ms, f"{name}_ms") / 1000.0
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"{name}: expected a number of seconds, got {value!r}") from None
-    if value < 0:
-        raise OptionError(f"{name}: must not be negative, got {value:g}")
-    return value
+    return seconds_plain(get_option, name)
 
 
 def _positive_int(get_option: GetOption, name: str) -> int:
@@ -82,6 +76,7 @@ def pool_settings(get_option: GetOption) -> Dict[str, Any]:
 
 
 def seconds_plain(get_option: GetOption, name: str) -> float:
+    """A non-negative number of seconds, with an error that names the option."""
     value = get_option(name)
     try:
         number = float(value)
