@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import os
 import socket
 import subprocess
@@ -297,8 +296,3 @@ class PoolClient:
             proto.send_frame(self._sock, {"op": "stdin"}, data[start : start + proto.CHUNK])
         if eof:
             proto.send_frame(self._sock, {"op": "eof"})
-
-
-def daemon_module() -> Any:
-    """The daemon module under the name the plugin loader gave this package."""
-    return importlib.import_module(__name__.rsplit(".", 1)[0] + "._daemon")

@@ -691,7 +691,6 @@ class Daemon:
                             break
                         chan.sendall(block)
                 chan.shutdown_write()
-                chan.recv_exit_status()
             else:
                 with open(partial, "wb") as f:
                     while True:
