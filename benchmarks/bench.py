@@ -56,8 +56,8 @@ from harness.sshd import Fleet, short_tempdir  # noqa: E402
 MAIN_BIN = REPO / ".venv" / "bin"
 COMPAT_BIN = REPO / ".venv-compat" / "bin"
 DOC = REPO / "docs" / "benchmarks.md"
-DOC_BEGIN = "<!-- bench:results:begin -->"
-DOC_END = "<!-- bench:results:end -->"
+#: docs/benchmarks.md holds one block per --doc-block name between these markers.
+DOC_MARKERS = "<!-- bench:{}:begin -->", "<!-- bench:{}:end -->"
 SCENARIOS = ("diag7", "role20", "copy1m", "copy100m", "micro")
 DIAG_CHECKS = ("filesystem", "memory", "oom_kills", "cpu", "load", "processes", "uptime")
 RUN_TIMEOUT = 900.0
@@ -77,6 +77,8 @@ class Variant:
     env: Dict[str, Optional[str]] = field(default_factory=dict)
     available: bool = True
     why_not: str = ""
+    #: Run in the diag7 scenario only, unless named with --connections (keeps a full run near 20 min).
+    diag7_only: bool = False
 
 
 def mitogen_strategy_dir() -> Tuple[Optional[str], str]:
@@ -103,13 +105,23 @@ def make_variants(selected: Optional[Sequence[str]]) -> List[Variant]:
                 env={"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": strategy or ""}),
         Variant("pooled-cold", "pooled_ssh cold", "pooled", "healer.pooled_ssh.pooled_ssh", MAIN_BIN, cold=True),
         Variant("pooled-warm", "pooled_ssh warm", "pooled", "healer.pooled_ssh.pooled_ssh", MAIN_BIN, cold=False),
+        # The same ansible-core as paramiko_ssh's row: the like-for-like comparison with it.
+        Variant("local-2.19", "local (floor, 2.19)", "local-2.19", "local", COMPAT_BIN, diag7_only=True),
+        Variant("pooled-2.19-cold", "pooled_ssh cold (2.19)", "pooled-2.19", "healer.pooled_ssh.pooled_ssh",
+                COMPAT_BIN, cold=True, diag7_only=True),
+        Variant("pooled-2.19-warm", "pooled_ssh warm (2.19)", "pooled-2.19", "healer.pooled_ssh.pooled_ssh",
+                COMPAT_BIN, cold=False, diag7_only=True),
     ]
     if strategy is None:
         variants[5].available, variants[5].why_not = False, mitogen_version
     if not (COMPAT_BIN / "ansible-playbook").exists():
-        variants[4].available, variants[4].why_not = False, "n/a (no .venv-compat with ansible-core 2.19: ./run setup)"
+        for v in variants:
+            if v.bin_dir == COMPAT_BIN:
+                v.available, v.why_not = False, "n/a (no .venv-compat with ansible-core 2.19: ./run setup)"
     if selected:
         aliases = {"pooled": ["pooled-cold", "pooled-warm"], "pooled_ssh": ["pooled-cold", "pooled-warm"],
+                   "pooled-2.19": ["pooled-2.19-cold", "pooled-2.19-warm"],
+                   "2.19": ["local-2.19", "paramiko", "pooled-2.19-cold", "pooled-2.19-warm"],
                    "ssh-cp": ["ssh-cp-cold", "ssh-cp-warm"], "ssh": ["ssh-cp-cold", "ssh-cp-warm"],
                    "paramiko_ssh": ["paramiko"]}
         wanted = [n for s in selected for n in aliases.get(s, [s])]
@@ -117,6 +129,8 @@ def make_variants(selected: Optional[Sequence[str]]) -> List[Variant]:
         if unknown:
             raise SystemExit(f"unknown connection(s): {sorted(unknown)}; choose from {[v.name for v in variants]}")
         variants = [v for v in variants if v.name in wanted]
+        for v in variants:
+            v.diag7_only = False
     return variants
 
 
@@ -218,7 +232,7 @@ class Lab:
 
     def make_cold(self, variant: Variant) -> None:
         """Forget what the previous run left: pool daemon, ssh masters."""
-        if variant.family == "pooled":
+        if variant.family.startswith("pooled"):
             stop_pool(self.pool_dir(variant.family))
         elif variant.family == "ssh-cp":
             self.stop_masters(variant.family)
@@ -233,7 +247,7 @@ class Lab:
 
     def stop(self) -> None:
         errors = []
-        for family in ("pooled", "ssh-cp", "ssh-nocm", "local", "paramiko", "mitogen"):
+        for family in ("pooled", "pooled-2.19", "ssh-cp", "ssh-nocm", "local", "local-2.19", "paramiko", "mitogen"):
             with contextlib.suppress(Exception):
                 stop_pool(self.base / f"p-{family}")
             if (self.base / f"cp-{family}").exists():
@@ -258,8 +272,8 @@ class Lab:
 
     # -- one run -------------------------------------------------------------------
 
-    def run(self, variant: Variant, playbook: Path) -> Tuple[float, int, int, str]:
-        """(seconds, rc, logins made, output tail) of one ansible-playbook run."""
+    def run(self, variant: Variant, playbook: Path) -> Tuple[float, int, int, float, str]:
+        """(seconds, rc, logins made, CPU seconds used machine-wide, output tail) of one run."""
         runner = self.runner(variant)
         env: Dict[str, Optional[str]] = {
             "ANSIBLE_FORKS": str(self.forks),
@@ -275,6 +289,7 @@ class Lab:
         before = self.accepted()
         argv = [runner.executable("ansible-playbook"), "-i", str(self.inventory(variant)), str(playbook)]
         out_path = runner.workdir / "last.out"
+        cpu_before = busy_cpu_seconds()
         start = time.monotonic()
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(argv, cwd=runner.workdir, env=runner.env(env), stdin=subprocess.DEVNULL,
@@ -285,9 +300,19 @@ class Lab:
                 _kill_group(proc)
                 raise
         elapsed = time.monotonic() - start
+        cpu = busy_cpu_seconds() - cpu_before
         logins = sum(self.accepted().values()) - sum(before.values())
         tail = "\n".join(out_path.read_text(errors="replace").splitlines()[-25:])
-        return elapsed, rc, logins, tail
+        return elapsed, rc, logins, cpu, tail
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (all CPUs, /proc/stat's first line minus idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user and nice
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -358,6 +383,7 @@ class Row:
     variant: Variant
     times: List[float] = field(default_factory=list)
     logins: List[int] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)  # machine-wide CPU seconds used during each run
     failures: int = 0
 
     @property
@@ -366,7 +392,7 @@ class Row:
 
 
 def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: int) -> List[Row]:
-    rows = [Row(v) for v in variants]
+    rows = [Row(v) for v in variants if scenario.name == "diag7" or not v.diag7_only]
     playbooks: Dict[str, Path] = {}
     for row in rows:
         if not row.variant.available:
@@ -380,22 +406,24 @@ def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: in
         for row in rows:
             if not row.variant.available:
                 continue
-            elapsed, rc, logins, tail = lab.run(row.variant, playbooks[row.variant.name])
+            elapsed, rc, logins, cpu, tail = lab.run(row.variant, playbooks[row.variant.name])
             if rc != 0:
                 row.failures += 1
                 print(f"  ! {row.variant.label}: ansible-playbook exited {rc}\n{tail}", file=sys.stderr)
                 continue
             row.times.append(elapsed)
             row.logins.append(logins)
+            row.cpu.append(cpu)
             print(f"  [{scenario.name} rtt={lab.rtt:g}ms round {round_no}/{runs}] {row.variant.label:26s} "
-                  f"{elapsed:7.2f}s  logins={logins}", file=sys.stderr, flush=True)
+                  f"{elapsed:7.2f}s  cpu={cpu:5.1f}s  logins={logins}", file=sys.stderr, flush=True)
     return rows
 
 
 # --------------------------------------------------------------------------- output
 
 
-HEADER = ("connection", "median s", "min s", "max s", "vs ssh+CP", "above local s", "logins/run")
+HEADER = ("connection", "median s", "min s", "max s", "vs ssh+CP", "vs paramiko", "above local s", "CPU s",
+          "logins/run")
 
 
 def _fmt(value: Optional[float], spec: str = ".2f") -> str:
@@ -404,30 +432,37 @@ def _fmt(value: Optional[float], spec: str = ".2f") -> str:
 
 def table(rows: List[Row]) -> List[List[str]]:
     by_name = {r.variant.name: r for r in rows}
-    local = by_name.get("local")
-    floor = local.median if local else None
+    paramiko = by_name.get("paramiko")
     out = []
     for row in rows:
         v = row.variant
         if not v.available:
-            out.append([v.label, v.why_not, "", "", "", "", ""])
+            out.append([v.label, v.why_not] + [""] * (len(HEADER) - 2))
             continue
-        # Compare like with like: warm with warm, everything else with a cold ControlPersist run.
+        # Compare like with like: warm with warm, everything else with a cold ControlPersist run,
+        # and each row with the floor of its own ansible-core.
         ref = by_name.get("ssh-cp-warm" if v.cold is False else "ssh-cp-cold")
-        ratio = row.median / ref.median if row.median and ref is not None and ref.median else None
+        local = by_name.get("local-2.19") if v.bin_dir == COMPAT_BIN else None
+        local = local if local is not None and local.median else by_name.get("local")
+        floor = local.median if local is not None else None
         above = row.median - floor if row.median is not None and floor is not None else None
         logins = sorted(set(row.logins))
-        login_text = "-" if v.name == "local" else (
+        login_text = "-" if v.connection == "local" else (
             str(logins[0]) if len(logins) == 1 else f"{logins[0]}-{logins[-1]}" if logins else "-")
         fail = f" ({row.failures} failed)" if row.failures else ""
         out.append([v.label + fail, _fmt(row.median), _fmt(min(row.times) if row.times else None),
-                    _fmt(max(row.times) if row.times else None), _fmt(ratio), _fmt(above), login_text])
+                    _fmt(max(row.times) if row.times else None), _fmt(_ratio(row, ref)), _fmt(_ratio(row, paramiko)),
+                    _fmt(above), _fmt(statistics.median(row.cpu) if row.cpu else None, ".1f"), login_text])
     return out
 
 
-def render(rows: List[List[str]]) -> str:
-    widths = [max(len(HEADER[i]), *(len(r[i]) for r in rows)) for i in range(len(HEADER))]
-    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(HEADER)) + " |",
+def _ratio(row: Row, ref: Optional[Row]) -> Optional[float]:
+    return row.median / ref.median if row.median and ref is not None and ref.median else None
+
+
+def render(rows: List[List[str]], header: Sequence[str] = HEADER) -> str:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
     return "\n".join(lines)
@@ -465,22 +500,45 @@ def machine() -> List[str]:
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores (nproc); memory {mem}; Linux {platform.release()}",
         f"- Python {main_py} with ansible-core {main_ansible} (local, ssh, mitogen, pooled_ssh); "
-        f"Python {compat_py} with ansible-core {compat_ansible} (paramiko_ssh)",
+        f"Python {compat_py} with ansible-core {compat_ansible} (paramiko_ssh and the rows marked 2.19)",
         f"- paramiko {paramiko}; {openssh} (client and sshd); forks 5; pipelining on",
     ]
 
 
-def write_doc(sections: List[str], header: List[str], seconds: float, argv: Sequence[str]) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else f"# Benchmarks\n\n{DOC_BEGIN}\n{DOC_END}\n"
-    if DOC_BEGIN not in text:
-        text += f"\n{DOC_BEGIN}\n{DOC_END}\n"
+def write_doc(block: str, sections: List[str], header: List[str], seconds: float, argv: Sequence[str]) -> None:
+    begin, end = (m.format(block) for m in DOC_MARKERS)
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
     when = datetime.date.today().isoformat()
     command = " ".join(["benchmarks/bench.py", *argv]) + ("" if argv else " (defaults)")
     body = [f"Measured {when} with `{command}`, which took {seconds / 60:.1f} minutes.",
             "", *header, "", *sections]
-    before, rest = text.split(DOC_BEGIN, 1)
-    after = rest.split(DOC_END, 1)[1]
-    DOC.write_text(before + DOC_BEGIN + "\n" + "\n".join(body).rstrip() + "\n" + DOC_END + after, encoding="utf-8")
+    before, rest = text.split(begin, 1)
+    after = rest.split(end, 1)[1]
+    DOC.write_text(before + begin + "\n" + "\n".join(body).rstrip() + "\n" + end + after, encoding="utf-8")
+
+
+def by_rtt(results: Dict[float, List[Row]]) -> str:
+    """One line per connection: its diag7 median at each round trip, and its ratios to ssh+CP and paramiko_ssh."""
+    rtts = sorted(results)
+    labels: List[str] = []
+    medians: Dict[Tuple[str, float], Optional[float]] = {}
+    ratios: Dict[Tuple[str, float], str] = {}
+    for rtt in rtts:
+        rows = {r.variant.name: r for r in results[rtt]}
+        for row in results[rtt]:
+            if not row.variant.available:
+                continue
+            if row.variant.label not in labels:
+                labels.append(row.variant.label)
+            ref = rows.get("ssh-cp-warm" if row.variant.cold is False else "ssh-cp-cold")
+            medians[row.variant.label, rtt] = row.median
+            ratios[row.variant.label, rtt] = f"{_fmt(_ratio(row, ref))} / {_fmt(_ratio(row, rows.get('paramiko')))}"
+    header = ["connection"] + [f"{rtt:g} ms: s (vs CP / vs paramiko)" for rtt in rtts]
+    lines = [[label] + [f"{_fmt(medians.get((label, rtt)))} ({ratios.get((label, rtt), '-')})" for rtt in rtts]
+             for label in labels]
+    return render(lines, header)
 
 
 # --------------------------------------------------------------------------- main
@@ -497,6 +555,8 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--forks", type=int, default=5)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 hosts, 1 run, 0 ms, diag7 only, local and pooled_ssh cold; no doc written")
+    p.add_argument("--doc-block", default="results",
+                   help="which block of docs/benchmarks.md to replace (default 'results'; the RTT sweep uses 'rtt')")
     p.add_argument("--doc", action=argparse.BooleanOptionalAction, default=None,
                    help="write the results into docs/benchmarks.md (default: on, off with --quick)")
     args = p.parse_args(argv)
@@ -532,6 +592,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     lab = Lab(fleet_size, args.rtt[0], args.forks)
     sections: List[str] = []
+    diag7: Dict[float, List[Row]] = {}
     try:
         print(f"starting {fleet_size} sshd hosts behind latency proxies ...", file=sys.stderr, flush=True)
         lab.start()
@@ -541,10 +602,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 runs = args.runs if scenario.name == "diag7" else args.runs_other
                 print(f"== {scenario.title}, RTT {rtt:g} ms, {runs} runs", file=sys.stderr, flush=True)
                 rows = run_scenario(lab, scenario, variants, runs)
+                if scenario.name == "diag7":
+                    diag7[rtt] = rows
                 title = f"### {scenario.title}, RTT {rtt:g} ms, {runs} runs each"
                 text = render(table(rows))
                 print(f"\n{title}\n\n{text}\n", flush=True)
                 sections += [title, "", text, ""]
+        if len(diag7) > 1:
+            title = f"### {all_scenarios['diag7'].title}: medians by round trip"
+            text = by_rtt(diag7)
+            print(f"\n{title}\n\n{text}\n", flush=True)
+            sections += [title, "", text, ""]
         if "micro" in args.scenario:
             assert lab.fleet is not None
             sys.path.insert(0, str(lab.collections))
@@ -561,7 +629,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seconds = time.monotonic() - started
     print(f"took {seconds / 60:.1f} minutes", flush=True)
     if args.doc:
-        write_doc(sections, machine(), seconds, list(argv if argv is not None else sys.argv[1:]))
+        write_doc(args.doc_block, sections, machine(), seconds, list(argv if argv is not None else sys.argv[1:]))
         print(f"wrote {DOC.relative_to(REPO)}", flush=True)
     return 0
 

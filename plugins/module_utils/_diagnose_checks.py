@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import http.client
 import json
 import re
 import socket
-import ssl
 import threading
-import urllib.error
-import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_procfs import (
@@ -578,6 +574,9 @@ def check_ports(ctx: Context) -> Dict[str, Any]:
 
 # -- http --------------------------------------------------------------------------------------
 def _reason(error: BaseException) -> str:
+    import ssl  # here, not at the top: only the http check pays for ssl, urllib and http.client
+    import urllib.error
+
     if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
         inner = error.reason
         if isinstance(inner, ssl.SSLCertVerificationError):
@@ -592,6 +591,10 @@ def _reason(error: BaseException) -> str:
 
 def check_http(ctx: Context) -> Dict[str, Any]:
     """One HTTP(S) request: status, latency, body match and days left on the TLS certificate."""
+    import http.client
+    import urllib.error
+    import urllib.parse
+
     opts = ctx.options
     url = opts["url"]
     labels = {"url": url}

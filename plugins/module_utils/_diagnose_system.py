@@ -9,16 +9,11 @@ plain data and without sleeping.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
 
@@ -37,33 +32,39 @@ class CommandResult:
         self.stderr = stderr
 
 
-class _Timex(ctypes.Structure):
-    """``struct timex`` from <sys/timex.h>; natural alignment gives the kernel's layout."""
+def _timex_type() -> Any:
+    """``struct timex`` from <sys/timex.h>, built on first use: ctypes is only loaded by the time_sync check."""
+    import ctypes
 
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time_sec", ctypes.c_long),
-        ("time_usec", ctypes.c_long),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("_padding", ctypes.c_int * 32),
-    ]
+    class Timex(ctypes.Structure):
+        """Natural alignment gives the kernel's layout."""
+
+        _fields_ = [
+            ("modes", ctypes.c_uint),
+            ("offset", ctypes.c_long),
+            ("freq", ctypes.c_long),
+            ("maxerror", ctypes.c_long),
+            ("esterror", ctypes.c_long),
+            ("status", ctypes.c_int),
+            ("constant", ctypes.c_long),
+            ("precision", ctypes.c_long),
+            ("tolerance", ctypes.c_long),
+            ("time_sec", ctypes.c_long),
+            ("time_usec", ctypes.c_long),
+            ("tick", ctypes.c_long),
+            ("ppsfreq", ctypes.c_long),
+            ("jitter", ctypes.c_long),
+            ("shift", ctypes.c_int),
+            ("stabil", ctypes.c_long),
+            ("jitcnt", ctypes.c_long),
+            ("calcnt", ctypes.c_long),
+            ("errcnt", ctypes.c_long),
+            ("stbcnt", ctypes.c_long),
+            ("tai", ctypes.c_int),
+            ("_padding", ctypes.c_int * 32),
+        ]
+
+    return Timex
 
 
 STA_UNSYNC = 0x0040
@@ -162,6 +163,9 @@ class System:
     # -- kernel clock ----------------------------------------------------------------------
     def adjtimex(self) -> Optional[Dict[str, Any]]:
         """Read the kernel clock discipline state with ``adjtimex(modes=0)`` (read-only, no privilege)."""
+        import ctypes
+        import ctypes.util
+
         libc_name = ctypes.util.find_library("c")
         if not libc_name:
             return None
@@ -170,7 +174,7 @@ class System:
             func = libc.adjtimex
         except (OSError, AttributeError):
             return None
-        timex = _Timex()
+        timex = _timex_type()()
         timex.modes = 0
         code = func(ctypes.byref(timex))
         if code < 0:
@@ -209,6 +213,10 @@ class System:
 
         HTTP error statuses are answers, not failures: they are returned like 2xx.
         """
+        import ssl  # only the http check loads ssl and urllib
+        import urllib.error
+        import urllib.request
+
         context = ssl.create_default_context()
         if not validate_certs:
             context.check_hostname = False
@@ -226,6 +234,8 @@ class System:
 
     def peer_certificate(self, host: str, port: int, timeout: float) -> bytes:
         """DER certificate the server presents (read without validating it, to report expiry)."""
+        import ssl
+
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

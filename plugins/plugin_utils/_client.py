@@ -29,9 +29,12 @@ HELLO_TIMEOUT = 10.0
 MAX_SOCKET_PATH = 107
 
 # Launches the daemon in a fresh interpreter: the plugin_utils directory is imported as a
-# package under a private name, whatever the collection's install layout is.
+# package under a private name, whatever the collection's install layout is. paramiko imports
+# ``invoke`` (only for ssh_config's ``Match exec``, which the daemon never evaluates: ssh_config is
+# read by the workers); hiding it cuts about 0.1 s of CPU from every daemon start.
 _BOOT = (
     "import importlib, importlib.machinery, importlib.util, sys\n"
+    "sys.modules.setdefault('invoke', None)\n"
     "d = sys.argv[1]\n"
     "spec = importlib.machinery.ModuleSpec('_pooled_ssh_pool', None, is_package=True)\n"
     "spec.submodule_search_locations = [d]\n"
