@@ -280,6 +280,9 @@ class Lab:
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_dir(variant.family)),
             "ANSIBLE_DEPRECATION_WARNINGS": "0",
             "ANSIBLE_GATHERING": "explicit",
+            # As on a user's machine, Python keeps bytecode caches (this sandbox's environment turns
+            # them off, which would make every worker recompile the collection's plugins).
+            "PYTHONDONTWRITEBYTECODE": None,
         }
         if variant.connection == "paramiko":
             env["HOME"] = str(self.home)
