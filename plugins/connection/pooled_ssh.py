@@ -444,22 +444,20 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 try:
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
-        PoolClient,
-        PoolFailure,
-        PoolUnavailable,
-        pool_dir_path,
-    )
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import (
-        OptionError,
-        connection_spec,
-        daemon_settings,
-        pool_settings,
-    )
+    # Through Python's own importer, which keeps bytecode caches: every task's worker imports
+    # this code afresh, and Ansible's collection loader would compile it from source each time.
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._private import load as _load
+
+    _client = _load("_client")
+    _options = _load("_options")
 except ImportError as e:  # pragma: no cover - reported on use, not at load
     IMPORT_ERROR: Exception | None = e
 else:
     IMPORT_ERROR = None
+    PoolClient, PoolFailure, PoolUnavailable = _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable
+    pool_dir_path = _client.pool_dir_path
+    OptionError, connection_spec = _options.OptionError, _options.connection_spec
+    daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
 
 display = Display()
 

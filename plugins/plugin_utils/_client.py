@@ -28,19 +28,14 @@ HELLO_TIMEOUT = 10.0
 #: Longest path a UNIX socket address can hold on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
 
-# Launches the daemon in a fresh interpreter: the plugin_utils directory is imported as a
-# package under a private name, whatever the collection's install layout is. paramiko imports
-# ``invoke`` (only for ssh_config's ``Match exec``, which the daemon never evaluates: ssh_config is
-# read by the workers); hiding it cuts about 0.1 s of CPU from every daemon start.
+# Launches the daemon in a fresh interpreter: _private.py imports this directory as a package
+# under a private name, whatever the collection's install layout is.
 _BOOT = (
-    "import importlib, importlib.machinery, importlib.util, sys\n"
-    "sys.modules.setdefault('invoke', None)\n"
-    "d = sys.argv[1]\n"
-    "spec = importlib.machinery.ModuleSpec('_pooled_ssh_pool', None, is_package=True)\n"
-    "spec.submodule_search_locations = [d]\n"
-    "m = importlib.util.module_from_spec(spec)\n"
-    "sys.modules['_pooled_ssh_pool'] = m\n"
-    "sys.exit(importlib.import_module('_pooled_ssh_pool._daemon').main(sys.argv[2:]))\n"
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_pooled_ssh_private', sys.argv[1])\n"
+    "boot = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(boot)\n"
+    "sys.exit(boot.boot(sys.argv[2:]))\n"
 )
 
 
@@ -101,8 +96,8 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
-def _plugin_utils_dir() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
+def _boot_file() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_private.py")
 
 
 def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
@@ -111,7 +106,7 @@ def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
     stderr_path = os.path.join(pool_dir, "daemon.stderr")
     with open(stderr_path, "ab") as err:
         return subprocess.Popen(
-            [python or sys.executable, "-c", _BOOT, _plugin_utils_dir(), "--dir", pool_dir,
+            [python or sys.executable, "-c", _BOOT, _boot_file(), "--dir", pool_dir,
              "--idle-exit", str(idle_exit), "--log-level", log_level],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             cwd="/", close_fds=True, start_new_session=True,
