@@ -387,6 +387,7 @@ class Row:
     times: List[float] = field(default_factory=list)
     logins: List[int] = field(default_factory=list)
     cpu: List[float] = field(default_factory=list)  # machine-wide CPU seconds used during each run
+    by_round: Dict[int, float] = field(default_factory=dict)  # seconds by round number, for paired ratios
     failures: int = 0
 
     @property
@@ -417,6 +418,7 @@ def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: in
             row.times.append(elapsed)
             row.logins.append(logins)
             row.cpu.append(cpu)
+            row.by_round[round_no] = elapsed
             print(f"  [{scenario.name} rtt={lab.rtt:g}ms round {round_no}/{runs}] {row.variant.label:26s} "
                   f"{elapsed:7.2f}s  cpu={cpu:5.1f}s  logins={logins}", file=sys.stderr, flush=True)
     return rows
@@ -425,8 +427,8 @@ def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: in
 # --------------------------------------------------------------------------- output
 
 
-HEADER = ("connection", "median s", "min s", "max s", "vs ssh+CP", "vs paramiko", "above local s", "CPU s",
-          "logins/run")
+HEADER = ("connection", "median s", "min s", "max s", "vs ssh+CP", "paired vs CP", "vs paramiko", "paired vs paramiko",
+          "above local s", "CPU s", "logins/run")
 
 
 def _fmt(value: Optional[float], spec: str = ".2f") -> str:
@@ -454,9 +456,21 @@ def table(rows: List[Row]) -> List[List[str]]:
             str(logins[0]) if len(logins) == 1 else f"{logins[0]}-{logins[-1]}" if logins else "-")
         fail = f" ({row.failures} failed)" if row.failures else ""
         out.append([v.label + fail, _fmt(row.median), _fmt(min(row.times) if row.times else None),
-                    _fmt(max(row.times) if row.times else None), _fmt(_ratio(row, ref)), _fmt(_ratio(row, paramiko)),
+                    _fmt(max(row.times) if row.times else None), _fmt(_ratio(row, ref)), _paired(row, ref),
+                    _fmt(_ratio(row, paramiko)), _paired(row, paramiko),
                     _fmt(above), _fmt(statistics.median(row.cpu) if row.cpu else None, ".1f"), login_text])
     return out
+
+
+def _paired(row: Row, ref: Optional[Row]) -> str:
+    """Median of the round-by-round ratios, and their range: runs of one round are minutes apart at
+    most, so a slow spell of the machine hits both sides of each ratio."""
+    if ref is None or ref is row:
+        return "-"
+    ratios = sorted(t / ref.by_round[n] for n, t in row.by_round.items() if ref.by_round.get(n))
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def _ratio(row: Row, ref: Optional[Row]) -> Optional[float]:
