@@ -444,9 +444,8 @@ def table(rows: List[Row]) -> List[List[str]]:
         if not v.available:
             out.append([v.label, v.why_not] + [""] * (len(HEADER) - 2))
             continue
-        # Compare like with like: warm with warm, everything else with a cold ControlPersist run,
-        # and each row with the floor of its own ansible-core.
-        ref = by_name.get("ssh-cp-warm" if v.cold is False else "ssh-cp-cold")
+        ref = _cp_reference(by_name, v)
+        # Each row against the floor of its own ansible-core.
         local = by_name.get("local-2.19") if v.bin_dir == COMPAT_BIN else None
         local = local if local is not None and local.median else by_name.get("local")
         floor = local.median if local is not None else None
@@ -460,6 +459,11 @@ def table(rows: List[Row]) -> List[List[str]]:
                     _fmt(_ratio(row, paramiko)), _paired(row, paramiko),
                     _fmt(above), _fmt(statistics.median(row.cpu) if row.cpu else None, ".1f"), login_text])
     return out
+
+
+def _cp_reference(by_name: Dict[str, Row], variant: Variant) -> Optional[Row]:
+    """Like with like: a warm row against warm ControlPersist, everything else against a cold one."""
+    return by_name.get("ssh-cp-warm" if variant.cold is False else "ssh-cp-cold")
 
 
 def _paired(row: Row, ref: Optional[Row]) -> str:
@@ -549,7 +553,7 @@ def by_rtt(results: Dict[float, List[Row]]) -> str:
                 continue
             if row.variant.label not in labels:
                 labels.append(row.variant.label)
-            ref = rows.get("ssh-cp-warm" if row.variant.cold is False else "ssh-cp-cold")
+            ref = _cp_reference(rows, row.variant)
             medians[row.variant.label, rtt] = row.median
             ratios[row.variant.label, rtt] = f"{_fmt(_ratio(row, ref))} / {_fmt(_ratio(row, rows.get('paramiko')))}"
     header = ["connection"] + [f"{rtt:g} ms: s (vs CP / vs paramiko)" for rtt in rtts]

@@ -134,3 +134,14 @@ def make_runner(tmp_path: Path, collections_root: Path, pool_dir: Path) -> Calla
 def runner(make_runner: Callable[..., AnsibleRunner], fleet: Fleet) -> AnsibleRunner:
     """An AnsibleRunner for the default ``fleet`` and the test's ``pool_dir``."""
     return make_runner(fleet)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the login user can write to (sshd runs commands as another user when root)."""
+    path = short_tempdir("hw-")
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,27 +18,16 @@ import threading
 from pathlib import Path
 from typing import Dict, List
 
-import pytest
 from harness import pool
 from harness.ansible import AnsibleRunner, Result
 from harness.proxy import FaultProxy
-from harness.sshd import descendants_of, short_tempdir, wait_until
+from harness.sshd import descendants_of, wait_until
 
 PROTOCOL_SOCKET = "pool-v1.sock"
 
 
 # --------------------------------------------------------------------------- helpers
 
-
-@pytest.fixture
-def marker_dir():
-    """A directory the login user can write to (sshd runs commands as another user when root)."""
-    path = short_tempdir("hm-")
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def lines(path: Path) -> int:
@@ -122,12 +110,12 @@ def proxied_inventory(fleet, path: Path, proxy: FaultProxy, name: str = "host1")
 # --------------------------------------------------------------------------- sshd faults
 
 
-def test_sshd_restarted_mid_play_running_work_finishes(make_fleet, make_runner, tmp_path, pool_dir, marker_dir):
+def test_sshd_restarted_mid_play_running_work_finishes(make_fleet, make_runner, tmp_path, pool_dir, shared_dir):
     """#8: the listener restarts while a command runs: the command finishes on its session, the
     next task reuses the transport, and a host connecting for the first time reaches the new listener."""
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
-    marker = marker_dir / "restart"
+    marker = shared_dir / "restart"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     late = tmp_path / "late.yml"
     late.write_text(f"fleet:\n  hosts:\n    late: {{ansible_host: {host.address}, ansible_port: {host.port}, "
@@ -168,12 +156,12 @@ def test_refused_connects_back_off_while_sshd_restarts(make_fleet, make_runner, 
     assert fleet.hosts[0].accepted_count("publickey") == 1
 
 
-def test_sshd_killed_mid_command_reports_unknown_outcome(make_fleet, make_runner, tmp_path, pool_dir, marker_dir,
+def test_sshd_killed_mid_command_reports_unknown_outcome(make_fleet, make_runner, tmp_path, pool_dir, shared_dir,
                                                          collections_root):
     """#17: sshd (listener and sessions) killed while a command runs: UNREACHABLE, outcome unknown, not re-run."""
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
-    marker = marker_dir / "killed"
+    marker = shared_dir / "killed"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(fleet)
     run = Background(runner, play(marked_command(marker, 30)), inventory)
@@ -191,11 +179,11 @@ def test_sshd_killed_mid_command_reports_unknown_outcome(make_fleet, make_runner
     assert pool.stats(collections_root, pool_dir)["total"]["channelsInUse"] == 0
 
 
-def test_session_killed_after_exec_is_not_rerun(make_fleet, make_runner, tmp_path, pool_dir, marker_dir):
+def test_session_killed_after_exec_is_not_rerun(make_fleet, make_runner, tmp_path, pool_dir, shared_dir):
     """#7: the session's sshd process is killed after exec: UNREACHABLE "outcome unknown"; not re-run."""
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
-    marker = marker_dir / "session"
+    marker = shared_dir / "session"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(fleet)
     run = Background(runner, play(marked_command(marker, 30)), inventory)
@@ -212,10 +200,10 @@ def test_session_killed_after_exec_is_not_rerun(make_fleet, make_runner, tmp_pat
 # --------------------------------------------------------------------------- silent links
 
 
-def test_silent_link_is_detected_by_keepalives(make_fleet, make_runner, tmp_path, pool_dir, marker_dir):
+def test_silent_link_is_detected_by_keepalives(make_fleet, make_runner, tmp_path, pool_dir, shared_dir):
     """#5: the link goes silent (half-open) mid-command: keepalives (1 s x 2) give up on it."""
     fleet = make_fleet(count=1)
-    marker = marker_dir / "stall"
+    marker = shared_dir / "stall"
     with FaultProxy((fleet.hosts[0].address, fleet.hosts[0].port)) as proxy:
         inventory = proxied_inventory(fleet, tmp_path / "inventory.yml", proxy)
         runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL": "1",
@@ -233,10 +221,10 @@ def test_silent_link_is_detected_by_keepalives(make_fleet, make_runner, tmp_path
     assert fleet.hosts[0].accepted_count("publickey") == 2  # the silent transport was replaced
 
 
-def test_silent_link_is_bounded_by_command_timeout(make_fleet, make_runner, tmp_path, pool_dir, marker_dir):
+def test_silent_link_is_bounded_by_command_timeout(make_fleet, make_runner, tmp_path, pool_dir, shared_dir):
     """#5 without keepalives: command_timeout bounds the wait with its own message."""
     fleet = make_fleet(count=1)
-    marker = marker_dir / "timeout"
+    marker = shared_dir / "timeout"
     with FaultProxy((fleet.hosts[0].address, fleet.hosts[0].port)) as proxy:
         inventory = proxied_inventory(fleet, tmp_path / "inventory.yml", proxy)
         runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL": "0",
@@ -256,10 +244,10 @@ def test_silent_link_is_bounded_by_command_timeout(make_fleet, make_runner, tmp_
 
 
 def test_daemon_killed_mid_command_fails_clearly_and_is_not_rerun(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                  marker_dir):
+                                                                  shared_dir):
     """#17: SIGKILL of the pool daemon mid-command: the task fails at once, "outcome unknown"; not re-run."""
     fleet = make_fleet(count=1)
-    marker = marker_dir / "daemon"
+    marker = shared_dir / "daemon"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(fleet)
     run = Background(runner, play(marked_command(marker, 30)), inventory)
@@ -275,12 +263,12 @@ def test_daemon_killed_mid_command_fails_clearly_and_is_not_rerun(make_fleet, ma
     assert lines(marker) == 1
 
 
-def test_worker_killed_mid_command_returns_its_slot(make_fleet, make_runner, tmp_path, pool_dir, marker_dir,
+def test_worker_killed_mid_command_returns_its_slot(make_fleet, make_runner, tmp_path, pool_dir, shared_dir,
                                                     collections_root):
     """#17: ansible-playbook and its workers SIGKILLed mid-task: the daemon closes the channel and
     frees the slot. With one transport allowed, a leaked slot would block the next task until pool_wait_timeout."""
     fleet = make_fleet(count=1, extra_config=["MaxSessions 1"])
-    marker = marker_dir / "worker"
+    marker = shared_dir / "worker"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_MAX_CONNECTIONS": "1",
                                             "ANSIBLE_POOLED_SSH_POOL_WAIT_TIMEOUT": "20"})

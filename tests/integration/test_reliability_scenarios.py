@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -18,7 +17,7 @@ from typing import Any, Dict, List
 import pytest
 from harness import pool
 from harness.proxy import FaultProxy, Tarpit
-from harness.sshd import short_tempdir, wait_until
+from harness.sshd import wait_until
 
 
 def unreachable(stdout: str, host: str) -> str:
@@ -51,16 +50,6 @@ ONE_TASK = """
     - ansible.builtin.command: echo ok
 """
 
-
-@pytest.fixture
-def drop_dir():
-    """A directory the login user can write to (sshd runs commands as another user when root)."""
-    path = short_tempdir("hx-")
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- 1, 2: server limits
@@ -239,7 +228,7 @@ def _spec(fleet, address: str, port: int) -> Dict[str, Any]:
             "known_hosts_files": [str(fleet.known_hosts)], "host_key_checking": True, "timeout": 10.0}
 
 
-def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_path, pool_dir, drop_dir, big_file):
+def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_path, pool_dir, shared_dir, big_file):
     """#18 with 64 MiB instead of 1 GiB (the behaviour is the same; 1 GiB would add a minute to CI):
     sshd rekeys every 1 MiB. Through Ansible, the copy's checksum matches. Through the pool
     directly, a transfer cut midway fails clearly and leaves no partial file at the destination;
@@ -249,7 +238,7 @@ def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_pa
     fleet = make_fleet(count=1, extra_config=["RekeyLimit 1M"])
     host = fleet.hosts[0]
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
-    dest = drop_dir / "copied.bin"
+    dest = shared_dir / "copied.bin"
     playbook = f"""
 - hosts: fleet
   gather_facts: false
@@ -260,7 +249,7 @@ def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_pa
     assert result.rc == 0, result.output_tail()
     assert sha256(dest) == sha256(big_file)
 
-    target = drop_dir / "cut.bin"
+    target = shared_dir / "cut.bin"
     with FaultProxy((host.address, host.port)) as proxy:
         fleet.known_hosts.write_text(fleet.known_hosts.read_text() + host.host_key_line().replace(
             f"[{host.address}]:{host.port}", f"[{proxy.address}]:{proxy.port}") + "\n")
@@ -296,5 +285,5 @@ def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_pa
     assert sha256(target) == sha256(big_file)
     # The cut transfer's partial file, under its temporary name, could not be removed over a dead
     # connection; the successful one left nothing behind.
-    leftovers = [p.name for p in drop_dir.iterdir() if p.name.endswith(".part")]
+    leftovers = [p.name for p in shared_dir.iterdir() if p.name.endswith(".part")]
     assert len(leftovers) <= 1 and all(n.startswith(".cut.bin.pooled-") for n in leftovers), leftovers
