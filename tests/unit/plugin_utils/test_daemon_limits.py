@@ -48,6 +48,39 @@ def test_waiters_are_woken_when_a_slot_frees() -> None:
     thread.join(10)
 
 
+def test_a_dropped_request_keeps_its_place_in_line() -> None:
+    """Slots go in ticket order, and a retry that passes its first ticket back goes before
+    everyone who came after it, however the threads are woken."""
+    limiter = HandshakeLimiter()
+    first = limiter.acquire(ADDRESS, 1, time.monotonic() + 10)
+    order: list = []
+    lock = threading.Lock()
+
+    def wait(name: str) -> None:
+        limiter.acquire(ADDRESS, 1, time.monotonic() + 10)
+        with lock:
+            order.append(name)
+        limiter.release(ADDRESS, dropped=False)
+
+    threads = []
+    for name in ("second", "third"):
+        thread = threading.Thread(target=wait, args=(name,))
+        thread.start()
+        threads.append(thread)
+        # Tickets are taken under the limiter's lock, which notifies: wait until this one is in line.
+        with limiter._cond:
+            assert limiter._cond.wait_for(lambda: len(limiter._waiting.get(ADDRESS, [])) == len(threads), 10)
+    limiter.release(ADDRESS, dropped=True, backoff=0.05)
+    # The dropped request asks again with its ticket: it goes before "second" and "third".
+    assert limiter.acquire(ADDRESS, 1, time.monotonic() + 10, first) == first
+    with lock:
+        assert order == []
+    limiter.release(ADDRESS, dropped=False)
+    for thread in threads:
+        thread.join(10)
+    assert order == ["second", "third"]
+
+
 @pytest.mark.parametrize("data", [
     {"max_connections": "5"}, {"max_connections": 0}, {"max_connections": 2.5}, {"max_connections": True},
     {"idle_timeout": "60"}, {"idle_timeout": -1}, {"idle_timeout": float("nan")}, {"health_checks": 1},
