@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import micro  # noqa: E402
+from cpuacct import CpuGroups  # noqa: E402
 from harness.ansible import AnsibleRunner, collections_root, stop_pool  # noqa: E402
 from harness.proxy import FaultProxy  # noqa: E402
 from harness.sshd import Fleet, short_tempdir  # noqa: E402
@@ -149,10 +150,16 @@ class Lab:
         self.collections = collections_root(self.base / "collections")
         self.hosts = hosts
         self.rtt = rtt
+        #: CPU by side: "hosts" (every sshd and what it starts), "ctl-<family>" (ansible-playbook and
+        #: what it starts, the pool daemon and ssh masters included: they live on across warm runs).
+        self.cpu = CpuGroups("healer-bench-")
 
     def start(self) -> None:
         self.fleet = Fleet(count=self.hosts)
         self.fleet.start()
+        for host in self.fleet:
+            assert host.pid is not None
+            self.cpu.move("hosts", host.pid)
         for host in self.fleet:
             proxy = FaultProxy((host.address, host.port))
             proxy.start()
@@ -266,14 +273,15 @@ class Lab:
                 self.fleet.cleanup()
             except Exception as e:
                 errors.append(repr(e))
+        self.cpu.close()
         shutil.rmtree(self.base, ignore_errors=True)
         if errors:
             print("cleanup errors: " + "; ".join(errors), file=sys.stderr)
 
     # -- one run -------------------------------------------------------------------
 
-    def run(self, variant: Variant, playbook: Path) -> Tuple[float, int, int, float, str]:
-        """(seconds, rc, logins made, CPU seconds used machine-wide, output tail) of one run."""
+    def run(self, variant: Variant, playbook: Path) -> Tuple[float, int, int, Cpu, str]:
+        """(seconds, rc, logins made, CPU seconds used, output tail) of one run."""
         runner = self.runner(variant)
         env: Dict[str, Optional[str]] = {
             "ANSIBLE_FORKS": str(self.forks),
@@ -290,9 +298,11 @@ class Lab:
         if variant.cold:
             self.make_cold(variant)
         before = self.accepted()
-        argv = [runner.executable("ansible-playbook"), "-i", str(self.inventory(variant)), str(playbook)]
+        ctl = f"ctl-{variant.family}"
+        argv = self.cpu.wrap(ctl, [runner.executable("ansible-playbook"), "-i", str(self.inventory(variant)),
+                                   str(playbook)])
         out_path = runner.workdir / "last.out"
-        cpu_before = busy_cpu_seconds()
+        cpu_before = Cpu(busy_cpu_seconds(), self.cpu.seconds(ctl), self.cpu.seconds("hosts"))
         start = time.monotonic()
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(argv, cwd=runner.workdir, env=runner.env(env), stdin=subprocess.DEVNULL,
@@ -303,10 +313,26 @@ class Lab:
                 _kill_group(proc)
                 raise
         elapsed = time.monotonic() - start
-        cpu = busy_cpu_seconds() - cpu_before
+        cpu = Cpu(busy_cpu_seconds(), self.cpu.seconds(ctl), self.cpu.seconds("hosts")) - cpu_before
         logins = sum(self.accepted().values()) - sum(before.values())
         tail = "\n".join(out_path.read_text(errors="replace").splitlines()[-25:])
         return elapsed, rc, logins, cpu, tail
+
+
+@dataclass
+class Cpu:
+    """CPU seconds: the whole machine, the controller side and the hosts' side (None: no cgroups)."""
+
+    machine: float
+    controller: Optional[float]
+    hosts: Optional[float]
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        def minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+            return a - b if a is not None and b is not None else None
+
+        return Cpu(self.machine - other.machine, minus(self.controller, other.controller),
+                   minus(self.hosts, other.hosts))
 
 
 def busy_cpu_seconds() -> float:
@@ -386,7 +412,7 @@ class Row:
     variant: Variant
     times: List[float] = field(default_factory=list)
     logins: List[int] = field(default_factory=list)
-    cpu: List[float] = field(default_factory=list)  # machine-wide CPU seconds used during each run
+    cpu: List[Cpu] = field(default_factory=list)  # CPU seconds used during each run
     by_round: Dict[int, float] = field(default_factory=dict)  # seconds by round number, for paired ratios
     failures: int = 0
 
@@ -420,7 +446,8 @@ def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: in
             row.cpu.append(cpu)
             row.by_round[round_no] = elapsed
             print(f"  [{scenario.name} rtt={lab.rtt:g}ms round {round_no}/{runs}] {row.variant.label:26s} "
-                  f"{elapsed:7.2f}s  cpu={cpu:5.1f}s  logins={logins}", file=sys.stderr, flush=True)
+                  f"{elapsed:7.2f}s  cpu={cpu.machine:5.1f}s (controller {_fmt(cpu.controller, '.1f')}s, "
+                  f"hosts {_fmt(cpu.hosts, '.1f')}s)  logins={logins}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -428,7 +455,7 @@ def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: in
 
 
 HEADER = ("connection", "median s", "min s", "max s", "vs ssh+CP", "paired vs CP", "vs paramiko", "paired vs paramiko",
-          "above local s", "CPU s", "logins/run")
+          "above local s", "CPU s", "ctl CPU s", "hosts CPU s", "logins/run")
 
 
 def _fmt(value: Optional[float], spec: str = ".2f") -> str:
@@ -457,8 +484,14 @@ def table(rows: List[Row]) -> List[List[str]]:
         out.append([v.label + fail, _fmt(row.median), _fmt(min(row.times) if row.times else None),
                     _fmt(max(row.times) if row.times else None), _fmt(_ratio(row, ref)), _paired(row, ref),
                     _fmt(_ratio(row, paramiko)), _paired(row, paramiko),
-                    _fmt(above), _fmt(statistics.median(row.cpu) if row.cpu else None, ".1f"), login_text])
+                    _fmt(above), *(_cpu_median(row, side) for side in ("machine", "controller", "hosts")),
+                    login_text])
     return out
+
+
+def _cpu_median(row: Row, side: str) -> str:
+    values = [getattr(c, side) for c in row.cpu]
+    return _fmt(statistics.median(values) if values and None not in values else None, ".1f")
 
 
 def _cp_reference(by_name: Dict[str, Row], variant: Variant) -> Optional[Row]:

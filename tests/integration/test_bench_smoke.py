@@ -39,3 +39,18 @@ def test_bench_quick_prints_the_table_with_one_login_per_host() -> None:
     assert pooled["logins/run"] == str(HOSTS), proc.stdout
     assert re.match(r"^\d+\.\d+$", pooled["median s"]), proc.stdout
     assert "local (floor)" in rows
+    # CPU by side, from cgroups when this machine lets us make them (root): the hosts' side is where
+    # pooled_ssh's modules run, and local runs none there. Without cgroups both columns say "-".
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from cpuacct import CpuGroups
+
+    probe = CpuGroups("healer-probe-")
+    can_account = probe.root is not None
+    probe.close()
+    if can_account:
+        assert float(pooled["hosts CPU s"]) > 0 and float(pooled["ctl CPU s"]) > 0, proc.stdout
+        assert float(rows["local (floor)"]["ctl CPU s"]) > float(rows["local (floor)"]["hosts CPU s"]), proc.stdout
+        left = list(Path("/sys/fs/cgroup").glob("healer-*")) + list(Path("/sys/fs/cgroup").glob("*/healer-*"))
+        assert not left, f"cgroups left behind: {left}"
+    else:
+        assert pooled["hosts CPU s"] == "-" and pooled["ctl CPU s"] == "-", proc.stdout
