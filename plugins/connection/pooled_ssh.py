@@ -435,7 +435,10 @@ EXAMPLES = r"""
       changed_when: false
 """
 
+import multiprocessing
 import os
+import sys
+import threading
 import time
 
 from ansible.errors import AnsibleAuthenticationFailure, AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -509,6 +512,21 @@ UNREACHABLE_KINDS = {"connect", "hostkey", "exhausted", "unknown_outcome", "daem
                      "protocol"}
 
 
+def _in_worker() -> bool:
+    """Whether this process is one of Ansible's task workers, not ansible-playbook itself (where
+    ``meta: reset_connection`` runs, which must never start a daemon)."""
+    worker = sys.modules.get("ansible.executor.process.worker")
+    return worker is not None and isinstance(multiprocessing.current_process(), worker.WorkerProcess)
+
+
+def _open_quietly(client: PoolClient) -> None:
+    """Open the worker's socket ahead of its first request; a failure is met again, and reported, there."""
+    try:
+        client.open()
+    except Exception:  # reported by the request that retries it
+        client.close()
+
+
 def _int_env(name: str) -> int:
     """A terminal size from the environment, as paramiko_ssh passed it to ``get_pty``; 0 when unset or bad."""
     try:
@@ -526,6 +544,8 @@ class Connection(ConnectionBase):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._client: PoolClient | None = None
+        #: Opens the client's socket (and starts the daemon if needed) while the worker builds the module.
+        self._opening: threading.Thread | None = None
         self._spec: dict | None = None
         self._pool: dict | None = None
         self._become_password_sent = False
@@ -571,7 +591,33 @@ class Connection(ConnectionBase):
             return AnsibleConnectionFailure(str(e))
         return AnsibleError(str(e))
 
+    def _open_early(self) -> None:
+        """In a task's worker, open the pool socket on a thread as soon as the options are known.
+
+        The worker builds the module before its first request; a cold pool's daemon start (~0.3 s,
+        a Python importing Paramiko) then overlaps that work instead of following it.
+        """
+        if self._client is not None or IMPORT_ERROR is not None or not _in_worker():
+            return
+        try:
+            self._client = self._new_client()
+        except AnsibleError:
+            return  # raised again, to the user, on first use
+        self._opening = threading.Thread(target=_open_quietly, args=(self._client,), name="pooled_ssh-open",
+                                         daemon=True)
+        self._opening.start()
+
+    def _opened(self) -> None:
+        """Wait for the early open, if one is under way: the client is then ours alone."""
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+
     # -- ConnectionBase ----------------------------------------------------------
+
+    def set_options(self, task_keys=None, var_options=None, direct=None) -> None:
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        self._open_early()
 
     def _connect(self) -> Connection:
         if not self._connected:
@@ -579,7 +625,9 @@ class Connection(ConnectionBase):
             spec = request["conn"]
             display.vvv(f"ESTABLISH POOLED SSH CONNECTION FOR USER: {spec['user']} on PORT {spec['port']} "
                         f"TO {spec['addr']}", host=self._host)
-            self._client = self._new_client()
+            self._opened()
+            if self._client is None:
+                self._client = self._new_client()
             self._connected = True
         return self
 
@@ -711,6 +759,7 @@ class Connection(ConnectionBase):
         Runs on a fresh, never-connected instance too, so it works from the options alone
         and never starts a daemon just to find it empty.
         """
+        self._opened()
         client = self._client if self._client is not None else self._new_client(spawn=False)
         try:
             spec = self._request()["conn"]
@@ -726,6 +775,7 @@ class Connection(ConnectionBase):
 
     def close(self) -> None:
         """Release the worker's link to the pool; the transports stay pooled."""
+        self._opened()
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -21,6 +21,8 @@ from . import _protocol as proto
 #: Where the pool lives unless configured otherwise.
 DEFAULT_POOL_DIR = "~/.ansible/pooled_ssh"
 SPAWN_LOCK = "spawn.lock"
+#: Longest pause between looks for a starting daemon's socket (a start takes ~0.3 s).
+SPAWN_POLL_MAX = 0.02
 #: Longest time we wait for a daemon we started to accept connections.
 SPAWN_TIMEOUT = 20.0
 #: Longest wait for whatever listens on the pool socket to answer our hello.
@@ -166,7 +168,8 @@ def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "i
                     raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
                                           f"see {pool_dir}/daemon.log")
                 time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                # A failed connect costs microseconds; a late one costs every waiting task the gap.
+                delay = min(delay * 2, SPAWN_POLL_MAX)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -213,6 +216,10 @@ class PoolClient:
             self.daemon_pid = reply.get("pid")
             self._sock, self._pid = sock, os.getpid()
         return self._sock
+
+    def open(self) -> None:
+        """Connect now, starting the daemon if none answers (the first request would do it anyway)."""
+        self._socket()
 
     def close(self) -> None:
         if self._sock is not None and self._pid == os.getpid():

@@ -134,3 +134,24 @@ def test_host_key_checking_off_accepts_an_unknown_host(make_fleet, make_runner, 
                             env={"ANSIBLE_HOST_KEY_CHECKING": "False"})
     assert accepted.rc == 0, accepted.output_tail()
     assert empty.read_text() == "", "host_key_checking=False must not record keys"
+
+
+@pytest.mark.compat
+def test_workers_start_the_daemon_and_ansible_playbook_never_does(make_fleet, make_runner, tmp_path, pool_dir):
+    """Workers open the pool socket as soon as their options are set, so that a cold daemon starts
+    while the module is built (every other test runs through that path). The guard that makes it
+    safe: ansible-playbook itself, where ``meta: reset_connection`` runs, never starts a daemon
+    just to find it empty; the first task's worker does."""
+    fleet = make_fleet(count=1)
+    runner = make_runner(fleet)
+    inventory = fleet.write_inventory(tmp_path / "inventory.yml")
+    only_meta = "- hosts: fleet\n  gather_facts: false\n  tasks:\n    - ansible.builtin.meta: reset_connection\n"
+    result = runner.playbook(only_meta, inventory, "-vvv")
+    assert result.rc == 0, result.output_tail()
+    assert "RESET no pool daemon running" in result.stdout, result.output_tail()
+    assert not (pool_dir / "daemon.pid").exists()
+    result = runner.playbook(only_meta.replace("ansible.builtin.meta: reset_connection", "ansible.builtin.ping:"),
+                             inventory)
+    assert result.rc == 0, result.output_tail()
+    assert pool.daemon_pid(pool_dir) > 0
+    assert fleet.hosts[0].accepted_count("publickey") == 1
