@@ -536,7 +536,7 @@ def _version(argv: Sequence[str], pattern: str) -> str:
     return match.group(1) if match else "n/a"
 
 
-def machine() -> List[str]:
+def machine(forks: int) -> List[str]:
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
@@ -560,7 +560,7 @@ def machine() -> List[str]:
         f"- CPU: {cpu}, {os.cpu_count()} cores (nproc); memory {mem}; Linux {platform.release()}",
         f"- Python {main_py} with ansible-core {main_ansible} (local, ssh, mitogen, pooled_ssh); "
         f"Python {compat_py} with ansible-core {compat_ansible} (paramiko_ssh and the rows marked 2.19)",
-        f"- paramiko {paramiko}; {openssh} (client and sshd); forks 5; pipelining on",
+        f"- paramiko {paramiko}; {openssh} (client and sshd); forks {forks}; pipelining on",
     ]
 
 
@@ -688,7 +688,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seconds = time.monotonic() - started
     print(f"took {seconds / 60:.1f} minutes", flush=True)
     if args.doc:
-        write_doc(args.doc_block, sections, machine(), seconds, list(argv if argv is not None else sys.argv[1:]))
+        command = list(argv if argv is not None else sys.argv[1:])
+        write_doc(args.doc_block, sections, machine(args.forks), seconds, command)
         print(f"wrote {DOC.relative_to(REPO)}", flush=True)
     return 0
 
