@@ -157,10 +157,11 @@ class Lab:
     def start(self) -> None:
         self.fleet = Fleet(count=self.hosts)
         self.fleet.start()
+        if self.cpu.root is None:
+            print(f"CPU by side: n/a ({self.cpu.why_not})", file=sys.stderr, flush=True)
         for host in self.fleet:
             assert host.pid is not None
             self.cpu.move("hosts", host.pid)
-        for host in self.fleet:
             proxy = FaultProxy((host.address, host.port))
             proxy.start()
             self.proxies.append(proxy)
