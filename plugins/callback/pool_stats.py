@@ -40,13 +40,13 @@ import json
 import os
 
 from ansible.plugins.callback import CallbackBase
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
-    PoolClient,
-    PoolFailure,
-    PoolUnavailable,
-    pool_dir_path,
-)
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._stats import TABLE_COLUMNS, delta, render_table
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
+
+_client = load("_client")
+PoolClient, PoolFailure, PoolUnavailable, pool_dir_path = (
+    _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable, _client.pool_dir_path)
+_stats = load("_stats")
+TABLE_COLUMNS, delta, render_table = _stats.TABLE_COLUMNS, _stats.delta, _stats.render_table
 
 
 class CallbackModule(CallbackBase):

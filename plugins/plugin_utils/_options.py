@@ -8,6 +8,7 @@ worker with another ``HOME`` or ``SSH_AUTH_SOCK``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -128,13 +129,17 @@ def connection_spec(get_option: GetOption, inventory_host: str,
         hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
     except _ssh_config.JumpSpecError as e:
         raise OptionError(f"proxy_jump: {e}") from None
+    key_path = os.path.abspath(os.path.expanduser(key_file)) if key_file else None
+    for hop in hops:
+        hop["key_fingerprint"] = key_fingerprint(hop.get("private_key_file"))
     spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
         "port": port,
         "user": user,
         "password": password,
-        "private_key_file": os.path.abspath(os.path.expanduser(key_file)) if key_file else None,
+        "private_key_file": key_path,
+        "key_fingerprint": key_fingerprint(key_path),
         "private_key_passphrase": get_option("private_key_passphrase"),
         "look_for_keys": bool(get_option("look_for_keys")),
         "default_key_files": [os.path.expanduser(k) for k in DEFAULT_KEYS],
@@ -154,6 +159,18 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     if hops:
         spec["proxy_jump"] = hops
     return spec
+
+
+def key_fingerprint(path: Optional[str]) -> Optional[str]:
+    """sha256 of a key file's bytes, part of the pool key: a key rewritten at the same path is
+    another identity. Read here, in the worker, as the user; None when there is no such file."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _local_user(environ: Mapping[str, str]) -> str:
