@@ -661,9 +661,7 @@ class Connection(ConnectionBase):
         awaiting_prompt = bool(become and become.expect_prompt())
         awaiting_success = bool(become and become.success)
         request = self._bind()
-        message = dict(cmd=cmd, command_timeout=self.get_option("command_timeout"),
-                       pty=bool(self.get_option("pty") and sudoable and not in_data),
-                       term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
+        message = self._exec_message(cmd, in_data, sudoable)
         ready = not (awaiting_prompt or awaiting_success)
         # Escalation must show its prompt or success marker within the connection timeout.
         escalation_timeout = float(request["conn"]["timeout"])
@@ -718,6 +716,11 @@ class Connection(ConnectionBase):
                 raise AnsibleError(f"Missing {become.name} password")
             out.append(pending)
         return rc, b"".join(out), b"".join(err)
+
+    def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict:
+        return dict(cmd=cmd, command_timeout=self.get_option("command_timeout"),
+                    pty=bool(self.get_option("pty") and sudoable and not in_data),
+                    term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
 
     def _examine_become(self, pending: bytes, awaiting_prompt: bool, become) -> tuple[bytes, bool, bool]:
         """The ssh plugin's escalation state machine: prompt, then success marker, then module data."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _ssh_config
 
@@ -114,24 +114,8 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     password = get_option("password")
     key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
-    proxy_command = get_option("proxy_command") or None
-    jump_spec = _optional(get_option, "proxy_jump") or None
-    if proxy_command and jump_spec:
-        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
-    if not proxy_command and not jump_spec:
-        # ssh_config fills the proxy only when the inventory sets neither.
-        jump_spec = found.get("proxyjump")
-        proxy_command = None if jump_spec else found.get("proxycommand")
-    if proxy_command:
-        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
-            proxy_command = proxy_command.replace(token, value)
-    try:
-        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
-    except _ssh_config.JumpSpecError as e:
-        raise OptionError(f"proxy_jump: {e}") from None
+    proxy_command, hops = _proxy(get_option, found, config_file, addr, port, user)
     key_path = os.path.abspath(os.path.expanduser(key_file)) if key_file else None
-    for hop in hops:
-        hop["key_fingerprint"] = key_fingerprint(hop.get("private_key_file"))
     spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
@@ -171,6 +155,29 @@ def key_fingerprint(path: Optional[str]) -> Optional[str]:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+
+
+def _proxy(get_option: GetOption, found: Dict[str, Any], config_file: Optional[str], addr: str, port: int,
+           user: str) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+    """The proxy command (its tokens filled in) or the jump hops, from the inventory or else ssh_config."""
+    proxy_command = get_option("proxy_command") or None
+    jump_spec = _optional(get_option, "proxy_jump") or None
+    if proxy_command and jump_spec:
+        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
+    if not proxy_command and not jump_spec:
+        # ssh_config fills the proxy only when the inventory sets neither.
+        jump_spec = found.get("proxyjump")
+        proxy_command = None if jump_spec else found.get("proxycommand")
+    if proxy_command:
+        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
+            proxy_command = proxy_command.replace(token, value)
+    try:
+        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
+    except _ssh_config.JumpSpecError as e:
+        raise OptionError(f"proxy_jump: {e}") from None
+    for hop in hops:
+        hop["key_fingerprint"] = key_fingerprint(hop.get("private_key_file"))
+    return proxy_command, hops
 
 
 def _local_user(environ: Mapping[str, str]) -> str:

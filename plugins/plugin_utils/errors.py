@@ -55,11 +55,11 @@ class ErrorKind(str, Enum):
 
     @classmethod
     def from_wire(cls, value: object) -> ErrorKind:
-        """The kind a reply names; one this side does not know is a protocol problem."""
-        try:
-            return cls(value)
-        except ValueError:
-            return cls.PROTOCOL
+        """The kind a reply names; one this side does not know fails the task (never hides a host)."""
+        for kind in cls:
+            if kind.value == value:
+                return kind
+        return cls.INTERNAL
 
     def __str__(self) -> str:
         return self.value

@@ -72,8 +72,8 @@ def send_exec(chan: paramiko.Channel, cmd: str) -> None:
         m.add_string("exec")
         m.add_boolean(True)
         m.add_string(cmd)
-        chan._event_pending()
-        chan.transport._send_user_message(m)
+        chan._event_pending()  # type: ignore[attr-defined]
+        chan.transport._send_user_message(m)  # type: ignore[union-attr]
     except AttributeError:  # pragma: no cover - a Paramiko without these internals: wait as usual
         chan.exec_command(cmd)
 

@@ -55,7 +55,10 @@ def _discard_partial(sftp: Optional[paramiko.SFTPClient], partial: str, lease: L
 
 
 def _open_sftp(pt: PooledTransport) -> paramiko.SFTPClient:
-    return paramiko.SFTPClient.from_transport(pt.transport, window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET)
+    sftp = paramiko.SFTPClient.from_transport(pt.transport, window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET)
+    if sftp is None:  # Paramiko returns None when the subsystem channel could not be opened
+        raise paramiko.SSHException("no SFTP channel")
+    return sftp
 
 
 def _sftp_copy(binding: Binding, lease: Lease[PooledTransport], sftp: paramiko.SFTPClient, req: msgs.Transfer,

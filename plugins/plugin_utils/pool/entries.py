@@ -24,12 +24,13 @@ class Conn(Protocol):
 
 
 C = TypeVar("C", bound=Conn)
+C_co = TypeVar("C_co", bound=Conn, covariant=True)
 
 
-class Connector(Protocol[C]):
+class Connector(Protocol[C_co]):
     """Opens a transport for a key; ``target`` is whatever the caller passed to ``acquire``."""
 
-    def connect(self, key: PoolKey, target: Any) -> C: ...
+    def connect(self, key: PoolKey, target: Any) -> C_co: ...
 
 
 _ids = itertools.count(1)

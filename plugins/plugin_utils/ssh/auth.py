@@ -31,7 +31,7 @@ def _agent_keys(path: Optional[str]) -> Tuple[Optional[paramiko.agent.AgentSSH],
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(5)
         sock.connect(path)
-        agent._connect(sock)
+        agent._connect(sock)  # type: ignore[attr-defined]  # AgentSSH takes a socket only this way
     except (OSError, paramiko.SSHException):
         return None, []
     return agent, list(agent.get_keys())
@@ -45,7 +45,7 @@ def _passphrase(value: Optional[str]) -> Optional[bytes]:
 def load_key(path: str, passphrase: Optional[str], spec: ConnectionSpec) -> paramiko.PKey:
     auth = ErrorKind.AUTH
     try:
-        return paramiko.PKey.from_path(path, _passphrase(passphrase))
+        return paramiko.PKey.from_path(path, _passphrase(passphrase))  # type: ignore[arg-type]
     except (paramiko.PasswordRequiredException, TypeError) as e:
         # Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
         # TypeError ("Key is password-protected, but password was not provided") comes through.
@@ -71,7 +71,7 @@ def _keys(spec: ConnectionSpec) -> Tuple[Optional[paramiko.agent.AgentSSH], List
     if spec.look_for_keys and not spec.private_key_file:
         for path in spec.default_key_files:
             try:
-                keys.append(paramiko.PKey.from_path(path, _passphrase(passphrase)))
+                keys.append(paramiko.PKey.from_path(path, _passphrase(passphrase)))  # type: ignore[arg-type]
             except Exception:
                 continue
     return agent, keys
@@ -111,7 +111,7 @@ def authenticate(transport: paramiko.Transport, spec: ConnectionSpec) -> None:
                 raise auth_error(spec, tried, e) from None
     finally:
         if agent is not None:
-            agent._close()  # AgentSSH has no public close; the socket is ours to close
+            agent._close()  # type: ignore[attr-defined]  # AgentSSH has no public close; the socket is ours to close
     raise auth_error(spec, tried, None)
 
 

@@ -201,8 +201,10 @@ class Connector:
         disabled: Dict[str, List[str]] = {}
         if not spec.use_rsa_sha2_algorithms:
             disabled = {
-                "pubkeys": [a for a in paramiko.Transport._preferred_pubkeys if "rsa-sha2" in a],
-                "keys": [a for a in paramiko.Transport._preferred_keys if "rsa-sha2" in a],
+                "pubkeys": [a for a in paramiko.Transport._preferred_pubkeys  # type: ignore[attr-defined]
+                            if "rsa-sha2" in a],
+                "keys": [a for a in paramiko.Transport._preferred_keys  # type: ignore[attr-defined]
+                         if "rsa-sha2" in a],
             }
         transport = paramiko.Transport(sock, disabled_algorithms=disabled or None)
         ok = False
@@ -288,12 +290,11 @@ def verify_host_key(transport: paramiko.Transport, spec: ConnectionSpec, name: s
     offered = f"{keytype} {_known_hosts.fingerprint(blob)}"
     if verdict.status == "known":
         return True
-    if verdict.status == "revoked":
-        entry = verdict.entry
+    entry = verdict.entry
+    if verdict.status == "revoked" and entry is not None:
         raise fail(spec, f"host key {offered} is marked @revoked in {entry.path}:{entry.lineno}",
                    "the server's key was revoked: do not connect", ErrorKind.HOSTKEY)
-    if verdict.status == "changed":
-        entry = verdict.entry
+    if verdict.status == "changed" and entry is not None:
         raise fail(spec, f"REMOTE HOST IDENTIFICATION HAS CHANGED: the server offers {offered} but "
                    f"{entry.path}:{entry.lineno} has {entry.keytype} {_known_hosts.fingerprint(entry.key)}",
                    f"if the change is expected, remove that line (ssh-keygen -R '{name}') and reconnect",

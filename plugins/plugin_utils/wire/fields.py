@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 _NONE = type(None)
@@ -84,7 +84,7 @@ def _check(name: str, value: Any, rule: Rule) -> Any:
     if rule.nested is not None or rule.items is not None:
         if not isinstance(value, list):
             raise Malformed(f"{name} {rule.problem or 'has the wrong type'}")
-        out = []
+        out: List[Any] = []
         for index, item in enumerate(value):
             where = f"{name}[{index}]"
             if rule.nested is not None:
