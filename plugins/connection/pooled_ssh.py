@@ -762,13 +762,13 @@ class Connection(ConnectionBase):
         self._connect()
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self._host)
         local = os.path.abspath(to_text(out_path, errors="surrogate_or_strict"))
-        self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"))
+        self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"), umask=_client.current_umask())
 
-    def _transfer(self, op: str, local: str, remote: str) -> None:
+    def _transfer(self, op: str, local: str, remote: str, **fields) -> None:
         assert self._client is not None
         try:
             self._bind()
-            reply = self._client.call({"op": op, "local": local, "remote": remote})
+            reply = self._client.call({"op": op, "local": local, "remote": remote, **fields})
         except (PoolFailure, PoolUnavailable) as e:
             raise self._failure(e) from None
         display.vvv(f"POOL {'reused' if reply.get('hit') else 'created'} transport {reply.get('transport')}",

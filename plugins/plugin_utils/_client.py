@@ -168,6 +168,23 @@ def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "i
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def current_umask() -> int:
+    """This process's umask, sent with a fetch so the file gets the mode ``ssh`` would give it.
+
+    Read from /proc (``os.umask`` can only be read by setting it, which races other threads).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class PoolClient:
     """One worker's conversation with the daemon, over one socket reused for every request.
 

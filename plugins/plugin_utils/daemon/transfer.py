@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shlex
+import stat
 from typing import TYPE_CHECKING, Optional
 
 import paramiko
@@ -54,6 +55,18 @@ def _discard_partial(sftp: Optional[paramiko.SFTPClient], partial: str, lease: L
             sftp.remove(partial)
 
 
+def local_mode(req: msgs.Transfer, remote_mode: Optional[int]) -> int:
+    """The mode OpenSSH's sftp and scp give a fetched file: an existing file keeps its own; a new
+    one gets the remote file's permissions (owner-writable) under the worker's umask."""
+    with contextlib.suppress(OSError):
+        st = os.stat(req.local)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    mode = (remote_mode & 0o777) | stat.S_IWUSR if remote_mode is not None else 0o666
+    umask = req.umask if req.umask is not None else 0o077
+    return mode & ~umask
+
+
 def _open_sftp(pt: PooledTransport) -> paramiko.SFTPClient:
     sftp = paramiko.SFTPClient.from_transport(pt.transport, window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET)
     if sftp is None:  # Paramiko returns None when the subsystem channel could not be opened
@@ -71,7 +84,9 @@ def _sftp_copy(binding: Binding, lease: Lease[PooledTransport], sftp: paramiko.S
             sftp.put(local, partial, confirm=True)
             _sftp_replace(sftp, partial, remote)
         else:
+            mode = local_mode(req, sftp.stat(remote).st_mode)
             sftp.get(remote, partial)
+            os.chmod(partial, mode)
             os.replace(partial, local)
     except FileNotFoundError as e:
         _discard_partial(sftp if put else None, partial, lease)
@@ -149,6 +164,7 @@ def _cat_stream(chan: paramiko.Channel, req: msgs.Transfer, put: bool, partial: 
                 f.write(block)
     rc = chan.recv_exit_status()
     if not put and rc == 0:
+        os.chmod(partial, local_mode(req, None))
         os.replace(partial, req.local)
     return rc
 

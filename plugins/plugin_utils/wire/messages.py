@@ -136,6 +136,8 @@ class Transfer(Message):
 
     local: str = wire((str,), required=True, path=True, problem="must be a string")
     remote: str = wire((str,), required=True, path=True, problem="must be a string")
+    #: The worker's umask: a fetched file gets the mode ``ssh`` would give it (None: the daemon's own).
+    umask: Optional[int] = wire((int, type(None)), low=0, high=0o777)
 
 
 @dataclass(frozen=True)

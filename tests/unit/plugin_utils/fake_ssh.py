@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -51,6 +52,8 @@ class FakeServer:
     #: An SFTP transfer breaks the transport after this many bytes.
     cut_after: Optional[int] = None
     forwarded: List[Tuple[str, int]] = field(default_factory=list)
+    #: Commands that start without waiting for the end of their input (``cat FILE``).
+    immediate: Callable[[str], bool] = lambda cmd: False
     #: Give channels' pipes descriptor numbers from this one up (select.select fails from 1024).
     high_fds: Optional[int] = None
 
@@ -130,6 +133,8 @@ class FakeChannel:
             self.command = cmd
             self.event_ready = True
         self.event.set()
+        if self.event_ready and server.immediate(cmd):
+            self._run()
 
     def exec_command(self, cmd: str) -> None:
         self._event_pending()
@@ -180,6 +185,10 @@ class FakeChannel:
         return bool(self._err)
 
     def recv(self, n: int) -> bytes:
+        """As Paramiko's: waits for data or the end of the stream."""
+        deadline = time.monotonic() + 10
+        while not self._out and not self.closed and time.monotonic() < deadline:
+            time.sleep(0.001)
         data, self._out = self._out[:n], self._out[n:]
         self._update()
         return data
