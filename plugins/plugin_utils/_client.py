@@ -282,9 +282,11 @@ class PoolClient:
         return self._reply_to(sock, op_id)
 
     def _reply_to(self, sock: socket.socket, op_id: int) -> Dict[str, Any]:
+        """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body)."""
         reply, _ = self._recv(sock, op_id)
         if reply.get("t") == msgs.Reply.ERROR.value:
             raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
+        reply.pop("re", None)
         return reply
 
     def _send(self, message: Dict[str, Any], payload: bytes = b"") -> Tuple[socket.socket, int]:

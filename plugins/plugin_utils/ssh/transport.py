@@ -32,7 +32,11 @@ class Spare:
 
 
 class PooledTransport:
-    """One authenticated transport held by the pool."""
+    """One authenticated transport held by the pool.
+
+    The settings that pace its keepalives and idle life are those of the request that used it
+    last, kept by the pool with its other bookkeeping (``pool.entries.Entry.settings``).
+    """
 
     def __init__(self, transport: paramiko.Transport, label: str, via: Optional[Releasable] = None,
                  host_key_verified: bool = False) -> None:
