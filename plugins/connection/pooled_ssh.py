@@ -320,7 +320,7 @@ options:
       - Seconds allowed for opening a new transport (TCP connect, negotiation and authentication each), and for
         privilege escalation to show its prompt or success marker once the command started (then the task fails with
         C(timed out waiting for privilege escalation prompt)).
-      - Default 10; the origin's C(SSH_POOL_CONNECTION_TIMEOUT_MS) (O(timeout_ms)) applies when this is unset.
+      - Default 10; the C(SSH_POOL_CONNECTION_TIMEOUT_MS) environment name (O(timeout_ms)) applies when this is unset.
     type: int
     ini:
       - section: defaults
@@ -343,7 +343,7 @@ options:
     cli:
       - name: timeout
   timeout_ms:
-    description: O(timeout) in milliseconds, under the origin's name. Used only when O(timeout) is unset.
+    description: O(timeout) in milliseconds, under its C(SSH_POOL_*) environment name. Used only when O(timeout) is unset.
     type: float
     env:
       - name: SSH_POOL_CONNECTION_TIMEOUT_MS

@@ -19,7 +19,8 @@ GetOption = Callable[[str], Any]
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 
-#: Pool timings in seconds, each with the origin's millisecond alias and its default.
+#: Pool timings in seconds, each with its millisecond alias (the unit of the ``SSH_POOL_*`` environment names)
+#: and its default.
 SECONDS_WITH_MS_ALIAS = {
     "idle_timeout": 60.0,
     "health_check_interval": 30.0,
@@ -41,7 +42,8 @@ def _optional(get_option: GetOption, name: str) -> Any:
 
 
 def seconds(get_option: GetOption, name: str) -> float:
-    """The option in seconds; its ``<name>_ms`` alias (the origin's unit) when it is unset."""
+    """The option in seconds; its ``<name>_ms`` alias (milliseconds, as the ``SSH_POOL_*`` environment names)
+    when it is unset."""
     value = get_option(name)
     if value is None:
         ms = get_option(f"{name}_ms")
