@@ -10,8 +10,10 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
 
 _client = load("_client")
-PoolClient, PoolFailure, PoolUnavailable, pool_dir_path = (
-    _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable, _client.pool_dir_path)
+PoolClient = _client.PoolClient
+PoolFailure = _client.PoolFailure
+PoolUnavailable = _client.PoolUnavailable
+pool_dir_path = _client.pool_dir_path
 
 ARGUMENT_SPEC = {
     "pool_dir": {"type": "path"},

@@ -43,10 +43,14 @@ from ansible.plugins.callback import CallbackBase
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
 
 _client = load("_client")
-PoolClient, PoolFailure, PoolUnavailable, pool_dir_path = (
-    _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable, _client.pool_dir_path)
+PoolClient = _client.PoolClient
+PoolFailure = _client.PoolFailure
+PoolUnavailable = _client.PoolUnavailable
+pool_dir_path = _client.pool_dir_path
 _stats = load("_stats")
-TABLE_COLUMNS, delta, render_table = _stats.TABLE_COLUMNS, _stats.delta, _stats.render_table
+TABLE_COLUMNS = _stats.TABLE_COLUMNS
+delta = _stats.delta
+render_table = _stats.render_table
 
 
 class CallbackModule(CallbackBase):
