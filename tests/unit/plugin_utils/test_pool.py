@@ -912,3 +912,69 @@ def test_settings_from_dict_ignores_unknown_and_none() -> None:
     s = PoolSettings.from_dict({"max_connections": 7, "idle_timeout": None, "bogus": 1})
     assert s.max_connections == 7
     assert s.idle_timeout == 60.0
+
+
+# -- each request's own settings --------------------------------------------------------------
+
+
+def test_a_request_opens_a_transport_only_below_its_own_max_connections(env: Env) -> None:
+    """Two playbooks share the daemon with different limits: neither overwrites the other's."""
+    wide = cfg(max_connections=3, max_channels=1, wait_timeout=0)
+    narrow = cfg(max_connections=1, max_channels=1, wait_timeout=0)
+    held = [acquire(env, settings=wide), acquire(env, settings=wide)]
+    assert env.connector.connects == 2
+    # The narrow request may not open a third transport: two exist, its limit is one.
+    with pytest.raises(PoolExhausted, match=r"\(max: 1\)"):
+        acquire(env, settings=narrow)
+    # The wide one still may (the narrow request did not lower the key's limit).
+    held.append(acquire(env, settings=wide))
+    assert env.connector.connects == 3
+    for lease in held:
+        lease.release()
+
+
+def test_a_waiter_waits_its_own_wait_timeout(env: Env) -> None:
+    patient = cfg(max_connections=1, max_channels=1, wait_timeout=60)
+    hasty = cfg(max_connections=1, max_channels=1, wait_timeout=0)
+    holder = acquire(env, settings=patient)
+    waiter = Worker(env, "patient", settings=patient, hold=False)
+    waiter.start()
+    wait_until(lambda: waiting(env) == 1, "the patient request to queue")
+    # A later request with no patience fails at once; the patient one keeps waiting.
+    with pytest.raises(PoolExhausted, match="waited 0s"):
+        acquire(env, settings=hasty)
+    assert waiter.is_alive()
+    holder.release()
+    waiter.join(TIMEOUT)
+    assert waiter.lease is not None and waiter.error is None
+
+
+def test_an_idle_transport_follows_the_settings_of_its_last_user(env: Env) -> None:
+    short = cfg(idle_timeout=5)
+    acquire(env, settings=cfg(idle_timeout=600)).release()
+    acquire(env, settings=short).release()
+    env.clock.advance(6)
+    closed, _ = env.pool.sweep()
+    assert len(closed) == 1
+
+
+def test_a_queued_request_is_never_granted_a_transport_beyond_its_own_limit(env: Env) -> None:
+    """With one key's settings shared (last writer wins), a later request with a higher limit made
+    the pool open a second transport for a queued request whose own limit is one."""
+    wide = cfg(max_connections=2, max_channels=1, wait_timeout=60)
+    narrow = cfg(max_connections=1, max_channels=1, wait_timeout=60)
+    first = acquire(env, settings=wide)
+    n = Worker(env, "narrow", settings=narrow, hold=False)
+    n.start()
+    wait_until(lambda: waiting(env) == 1, "the narrow request to queue")
+    w = Worker(env, "wide", settings=wide)
+    w.start()
+    wait_until(lambda: waiting(env) == 2, "the wide request to queue behind it")
+    assert env.connector.connects == 1  # nobody opened a second transport for the narrow request
+    first.release()
+    assert n.got.wait(TIMEOUT) and n.error is None and n.lease is not None
+    assert n.lease.conn.number == 1
+    assert w.got.wait(TIMEOUT) and w.error is None and w.lease is not None
+    w.let_go.set()
+    n.join(TIMEOUT)
+    w.join(TIMEOUT)
