@@ -11,6 +11,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.healer.pooled_ssh.plugins.module_utils import _diagnose_history as history
 from ansible_collections.healer.pooled_ssh.plugins.module_utils import _diagnose_report as report
 
 
@@ -59,6 +60,36 @@ def diagnose_layout(fleet: Mapping[str, Any]) -> Dict[str, List[str]]:
     return report.layout(_mapping(fleet, "the fleet"))
 
 
+def diagnose_history(text: Optional[str], fleet: Mapping[str, Any], pool_before: Optional[Mapping[str, Any]] = None,
+                     pool_after: Optional[Mapping[str, Any]] = None, keep: Any = 50) -> List[Dict[str, Any]]:
+    """The history (``history.jsonl``'s text) with this run added, bounded to the newest ``keep`` runs.
+
+    ``pool_before``/``pool_after`` are ``pool_info`` results read around the diagnosis."""
+    try:
+        keep = int(keep)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError(f"diagnose_history_max must be a number, not {keep!r}") from None
+    run = history.record(_mapping(fleet, "the fleet"), _now(), history.pool_figures(pool_before, pool_after))
+    return history.append(history.parse(text), run, keep)
+
+
+def diagnose_history_text(runs: Sequence[Mapping[str, Any]]) -> str:
+    """``history.jsonl``: one JSON line per run."""
+    return history.dump(runs)
+
+
+def diagnose_charts(runs: Sequence[Mapping[str, Any]], host: str) -> List[Dict[str, Any]]:
+    """One host's charted metrics over the history, as SVG coordinates."""
+    return history.charts(list(runs), host)
+
+
+def diagnose_pool_figures(run: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """``[{label, value}]`` of the pool's figures of a history run ("n/a" without a daemon)."""
+    pool = (run or {}).get("pool")
+    return [{"label": label, "value": "n/a" if not pool else pool.get(key, "n/a")}
+            for key, label, _counter in history.POOL_FIGURES]
+
+
 class FilterModule:
     """The diagnose role's report filters."""
 
@@ -68,4 +99,8 @@ class FilterModule:
             "diagnose_fleet": diagnose_fleet,
             "diagnose_previous_report": diagnose_previous_report,
             "diagnose_layout": diagnose_layout,
+            "diagnose_history": diagnose_history,
+            "diagnose_history_text": diagnose_history_text,
+            "diagnose_charts": diagnose_charts,
+            "diagnose_pool_figures": diagnose_pool_figures,
         }
