@@ -14,6 +14,7 @@ PLUGINS = [
     ("module", "healer.pooled_ssh.healer_diagnose"),
     ("module", "healer.pooled_ssh.pool_info"),
     ("role", "healer.pooled_ssh.diagnose"),
+    ("role", "healer.pooled_ssh.schedule"),
 ]
 
 
