@@ -15,6 +15,7 @@ PLUGINS = [
     ("module", "healer.pooled_ssh.pool_info"),
     ("role", "healer.pooled_ssh.diagnose"),
     ("role", "healer.pooled_ssh.schedule"),
+    ("filter", "healer.pooled_ssh.diagnose_host_entry"),
 ]
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
 from ansible_collections.healer.pooled_ssh.plugins.filter import diagnose_report as filters
 from ansible_collections.healer.pooled_ssh.plugins.module_utils import _diagnose_report as report
@@ -221,3 +223,11 @@ def test_filters_are_registered_and_validate_their_inputs():
         filters.diagnose_host_entry([{"checks": {"load": {"summary": "no state"}}}])
     with pytest.raises(AnsibleFilterError, match="2 entries for 1 hosts"):
         filters.diagnose_fleet([{}, {}], ["a"])
+
+
+def test_every_filter_has_its_documentation():
+    here = Path(filters.__file__).parent
+    for name in filters.FilterModule().filters():
+        doc = yaml.safe_load((here / f"{name}.yml").read_text(encoding="utf-8"))
+        assert doc["DOCUMENTATION"]["name"] == name and doc["DOCUMENTATION"]["short_description"], name
+        assert "_input" in doc["DOCUMENTATION"]["options"] and "_value" in doc["RETURN"], name
