@@ -84,10 +84,14 @@ def key_figures(entry: Mapping[str, Any]) -> Json:
 def pool_figures(before: Optional[Mapping[str, Any]], after: Optional[Mapping[str, Any]]) -> Optional[Json]:
     """The pool's figures for the run, from two ``pool_info`` results; None when no daemon ran
     at the end (then the report says n/a). A daemon that started during the run counts from 0."""
+    def totals(reading: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+        if not reading or not reading.get("running"):
+            return {}
+        return (reading.get("stats") or {}).get("total") or {}
+
     if not after or not after.get("running"):
         return None
-    start = ((before or {}).get("stats") or {}).get("total") or {} if (before or {}).get("running") else {}
-    end = (after.get("stats") or {}).get("total") or {}
+    start, end = totals(before), totals(after)
     out: Json = {}
     for key, _label, counter in POOL_FIGURES:
         value = (_number(end.get(counter)) or 0.0) - (_number(start.get(counter)) or 0.0)
