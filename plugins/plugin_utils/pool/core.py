@@ -118,10 +118,14 @@ class Pool(Generic[C]):
     def _exhausted(self, kp: KeyPool[C], settings: PoolSettings, why: str = "") -> PoolExhausted:
         self._counters.of(kp.key)["exhausted"] += 1
         self._on_event("exhausted", key=kp.key.label, max=settings.max_connections)
+        if why:
+            advice = "raise max_connections, use fewer forks, or set on_exhausted to wait or direct"
+        else:
+            why = f"waited {settings.wait_timeout:g}s"
+            advice = "raise max_connections or pool_wait_timeout, use fewer forks, or set on_exhausted to direct"
         return PoolExhausted(
             f"Connection pool exhausted for {kp.key.host}:{kp.key.port} (max: {settings.max_connections}); "
-            f"{why or f'waited {settings.wait_timeout:g}s'}: raise max_connections or pool_wait_timeout, "
-            "use fewer forks, or set on_exhausted to direct"
+            f"{why}: {advice}"
         )
 
     def _try_take(self, kp: KeyPool[C], settings: PoolSettings) -> Optional[Grant[C]]:
