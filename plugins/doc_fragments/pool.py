@@ -74,7 +74,8 @@ options:
       - name: SSH_POOL_TIMEOUT
   cleanup_interval:
     description:
-      - Seconds between two idle sweeps of a transport, which close it once O(idle_timeout) has passed. Default 1;
+      - Seconds between two idle sweeps of a transport, which close it once O(idle_timeout) has passed (the daemon
+        looks once a second, so less than 1 means 1). Default 1;
         the C(SSH_POOL_CLEANUP_INTERVAL) environment name (O(cleanup_interval_ms)) applies when this is unset.
     type: float
     env:
