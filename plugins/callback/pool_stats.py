@@ -11,7 +11,9 @@ description:
     passed and failed, and the time requests spent waiting for the pool.
   - The numbers are this playbook's share, the difference between the daemon's counters at the start and at the
     end, so they agree with the sshd logs (misses are authentications) even when the pool is shared.
-  - Optionally writes the same data as JSON.
+  - Optionally writes the same data as JSON, and the daemon's counters as a Prometheus textfile for node_exporter's
+    textfile collector (O(prometheus_file)), so that one scrape collects the pool with the diagnose role's C(healer_*)
+    metrics.
 author: healer.pooled_ssh maintainers
 version_added: 0.1.0
 requirements:
@@ -34,6 +36,19 @@ options:
     ini:
       - section: callback_pool_stats
         key: json_file
+  prometheus_file:
+    description:
+      - Also write the daemon's statistics, per inventory host, in the Prometheus text format to this file at the end
+        of the playbook, for node_exporter's textfile collector (the name must end with C(.prom)).
+      - The counters are the daemon's own (C(pooled_ssh_pool_misses_total), C(pooled_ssh_pool_hits_total), ...), not
+        this playbook's share, so that Prometheus' C(rate) and C(increase) work across playbooks; they restart from 0
+        with the daemon. The file is replaced atomically. Nothing is written when no daemon answers.
+    type: path
+    env:
+      - name: ANSIBLE_POOLED_SSH_STATS_PROMETHEUS
+    ini:
+      - section: callback_pool_stats
+        key: prometheus_file
 """
 
 import json
@@ -50,7 +65,20 @@ pool_dir_path = _client.pool_dir_path
 _stats = load("_stats")
 TABLE_COLUMNS = _stats.TABLE_COLUMNS
 delta = _stats.delta
+prometheus = _stats.prometheus
 render_table = _stats.render_table
+
+
+def _replace(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all: a reader (node_exporter) never sees half a file.
+
+    The temporary name starts with a dot, so the textfile collector (``*.prom``) skips it."""
+    path = os.path.expanduser(path)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 class CallbackModule(CallbackBase):
@@ -64,28 +92,30 @@ class CallbackModule(CallbackBase):
         self._before: dict = {}
 
     def _read(self) -> dict:
+        """The daemon's ``stats`` reply, or empty statistics with ``running`` false when none answers."""
         client = PoolClient(pool_dir_path(self.get_option("pool_dir")), spawn=False)
         try:
             reply = client.call({"op": "stats"})
         except (PoolUnavailable, PoolFailure):
-            return {"total": {}, "hosts": {}}
+            return {"total": {}, "hosts": {}, "running": False}
         finally:
             client.close()
         reply.pop("t", None)
+        reply["running"] = True
         return reply
 
     def v2_playbook_on_start(self, playbook) -> None:
         self._before = self._read()
 
     def v2_playbook_on_stats(self, stats) -> None:
-        data = delta(self._before, self._read())
+        after = self._read()
+        data = delta(self._before, after)
         self._display.banner("POOLED SSH")
         for line in render_table(data, TABLE_COLUMNS).splitlines():
             self._display.display(line)
         path = self.get_option("json_file")
         if path:
-            path = os.path.expanduser(path)
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-            os.replace(tmp, path)
+            _replace(path, json.dumps(data, indent=2, sort_keys=True))
+        textfile = self.get_option("prometheus_file")
+        if textfile and after["running"]:
+            _replace(textfile, prometheus(after))

@@ -24,12 +24,15 @@ options:
   max_connections:
     description:
       - "At most this many transports per inventory host, port and user. Past it, requests queue (see
-        O(pool_wait_timeout)) and then fail with C(Connection pool exhausted for <host>:<port> (max: <n>))."
+        O(pool_wait_timeout)) and then fail with C(Connection pool exhausted for <host>:<port> (max: <n>));
+        see O(on_exhausted)."
+      - "C(SSH_POOL_MAX_SIZE) is another C(SSH_POOL_*) environment name of this setting (it wins when both are set)."
     type: int
     default: 5
     env:
       - name: ANSIBLE_POOLED_SSH_MAX_CONNECTIONS
       - name: SSH_POOL_MAX_CONNECTIONS
+      - name: SSH_POOL_MAX_SIZE
     ini:
       - section: pooled_ssh_connection
         key: max_connections
@@ -62,10 +65,61 @@ options:
     vars:
       - name: ansible_pooled_ssh_idle_timeout
   idle_timeout_ms:
-    description: O(idle_timeout) in milliseconds, under its C(SSH_POOL_*) environment name.
+    description:
+      - O(idle_timeout) in milliseconds, under its C(SSH_POOL_*) environment names (C(SSH_POOL_TIMEOUT) wins
+        when both are set).
     type: float
     env:
       - name: SSH_POOL_IDLE_TIMEOUT_MS
+      - name: SSH_POOL_TIMEOUT
+  cleanup_interval:
+    description:
+      - Seconds between two idle sweeps of a transport, which close it once O(idle_timeout) has passed (the daemon
+        looks once a second, so less than 1 means 1). Default 1;
+        the C(SSH_POOL_CLEANUP_INTERVAL) environment name (O(cleanup_interval_ms)) applies when this is unset.
+    type: float
+    env:
+      - name: ANSIBLE_POOLED_SSH_CLEANUP_INTERVAL
+    ini:
+      - section: pooled_ssh_connection
+        key: cleanup_interval
+    vars:
+      - name: ansible_pooled_ssh_cleanup_interval
+  cleanup_interval_ms:
+    description: O(cleanup_interval) in milliseconds, under its C(SSH_POOL_*) environment name.
+    type: float
+    env:
+      - name: SSH_POOL_CLEANUP_INTERVAL
+  on_exhausted:
+    description:
+      - What a request does when its host is at O(max_connections) and no transport has room.
+      - V(wait) queues it for up to O(pool_wait_timeout). V(fail) fails it at once (C(Connection pool exhausted)).
+        V(direct) opens an unpooled one-off transport past the limit (one more SSH login), closed after that
+        request, as the healer service's defaults fall back to a direct connection; counted as
+        C(directConnections) in the pool's statistics.
+    type: str
+    choices: [wait, fail, direct]
+    default: wait
+    env:
+      - name: ANSIBLE_POOLED_SSH_ON_EXHAUSTED
+    ini:
+      - section: pooled_ssh_connection
+        key: on_exhausted
+    vars:
+      - name: ansible_pooled_ssh_on_exhausted
+  priority:
+    description:
+      - "The priority of this task's requests in the pool's queue of a host. Queued requests are served highest
+        priority first, then oldest first; for example C(pooled_ssh_priority: high) on a task that must not wait
+        behind background work. Only queued requests are reordered; a transport in use is never taken away."
+    type: str
+    choices: [low, normal, high]
+    default: normal
+    env:
+      - name: ANSIBLE_POOLED_SSH_PRIORITY
+    vars:
+      - name: ansible_pooled_ssh_priority
+      - name: pooled_ssh_priority
   pool_wait_timeout:
     description: Seconds a request waits in the queue for a free transport before the pool reports exhaustion.
     type: float

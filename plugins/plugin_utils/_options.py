@@ -26,7 +26,10 @@ SECONDS_WITH_MS_ALIAS = {
     "health_check_interval": 30.0,
     "keepalive_interval": 10.0,
     "timeout": 10.0,
+    "cleanup_interval": 1.0,
 }
+PRIORITIES = ("low", "normal", "high")
+ON_EXHAUSTED = ("wait", "fail", "direct")
 
 
 class OptionError(ValueError):
@@ -75,7 +78,18 @@ def pool_settings(get_option: GetOption) -> Dict[str, Any]:
         "health_check_interval": seconds(get_option, "health_check_interval"),
         "keepalive_interval": seconds(get_option, "keepalive_interval"),
         "keepalive_max_missed": _positive_int(get_option, "keepalive_max_missed"),
+        "cleanup_interval": seconds(get_option, "cleanup_interval"),
+        "priority": _choice(get_option, "priority", PRIORITIES, "normal"),
+        "on_exhausted": _choice(get_option, "on_exhausted", ON_EXHAUSTED, "wait"),
     }
+
+
+def _choice(get_option: GetOption, name: str, choices: Tuple[str, ...], default: str) -> str:
+    value = _optional(get_option, name)
+    value = default if value is None else str(value).lower()
+    if value not in choices:
+        raise OptionError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def seconds_plain(get_option: GetOption, name: str) -> float:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 #: Counters that only grow; a playbook's share is the difference between two readings.
 CUMULATIVE = (
     "poolHits", "poolMisses", "healthCheckFailures", "healthChecksPassed", "connectFailures", "exhausted",
-    "closedIdle", "closedDead", "evicted", "channelsRefused", "waits", "waitSeconds",
+    "closedIdle", "closedDead", "evicted", "channelsRefused", "waits", "waitSeconds", "directConnections",
 )
 #: Gauges: a reading is the current value.
 GAUGES = ("activeConnections", "idleConnections", "totalConnections", "waiting", "connecting", "channelsInUse",
@@ -72,6 +72,7 @@ _HELP = {
     "totalConnections": "Transports held.",
     "healthCheckFailures": "Health checks that found a transport dead.",
     "healthChecksPassed": "Health checks that found a transport alive.",
+    "directConnections": "One-off transports opened past max_connections (on_exhausted: direct).",
 }
 
 

@@ -14,6 +14,8 @@ PLUGINS = [
     ("module", "healer.pooled_ssh.healer_diagnose"),
     ("module", "healer.pooled_ssh.pool_info"),
     ("role", "healer.pooled_ssh.diagnose"),
+    ("role", "healer.pooled_ssh.schedule"),
+    ("filter", "healer.pooled_ssh.diagnose_host_entry"),
 ]
 
 
@@ -39,6 +41,7 @@ def test_connection_doc_lists_the_origin_and_paramiko_names(make_runner, tmp_pat
     envs = {e["name"] for o in options.values() for e in o.get("env", [])}
     for origin in ("SSH_POOL_MAX_CONNECTIONS", "SSH_POOL_IDLE_TIMEOUT_MS", "SSH_POOL_CONNECTION_TIMEOUT_MS",
                    "SSH_POOL_HEALTH_CHECKS", "SSH_POOL_HEALTH_CHECK_INTERVAL_MS", "SSH_KEEPALIVE_INTERVAL",
+                   "SSH_POOL_MAX_SIZE", "SSH_POOL_TIMEOUT", "SSH_POOL_CLEANUP_INTERVAL",
                    "SSH_KEEPALIVE_MAX_MISSED"):
         assert origin in envs
     for old in ("remote_addr", "port", "remote_user", "password", "private_key_file", "host_key_checking",

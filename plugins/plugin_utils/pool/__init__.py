@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .core import Pool, PoolExhausted
 from .entries import Conn, Connector, Entry, Lease
-from .settings import PoolKey, PoolSettings
+from .settings import OnExhausted, PoolKey, PoolSettings, Priority
 
-__all__ = ["Conn", "Connector", "Entry", "Lease", "Pool", "PoolExhausted", "PoolKey", "PoolSettings"]
+__all__ = ["Conn", "Connector", "Entry", "Lease", "OnExhausted", "Pool", "PoolExhausted", "PoolKey", "PoolSettings",
+           "Priority"]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Generic, List, Optional, Tuple
 from ..errors import ErrorKind, PoolError
 from . import stats as _stats
 from .entries import C, Connector, Entry, Grant, KeyPool, Lease, OpenTicket, Waiter
-from .settings import PoolKey, PoolSettings
+from .settings import OnExhausted, PoolKey, PoolSettings
 
 
 class PoolExhausted(PoolError):
@@ -58,6 +58,12 @@ class Pool(Generic[C]):
                 kp = self._keys[key] = KeyPool(key)
             grant = None if kp.waiters else self._try_take(kp, settings)
             waited = 0.0
+            if grant is None and self._at_limit(kp, settings):
+                if settings.on_exhausted is OnExhausted.FAIL:
+                    raise self._exhausted(kp, settings, "on_exhausted is fail")
+                if settings.on_exhausted is OnExhausted.DIRECT:
+                    kp.connecting += 1
+                    grant = OpenTicket.DIRECT
             if grant is None:
                 grant = self._wait(kp, settings, start)
                 waited = self._clock() - start
@@ -69,7 +75,12 @@ class Pool(Generic[C]):
                 self._counters.of(key)["poolHits"] += 1
                 self._on_event("reused", key=key.label, transport=grant.entry.id)
                 return grant
-        return self._open(kp, settings, target)
+        return self._open(kp, settings, target, one_off=grant is OpenTicket.DIRECT)
+
+    @staticmethod
+    def _at_limit(kp: KeyPool[C], settings: PoolSettings) -> bool:
+        """No transport of the key has room and the key may open no more (call under the lock)."""
+        return len(kp.entries) + kp.connecting >= settings.max_connections
 
     def _wait(self, kp: KeyPool[C], settings: PoolSettings, start: float) -> Grant[C]:
         if len(kp.waiters) >= settings.max_waiters:
@@ -104,12 +115,17 @@ class Pool(Generic[C]):
             grant.entry.opened -= 1
         self._dispatch(kp)
 
-    def _exhausted(self, kp: KeyPool[C], settings: PoolSettings) -> PoolExhausted:
+    def _exhausted(self, kp: KeyPool[C], settings: PoolSettings, why: str = "") -> PoolExhausted:
         self._counters.of(kp.key)["exhausted"] += 1
         self._on_event("exhausted", key=kp.key.label, max=settings.max_connections)
+        if why:
+            advice = "raise max_connections, use fewer forks, or set on_exhausted to wait or direct"
+        else:
+            why = f"waited {settings.wait_timeout:g}s"
+            advice = "raise max_connections or pool_wait_timeout, use fewer forks, or set on_exhausted to direct"
         return PoolExhausted(
             f"Connection pool exhausted for {kp.key.host}:{kp.key.port} (max: {settings.max_connections}); "
-            f"waited {settings.wait_timeout:g}s: raise max_connections or pool_wait_timeout, or use fewer forks"
+            f"{why}: {advice}"
         )
 
     def _try_take(self, kp: KeyPool[C], settings: PoolSettings) -> Optional[Grant[C]]:
@@ -144,7 +160,8 @@ class Pool(Generic[C]):
             return OpenTicket.OPEN
         return None
 
-    def _open(self, kp: KeyPool[C], settings: PoolSettings, target: Any) -> Lease[C]:
+    def _open(self, kp: KeyPool[C], settings: PoolSettings, target: Any, one_off: bool = False) -> Lease[C]:
+        """Open a transport for the request; a ``one_off`` (past the limit) serves it alone and closes after."""
         key = kp.key
         self._on_event("connecting", key=key.label)
         try:
@@ -166,11 +183,14 @@ class Pool(Generic[C]):
             kp.connecting -= 1
             if self._keys.get(key) is kp:
                 now = self._clock()
-                entry = Entry(key=key, conn=conn, created=now, last_used=now, last_checked=now,
-                              max_channels=kp.channel_limit(settings), settings=settings, in_use=1, opened=1)
+                entry = Entry(key=key, conn=conn, created=now, last_used=now, last_checked=now, last_swept=now,
+                              max_channels=kp.channel_limit(settings), settings=settings, in_use=1, opened=1,
+                              retire=one_off)
                 kp.entries.append(entry)
                 counters = self._counters.of(key)
                 counters["poolMisses"] += 1
+                if one_off:
+                    counters["directConnections"] += 1
                 counters["peakConnections"] = max(counters["peakConnections"], len(kp.entries))
                 self._on_event("created", key=key.label, transport=entry.id)
                 self._dispatch(kp)
@@ -215,12 +235,16 @@ class Pool(Generic[C]):
             self._close(to_close, "dead" if to_close.dead else "retired")
 
     def _dispatch(self, kp: KeyPool[C]) -> None:
-        """Serve queued requests, oldest first, while there is room (each by its own settings)."""
+        """Serve queued requests while there is room (each by its own settings): the highest
+        priority first, and within a priority the oldest first."""
         while kp.waiters:
-            grant = self._try_take(kp, kp.waiters[0].settings)
+            first = max(range(len(kp.waiters)), key=lambda i: (kp.waiters[i].settings.priority, -i))
+            waiter = kp.waiters[first]
+            grant = self._try_take(kp, waiter.settings)
             if grant is None:
                 break
-            kp.waiters.popleft().grant = grant
+            del kp.waiters[first]
+            waiter.grant = grant
         self._cond.notify_all()
 
     def _reap(self, kp: KeyPool[C], entry: Entry[C], reason: str) -> None:
@@ -250,9 +274,11 @@ class Pool(Generic[C]):
             reason = "closedDead" if (entry.dead or not entry.conn.is_active()) else "evicted"
             self._counters.of(entry.key)[reason] += 1
             return True
-        if now - entry.last_used >= settings.idle_timeout:
-            self._counters.of(entry.key)["closedIdle"] += 1
-            return True
+        if now - entry.last_swept >= settings.cleanup_interval:
+            entry.last_swept = now
+            if now - entry.last_used >= settings.idle_timeout:
+                self._counters.of(entry.key)["closedIdle"] += 1
+                return True
         if settings.health_checks and now - entry.last_checked >= settings.health_check_interval:
             entry.checking = True
             return False

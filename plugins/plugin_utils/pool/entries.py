@@ -54,6 +54,8 @@ class Entry(Generic[C]):
     retire: bool = False
     checking: bool = False
     last_checked: float = 0.0
+    #: When the idle sweep last looked at it (sweeps come every ``settings.cleanup_interval``).
+    last_swept: float = 0.0
 
     @property
     def usable(self) -> bool:
@@ -80,9 +82,11 @@ class Lease(Generic[C]):
 
 
 class OpenTicket(Enum):
-    """A grant that is not a lease: permission to open a new transport for the key."""
+    """A grant that is not a lease: permission to open a new transport for the key (``DIRECT``: a
+    one-off past ``max_connections``, for ``on_exhausted: direct``)."""
 
     OPEN = "open"
+    DIRECT = "direct"
 
 
 Grant = Union[Lease[C], OpenTicket]

@@ -4,7 +4,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import Enum, IntEnum
 from typing import Any, Dict
+
+
+class Priority(IntEnum):
+    """Which queued request the fair queue serves first: higher first, then oldest first."""
+
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+
+
+class OnExhausted(str, Enum):
+    """What a request does when its key is at ``max_connections`` and no transport has room.
+
+    ``wait`` queues (up to ``wait_timeout``), ``fail`` reports exhaustion at once, ``direct`` opens
+    an unpooled one-off transport past the limit, closed after that request (the fallback of the
+    healer service's defaults), counted as ``directConnections``.
+    """
+
+    WAIT = "wait"
+    FAIL = "fail"
+    DIRECT = "direct"
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,10 @@ class PoolSettings:
     keepalive_max_missed: int = 3
     #: Recycle a transport after this many channels (Paramiko never prunes its channel table).
     max_transport_channels: int = 5000
+    #: Seconds between two idle sweeps of a transport (the ``SSH_POOL_CLEANUP_INTERVAL`` environment name).
+    cleanup_interval: float = 1.0
+    priority: Priority = Priority.NORMAL
+    on_exhausted: OnExhausted = OnExhausted.WAIT
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> PoolSettings:
@@ -56,7 +82,9 @@ class PoolSettings:
         defaults = cls()
         for name, value in values.items():
             default = getattr(defaults, name)
-            if isinstance(default, bool):
+            if isinstance(default, Enum):
+                values[name] = _member(type(default), name, value)
+            elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"pool setting {name} must be true or false")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
@@ -70,4 +98,21 @@ class PoolSettings:
         return cls(**values)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    """The wire form of a setting: an enum travels as its value."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _member(kind: Any, name: str, value: Any) -> Any:
+    """The enum member a request names (by value, or a priority by its name too)."""
+    if isinstance(value, bool):
+        raise ValueError(f"pool setting {name} must be one of {', '.join(str(m.value) for m in kind)}")
+    if isinstance(value, str) and issubclass(kind, IntEnum) and value.upper() in kind.__members__:
+        return kind[value.upper()]
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"pool setting {name} must be one of {', '.join(str(m.value) for m in kind)}") from None

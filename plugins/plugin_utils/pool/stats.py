@@ -35,6 +35,7 @@ def new_counters() -> Dict[str, float]:
         "waits": 0,
         "waitSeconds": 0.0,
         "peakConnections": 0,
+        "directConnections": 0,
     }
 
 

@@ -244,8 +244,31 @@ def test_origin_environment_variables_reach_the_pool_settings(make_conn: Callabl
         "health_check_interval": 15.0,
         "keepalive_interval": 2.0,
         "keepalive_max_missed": 5,
+        "cleanup_interval": 1.0,
+        "priority": "normal",
+        "on_exhausted": "wait",
     }
     assert message["conn"]["timeout"] == 2.5
+
+
+def test_the_other_ssh_pool_environment_names_reach_the_pool_settings(make_conn: Callable[..., Any], wire: Wire,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_POOL_MAX_SIZE", "7")
+    monkeypatch.setenv("SSH_POOL_TIMEOUT", "120000")
+    monkeypatch.setenv("SSH_POOL_CLEANUP_INTERVAL", "5000")
+    conn = make_conn()
+    wire.script = frames(STARTED, ("exit", 0))
+    conn.exec_command("true")
+    pool = wire.client.requests[0][0]["pool"]
+    assert (pool["max_connections"], pool["idle_timeout"], pool["cleanup_interval"]) == (7, 120.0, 5.0)
+
+
+def test_a_task_var_sets_the_priority_and_on_exhausted(make_conn: Callable[..., Any], wire: Wire) -> None:
+    conn = make_conn({"pooled_ssh_priority": "high", "ansible_pooled_ssh_on_exhausted": "direct"})
+    wire.script = frames(STARTED, ("exit", 0))
+    conn.exec_command("true")
+    pool = wire.client.requests[0][0]["pool"]
+    assert (pool["priority"], pool["on_exhausted"]) == ("high", "direct")
 
 
 def test_seconds_win_over_the_origin_milliseconds(make_conn: Callable[..., Any], wire: Wire,

@@ -18,6 +18,7 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import 
     seconds,
     seconds_plain,
 )
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import OnExhausted, PoolSettings, Priority
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.fields import rules
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.spec import ConnectionSpec
 
@@ -52,6 +53,10 @@ DEFAULTS: Dict[str, Any] = {
     "keepalive_interval": None,
     "keepalive_interval_ms": None,
     "keepalive_max_missed": 3,
+    "cleanup_interval": None,
+    "cleanup_interval_ms": None,
+    "on_exhausted": "wait",
+    "priority": "normal",
     "pool_dir": "~/.ansible/pooled_ssh",
     "daemon_idle_timeout": 60,
 }
@@ -133,7 +138,21 @@ def test_pool_settings_defaults() -> None:
         "health_check_interval": 30.0,
         "keepalive_interval": 10.0,
         "keepalive_max_missed": 3,
+        "cleanup_interval": 1.0,
+        "priority": "normal",
+        "on_exhausted": "wait",
     }
+
+
+def test_pool_settings_priority_on_exhausted_and_the_cleanup_interval() -> None:
+    got = pool_settings(options(priority="HIGH", on_exhausted="direct", cleanup_interval_ms=2500))
+    assert (got["priority"], got["on_exhausted"], got["cleanup_interval"]) == ("high", "direct", 2.5)
+    # what the daemon makes of them
+    settings = PoolSettings.from_dict(got)
+    assert settings.priority is Priority.HIGH and settings.on_exhausted is OnExhausted.DIRECT
+    for bad, named in (({"priority": "urgent"}, "priority"), ({"on_exhausted": "retry"}, "on_exhausted")):
+        with pytest.raises(OptionError, match=named):
+            pool_settings(options(**bad))
 
 
 def test_pool_settings_with_origin_aliases_and_strings() -> None:
