@@ -9,7 +9,9 @@ worker with another ``HOME`` or ``SSH_AUTH_SOCK``.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+import re
+import shlex
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _ssh_config
 
@@ -110,6 +112,10 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     if port == 22 and "port" in found:
         port = found["port"]
     user = get_option("remote_user") or found.get("user") or _local_user(environ)
+    check_host_name("remote_addr (ansible_host)", addr,
+                    "the HostName of ssh_config_file" if "hostname" in found else "")
+    check_user_name("remote_user (ansible_user)", str(user),
+                    "the User of ssh_config_file" if not get_option("remote_user") and "user" in found else "")
     password = get_option("password")
     key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
@@ -122,12 +128,14 @@ def connection_spec(get_option: GetOption, inventory_host: str,
         jump_spec = found.get("proxyjump")
         proxy_command = None if jump_spec else found.get("proxycommand")
     if proxy_command:
-        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
-            proxy_command = proxy_command.replace(token, value)
+        proxy_command = expand_proxy_command(str(proxy_command), addr, port, str(user))
     try:
         hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
     except _ssh_config.JumpSpecError as e:
         raise OptionError(f"proxy_jump: {e}") from None
+    for hop in hops:
+        check_host_name("proxy_jump", str(hop["addr"]), f"jump host {hop['host']}")
+        check_user_name("proxy_jump", str(hop["user"]), f"jump host {hop['host']}")
     spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
@@ -167,3 +175,60 @@ def _local_user(environ: Mapping[str, str]) -> str:
 
 def daemon_settings(get_option: GetOption) -> Tuple[str, float]:
     return str(get_option("pool_dir") or "~/.ansible/pooled_ssh"), seconds_plain(get_option, "daemon_idle_timeout")
+
+
+# -- inventory values that reach a command line or known_hosts ---------------------------
+
+#: What OpenSSH's ``valid_hostname()`` refuses besides whitespace and control characters.
+_HOST_METACHARACTERS = frozenset("'`\"$\\;&<>|(){}")
+#: What OpenSSH's ``valid_ruser()`` refuses (it allows ``$`` and backslashes in user names).
+_USER_METACHARACTERS = frozenset("'`\";&<>|(){}")
+_PROXY_TOKEN = re.compile(r"%([%hpr])")
+
+
+def _describe(char: str) -> str:
+    if char == " ":
+        return "a space"
+    if char.isspace() or not char.isprintable():
+        return f"the control character {char!r}"
+    return f"the character {char!r}"
+
+
+def _check_name(option: str, value: str, source: str, refused: frozenset, what: str) -> None:
+    """Refuse what OpenSSH refuses before it runs a ProxyCommand: a value read as an option or as shell."""
+    where = f" (from {source})" if source else ""
+    if not value:
+        raise OptionError(f"{option}: the {what} is empty{where}")
+    bad = next((c for c in value if c in refused or c.isspace() or not c.isprintable()), None)
+    if value.startswith("-"):
+        reason = "starts with '-' (it would be read as a command-line option)"
+    elif bad is not None:
+        reason = f"contains {_describe(bad)}"
+    else:
+        return
+    raise OptionError(f"{option}: the {what} {value!r}{where} {reason}; OpenSSH refuses such {what}s: "
+                      f"fix the inventory")
+
+
+def check_host_name(option: str, value: str, source: str = "") -> None:
+    _check_name(option, value, source, _HOST_METACHARACTERS, "host name")
+
+
+def check_user_name(option: str, value: str, source: str = "") -> None:
+    _check_name(option, value, source, _USER_METACHARACTERS, "user name")
+
+
+def expand_proxy_command(command: str, addr: str, port: int, user: str) -> str:
+    """Substitute ``%h %p %r`` (and ``%%``) in each argument after splitting, never before.
+
+    Pasted before the split, a space in a host name would add arguments to the proxy
+    program. The daemon splits the result again with ``shlex``: quoting each argument
+    makes that split give back exactly these arguments.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise OptionError(f"proxy_command: cannot split {command!r} into arguments ({e})") from None
+    values = {"%": "%", "h": addr, "p": str(port), "r": user}
+    expanded: List[str] = [_PROXY_TOKEN.sub(lambda m: values[m.group(1)], arg) for arg in argv]
+    return shlex.join(expanded)
