@@ -183,9 +183,13 @@ def still_there(fd: int, path: str) -> None:
         os.close(again)
 
 
-def fd_path(fd: int, name: str) -> str:
-    """A name inside the directory open as ``fd``, as a path that cannot be redirected by a swap."""
-    return f"/proc/self/fd/{fd}/{name}"
+def fd_path(fd: int, name: str, path: str = "") -> str:
+    """A name inside the directory open as ``fd``, as a path that cannot be redirected by a swap.
+
+    Without ``/proc`` (not Linux) it is ``path``/``name``: the peer's uid check still holds.
+    """
+    through_fd = f"/proc/self/fd/{fd}"
+    return f"{through_fd}/{name}" if os.path.isdir(through_fd) or not path else os.path.join(path, name)
 
 
 def open_file(fd: int, name: str, flags: int, mode: int = 0o600) -> int:

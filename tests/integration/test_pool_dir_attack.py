@@ -43,8 +43,6 @@ def swapper(make_fleet):
         user.remove()
 
 
-@pytest.mark.xfail(strict=True, reason="the worker does not yet check the pool directory's ancestors by "
-                   "descriptor nor its peer's uid")
 def test_worker_refuses_a_pool_dir_another_uid_can_swap(make_fleet, make_runner, tmp_path, swapper):
     fleet = make_fleet(count=1, password=DEFAULT_PASSWORD, encrypted_key_passphrase=ENCRYPTED_KEY_PASSPHRASE)
     host = fleet.hosts[0]
