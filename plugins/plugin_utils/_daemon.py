@@ -51,10 +51,13 @@ CLIENT_IDLE = 3600.0
 HELLO_TIMEOUT = 10.0
 SFTP_WINDOW = 8 * 1024 * 1024
 SFTP_PACKET = 32768
-#: Spec fields that decide who we are on the server: part of the pool key's fingerprint.
+#: Spec fields that decide who we authenticate as and whom we trust: part of the pool key's fingerprint.
+#: A transport accepted without verification (auto-add, nothing recorded) is never handed to a stricter
+#: request, a rewritten key file or another agent never reuses the old login.
 IDENTITY_FIELDS = (
     "addr", "password", "private_key_file", "private_key_passphrase", "proxy_command", "proxy_jump",
-    "host_key_checking", "known_hosts_files", "look_for_keys",
+    "host_key_checking", "host_key_auto_add", "record_host_keys", "known_hosts_files", "look_for_keys",
+    "default_key_files", "agent_socket", "key_digests",
 )
 
 
@@ -107,6 +110,16 @@ def _drain_before_close(conn: socket.socket) -> None:
         if not chunk:
             break
         left -= len(chunk)
+
+
+def _dumpable() -> Optional[bool]:
+    """What the kernel says (PR_GET_DUMPABLE): the worker turned it off when it started us."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -740,7 +753,7 @@ class Daemon:
             "daemon": {"pid": os.getpid(), "protocol": proto.PROTOCOL_VERSION, "socket": self.socket_path,
                        "started": self.started, "uptime": round(time.time() - self.started, 3),
                        "clients": clients, "requests": self.requests, "paramiko": paramiko.__version__,
-                       "threads": threading.active_count()},
+                       "threads": threading.active_count(), "dumpable": _dumpable()},
             "stats": self.pool.stats(),
             "transports": self.pool.snapshot(),
         })
@@ -776,8 +789,11 @@ class Daemon:
         """
         hops = list(spec["proxy_jump"])
         hop = hops[-1]
-        bastion = {k: v for k, v in spec.items() if k not in ("proxy_jump", "proxy_command")}
-        bastion.update(host=hop["host"], addr=hop["addr"], port=int(hop["port"]), user=hop["user"])
+        # The hop authenticates with its own credentials only (the worker put them in the hop): never
+        # with the target's password or passphrase, which a bastion offering passwords would receive.
+        bastion = {k: v for k, v in spec.items() if k not in _TARGET_ONLY}
+        bastion.update(host=hop["host"], addr=hop["addr"], port=int(hop["port"]), user=hop["user"],
+                       password=hop.get("password"), agent_socket=hop.get("agent_socket"))
         if hop.get("private_key_file"):
             bastion["private_key_file"] = hop["private_key_file"]
         if len(hops) > 1:
@@ -805,12 +821,16 @@ class Daemon:
         return chan, lease
 
 
+#: Spec fields that belong to the target alone: a jump host never inherits them.
+_TARGET_ONLY = ("proxy_jump", "proxy_command", "password", "private_key_passphrase", "agent_socket")
+
 #: Fields of a request's "conn" (connection spec) and the types the daemon accepts for them.
 _SPEC_TYPES: Dict[str, Tuple[type, ...]] = {
     "host": (str,), "addr": (str,), "user": (str,), "password": (str, type(None)),
     "private_key_file": (str, type(None)), "private_key_passphrase": (str, type(None)),
     "proxy_command": (str, type(None)), "agent_socket": (str, type(None)), "proxy_jump": (list, type(None)),
     "known_hosts_files": (list, type(None)), "default_key_files": (list, type(None)),
+    "key_digests": (dict, type(None)),
     "timeout": (int, float, type(None)), "banner_timeout": (int, float, type(None)),
     "max_handshakes_per_address": (int, type(None)), "max_auth_attempts": (int, type(None)),
 }

@@ -8,6 +8,7 @@ worker with another ``HOME`` or ``SSH_AUTH_SOCK``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -136,6 +137,7 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     for hop in hops:
         check_host_name("proxy_jump", str(hop["addr"]), f"jump host {hop['host']}")
         check_user_name("proxy_jump", str(hop["user"]), f"jump host {hop['host']}")
+        hop.update(_hop_credentials(get_option, hop, environ))
     spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
@@ -161,7 +163,39 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     }
     if hops:
         spec["proxy_jump"] = hops
+    spec["key_digests"] = key_digests([spec["private_key_file"], *spec["default_key_files"],
+                                       *(h.get("private_key_file") for h in hops)])
     return spec
+
+
+def key_digests(paths: List[Optional[str]]) -> Dict[str, str]:
+    """A digest of each key file's content, read here in the worker: part of the pool key, so a key
+    rewritten at the same path (per-job keys) opens a new transport instead of reusing the old login."""
+    digests: Dict[str, str] = {}
+    for path in paths:
+        if not path or path in digests:
+            continue
+        try:
+            with open(path, "rb") as f:
+                digests[path] = hashlib.sha256(f.read(1024 * 1024)).hexdigest()[:32]
+        except OSError:
+            continue
+    return digests
+
+
+def _hop_credentials(get_option: GetOption, hop: Dict[str, Any], environ: Mapping[str, str]) -> Dict[str, Any]:
+    """A jump host's own credentials, as OpenSSH's ``-J`` gives each hop: never the target's password
+    or passphrase. Its key: ssh_config's IdentityFile for the hop, else proxy_jump_private_key_file, else
+    the target's key file (a signature reveals no secret); the agent unless proxy_jump_password is set."""
+    password = _optional(get_option, "proxy_jump_password")
+    key_file = hop.get("private_key_file") or _optional(get_option, "proxy_jump_private_key_file")
+    creds: Dict[str, Any] = {
+        "password": password,
+        "agent_socket": environ.get("SSH_AUTH_SOCK") if password is None else None,
+    }
+    if key_file:
+        creds["private_key_file"] = os.path.abspath(os.path.expanduser(str(key_file)))
+    return creds
 
 
 def _local_user(environ: Mapping[str, str]) -> str:

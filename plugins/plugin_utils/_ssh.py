@@ -214,21 +214,68 @@ def _passphrase(value: Optional[str]) -> Optional[bytes]:
     return value.encode("utf-8") if value else None
 
 
-def _load_key(path: str, passphrase: Optional[str], spec: Dict[str, Any]) -> paramiko.PKey:
+def _needs_passphrase(e: Exception) -> bool:
+    """Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
+    TypeError ("Key is password-protected, but password was not provided") comes through."""
+    return isinstance(e, paramiko.PasswordRequiredException) or (
+        isinstance(e, TypeError) and "password" in str(e).lower())
+
+
+def _load_key(path: str, passphrase: Optional[str], spec: Dict[str, Any],
+              password: Optional[str] = None) -> paramiko.PKey:
+    """Load a key as OpenSSH does: without a passphrase first; only an encrypted key gets one.
+
+    The passphrase is ``private_key_passphrase``, else the login password (paramiko_ssh's
+    habit): an unencrypted key with a password set simply loads, and the password stays a password.
+    """
     try:
-        return paramiko.PKey.from_path(path, _passphrase(passphrase))
-    except (paramiko.PasswordRequiredException, TypeError) as e:
-        # Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
-        # TypeError ("Key is password-protected, but password was not provided") comes through.
-        if isinstance(e, TypeError) and "password" not in str(e).lower():
-            raise _fail(spec, f"cannot load private key {path} ({e})", "check the file", "auth") from e
-        raise _fail(spec, f"private key {path} is encrypted",
-                    "set its passphrase with ansible_password or private_key_passphrase", "auth") from e
+        return paramiko.PKey.from_path(path)
     except FileNotFoundError as e:
         raise _fail(spec, f"private key {path} does not exist", "fix private_key_file", "auth") from e
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        if not _needs_passphrase(e):
+            raise _fail(spec, f"cannot load private key {path} ({e})", "check the file", "auth") from e
     except (paramiko.SSHException, ValueError) as e:
-        raise _fail(spec, f"cannot load private key {path} ({e})",
-                    "check the file and its passphrase", "auth") from e
+        raise _fail(spec, f"cannot load private key {path} ({e})", "check the file", "auth") from e
+    tried = [(value, name) for value, name in ((passphrase, "private_key_passphrase"),
+                                               (password, "ansible_password")) if value]
+    for value, _name in tried:
+        try:
+            return paramiko.PKey.from_path(path, _passphrase(value))
+        except (paramiko.SSHException, ValueError, TypeError):
+            continue
+    if not tried:
+        raise _fail(spec, f"private key {path} is encrypted and no passphrase was given",
+                    "set private_key_passphrase (or use an ssh-agent)", "auth")
+    names = " nor ".join(name for _, name in tried)
+    raise _fail(spec, f"private key {path} is encrypted and neither {names} decrypts it" if len(tried) > 1
+                else f"private key {path} is encrypted and {names} does not decrypt it",
+                "set private_key_passphrase to the key's passphrase", "auth")
+
+
+def _default_key(path: str, passphrase: Optional[str]) -> Optional[paramiko.PKey]:
+    """A default key file (``~/.ssh/id_*``), or None when it is missing, unreadable or locked."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        if not (passphrase and _needs_passphrase(e)):
+            return None
+    except Exception:
+        return None
+    try:
+        return paramiko.PKey.from_path(path, _passphrase(passphrase))
+    except Exception:
+        return None
+
+
+def _drop_credentials(transport: paramiko.Transport) -> None:
+    """Paramiko's auth handler keeps the password (and a closure holding it for keyboard-interactive)
+    and the key for the transport's whole life; nothing needs them once we are logged in."""
+    handler = transport.auth_handler
+    if handler is not None:
+        handler.password = None
+        handler.private_key = None
+        handler.interactive_handler = None
 
 
 class Connector:
@@ -455,21 +502,20 @@ class Connector:
         """
         user = spec["user"]
         password = spec.get("password")
-        passphrase = spec.get("private_key_passphrase") or password
+        passphrase = spec.get("private_key_passphrase")
         budget = int(spec.get("max_auth_attempts") or 3)
         keys: List[paramiko.PKey] = []
         if spec.get("private_key_file"):
-            keys.append(_load_key(spec["private_key_file"], passphrase, spec))
+            keys.append(_load_key(spec["private_key_file"], passphrase, spec, password))
         agent = None
         if spec.get("agent_socket"):
             agent, agent_keys = _agent_keys(spec["agent_socket"])
             keys.extend(agent_keys)
         if spec.get("look_for_keys", True) and not spec.get("private_key_file"):
             for path in spec.get("default_key_files") or []:
-                try:
-                    keys.append(paramiko.PKey.from_path(path, _passphrase(passphrase)))
-                except Exception:
-                    continue
+                pkey = _default_key(path, passphrase or password)
+                if pkey is not None:
+                    keys.append(pkey)
         tried = 0
         allowed: Optional[List[str]] = None
         try:
@@ -480,6 +526,7 @@ class Connector:
                 try:
                     transport.auth_publickey(user, pkey)
                     if transport.is_authenticated():
+                        _drop_credentials(transport)
                         return
                 except paramiko.BadAuthenticationType as e:
                     allowed = list(e.allowed_types)
@@ -492,6 +539,7 @@ class Connector:
                 try:
                     transport.auth_password(user, password, fallback=True)
                     if transport.is_authenticated():
+                        _drop_credentials(transport)
                         return
                 except paramiko.AuthenticationException:
                     pass

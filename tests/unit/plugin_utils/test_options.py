@@ -261,7 +261,7 @@ def test_spec_carries_no_option_it_does_not_know() -> None:
         "host", "addr", "port", "user", "password", "private_key_file", "private_key_passphrase", "look_for_keys",
         "default_key_files", "agent_socket", "host_key_checking", "host_key_auto_add", "record_host_keys",
         "known_hosts_files", "timeout", "banner_timeout", "use_rsa_sha2_algorithms", "proxy_command",
-        "max_handshakes_per_address", "max_auth_attempts",
+        "max_handshakes_per_address", "max_auth_attempts", "key_digests",
     }
 
 
