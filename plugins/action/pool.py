@@ -12,12 +12,14 @@ from typing import Any, Dict, Optional
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
-    PoolClient,
-    PoolFailure,
-    PoolUnavailable,
-    pool_dir_path,
-)
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
+
+# One import name for the controller code, so PoolFailure is the class the client raises.
+_client = load("_client")
+PoolClient = _client.PoolClient
+PoolFailure = _client.PoolFailure
+PoolUnavailable = _client.PoolUnavailable
+pool_dir_path = _client.pool_dir_path
 
 
 class State(str, Enum):

@@ -14,7 +14,11 @@ from ansible_collections.healer.pooled_ssh.plugins.action.pool import (
     run_on_pool,
     stop,
 )
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import PoolClient, PoolUnavailable
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
+
+_client = load("_client")
+PoolClient = _client.PoolClient
+PoolUnavailable = _client.PoolUnavailable
 
 COLLECTION = "healer.pooled_ssh"
 REMOVED_IN = "1.0.0"

@@ -21,7 +21,8 @@ GetOption = Callable[[str], Any]
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 
-#: Pool timings in seconds, each with the origin's millisecond alias and its default.
+#: Pool timings in seconds, each with its millisecond alias (the unit of the ``SSH_POOL_*`` environment names)
+#: and its default.
 SECONDS_WITH_MS_ALIAS = {
     "idle_timeout": 60.0,
     "health_check_interval": 30.0,
@@ -43,7 +44,8 @@ def _optional(get_option: GetOption, name: str) -> Any:
 
 
 def seconds(get_option: GetOption, name: str) -> float:
-    """The option in seconds; its ``<name>_ms`` alias (the origin's unit) when it is unset."""
+    """The option in seconds; its ``<name>_ms`` alias (milliseconds, as the ``SSH_POOL_*`` environment names)
+    when it is unset."""
     value = get_option(name)
     if value is None:
         ms = get_option(f"{name}_ms")
@@ -120,31 +122,16 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     password = get_option("password")
     key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
-    proxy_command = get_option("proxy_command") or None
-    jump_spec = _optional(get_option, "proxy_jump") or None
-    if proxy_command and jump_spec:
-        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
-    if not proxy_command and not jump_spec:
-        # ssh_config fills the proxy only when the inventory sets neither.
-        jump_spec = found.get("proxyjump")
-        proxy_command = None if jump_spec else found.get("proxycommand")
-    if proxy_command:
-        proxy_command = expand_proxy_command(str(proxy_command), addr, port, str(user))
-    try:
-        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
-    except _ssh_config.JumpSpecError as e:
-        raise OptionError(f"proxy_jump: {e}") from None
-    for hop in hops:
-        check_host_name("proxy_jump", str(hop["addr"]), f"jump host {hop['host']}")
-        check_user_name("proxy_jump", str(hop["user"]), f"jump host {hop['host']}")
-        hop.update(_hop_credentials(get_option, hop, environ))
+    proxy_command, hops = _proxy(get_option, found, config_file, addr, port, user, environ)
+    key_path = os.path.abspath(os.path.expanduser(key_file)) if key_file else None
     spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
         "port": port,
         "user": user,
         "password": password,
-        "private_key_file": os.path.abspath(os.path.expanduser(key_file)) if key_file else None,
+        "private_key_file": key_path,
+        "key_fingerprint": key_fingerprint(key_path),
         "private_key_passphrase": get_option("private_key_passphrase"),
         "look_for_keys": bool(get_option("look_for_keys")),
         "default_key_files": [os.path.expanduser(k) for k in DEFAULT_KEYS],
@@ -163,24 +150,44 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     }
     if hops:
         spec["proxy_jump"] = hops
-    spec["key_digests"] = key_digests([spec["private_key_file"], *spec["default_key_files"],
-                                       *(h.get("private_key_file") for h in hops)])
     return spec
 
 
-def key_digests(paths: List[Optional[str]]) -> Dict[str, str]:
-    """A digest of each key file's content, read here in the worker: part of the pool key, so a key
-    rewritten at the same path (per-job keys) opens a new transport instead of reusing the old login."""
-    digests: Dict[str, str] = {}
-    for path in paths:
-        if not path or path in digests:
-            continue
-        try:
-            with open(path, "rb") as f:
-                digests[path] = hashlib.sha256(f.read(1024 * 1024)).hexdigest()[:32]
-        except OSError:
-            continue
-    return digests
+def key_fingerprint(path: Optional[str]) -> Optional[str]:
+    """sha256 of a key file's bytes, part of the pool key: a key rewritten at the same path is
+    another identity. Read here, in the worker, as the user; None when there is no such file."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _proxy(get_option: GetOption, found: Dict[str, Any], config_file: Optional[str], addr: str, port: int,
+           user: str, environ: Mapping[str, str]) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+    """The proxy command (its tokens filled in) or the jump hops, from the inventory or else ssh_config."""
+    proxy_command = get_option("proxy_command") or None
+    jump_spec = _optional(get_option, "proxy_jump") or None
+    if proxy_command and jump_spec:
+        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
+    if not proxy_command and not jump_spec:
+        # ssh_config fills the proxy only when the inventory sets neither.
+        jump_spec = found.get("proxyjump")
+        proxy_command = None if jump_spec else found.get("proxycommand")
+    if proxy_command:
+        proxy_command = expand_proxy_command(str(proxy_command), addr, port, str(user))
+    try:
+        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
+    except _ssh_config.JumpSpecError as e:
+        raise OptionError(f"proxy_jump: {e}") from None
+    for hop in hops:
+        check_host_name("proxy_jump", str(hop["addr"]), f"jump host {hop['host']}")
+        check_user_name("proxy_jump", str(hop["user"]), f"jump host {hop['host']}")
+        hop.update(_hop_credentials(get_option, hop, environ))
+        hop["key_fingerprint"] = key_fingerprint(hop.get("private_key_file"))
+    return proxy_command, hops
 
 
 def _hop_credentials(get_option: GetOption, hop: Dict[str, Any], environ: Mapping[str, str]) -> Dict[str, Any]:

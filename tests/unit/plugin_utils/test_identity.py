@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _daemon
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import connection_spec, key_digests
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import connection_spec
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.spec import ConnectionSpec
 from test_options import ENV, options
 
 
-def _key(spec: dict) -> str:
-    daemon = _daemon.Daemon.__new__(_daemon.Daemon)  # only the fingerprint: no socket, no thread
-    daemon.salt = b"s" * 32
-    return daemon._key(spec).cred
+def _key(spec: dict) -> object:
+    return ConnectionSpec.from_wire(spec).pool_key(b"s" * 32)
 
 
 @pytest.mark.parametrize("change", [
@@ -40,17 +38,6 @@ def test_a_key_file_rewritten_in_place_changes_the_pool_key(tmp_path: Path) -> N
     after = connection_spec(options(private_key_file=str(key)), "web1", environ=ENV)
     assert before["private_key_file"] == after["private_key_file"]
     assert _key(before) != _key(after)
-    assert "second" not in str(after["key_digests"])  # a digest, never the content
-
-
-def test_key_digests_skip_missing_files(tmp_path: Path) -> None:
-    (tmp_path / "a").write_text("a")
-    assert list(key_digests([str(tmp_path / "a"), str(tmp_path / "missing"), None])) == [str(tmp_path / "a")]
-
-
-def test_every_identity_field_is_a_field_the_worker_sends() -> None:
-    spec = connection_spec(options(proxy_jump="bastion"), "web1", environ=ENV)
-    assert set(_daemon.IDENTITY_FIELDS) <= set(spec)
 
 
 def test_a_jump_host_never_gets_the_target_password_or_passphrase() -> None:
@@ -68,3 +55,14 @@ def test_proxy_jump_credentials_go_to_every_hop(tmp_path: Path) -> None:
     for hop in spec["proxy_jump"]:
         assert hop["password"] == "hop-pw" and hop["agent_socket"] is None
         assert hop["private_key_file"] == str(tmp_path / "hop_key")
+
+
+def test_the_bastion_spec_carries_only_the_hop_credentials(tmp_path: Path) -> None:
+    spec = ConnectionSpec.from_wire(connection_spec(options(proxy_jump="ops@bastion", password="target-pw",
+                                                            private_key_passphrase="pp"), "web1", environ=ENV))
+    bastion = spec.bastion()
+    assert (bastion.password, bastion.private_key_passphrase) == (None, None)
+    assert bastion.agent_socket == ENV["SSH_AUTH_SOCK"] and bastion.user == "ops"
+    with_password = ConnectionSpec.from_wire(connection_spec(options(
+        proxy_jump="bastion", password="target-pw", proxy_jump_password="hop-pw"), "web1", environ=ENV)).bastion()
+    assert with_password.password == "hop-pw" and with_password.agent_socket is None
