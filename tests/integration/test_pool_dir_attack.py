@@ -9,7 +9,7 @@ and fail the task with one line that names the directory and why.
 from __future__ import annotations
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _protocol as proto
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames as proto
 from harness.ansible import stop_pool
 from harness.attacker import HostileUser, PoolDirSwapper, remove_tree
 from harness.sshd import DEFAULT_PASSWORD, ENCRYPTED_KEY_PASSPHRASE, is_root, short_tempdir
