@@ -1,19 +1,27 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``pool_info`` runs here, on the controller, where the pool daemon lives."""
+"""``pool_info`` runs here, on the controller, where the pool daemon lives. It changes nothing
+(its deprecated ``flush``/``stop`` options do what ``healer.pooled_ssh.pool`` does, with a warning)."""
 
 from __future__ import annotations
 
-import os
+from typing import Any, Callable, Dict
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
+from ansible_collections.healer.pooled_ssh.plugins.action.pool import (
+    ControllerAction,
+    client_for,
+    flush,
+    run_on_pool,
+    stop,
+)
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
 
 _client = load("_client")
 PoolClient = _client.PoolClient
-PoolFailure = _client.PoolFailure
 PoolUnavailable = _client.PoolUnavailable
-pool_dir_path = _client.pool_dir_path
+
+COLLECTION = "healer.pooled_ssh"
+REMOVED_IN = "1.0.0"
 
 ARGUMENT_SPEC = {
     "pool_dir": {"type": "path"},
@@ -22,44 +30,42 @@ ARGUMENT_SPEC = {
 }
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        pool_dir = pool_dir_path(args["pool_dir"] or os.environ.get("ANSIBLE_POOLED_SSH_POOL_DIR"))
-        client = PoolClient(pool_dir, spawn=False)
-        try:
-            result.update(self._run(client, args))
-        except PoolUnavailable:
-            result.update(running=False, stats={"total": {}, "hosts": {}}, transports=[], changed=False)
-        except PoolFailure as e:
-            raise AnsibleActionFail(f"pool daemon in {pool_dir}: {e}") from None
-        finally:
-            client.close()
-        return result
-
-    def _run(self, client: PoolClient, args: dict) -> dict:
+def read(client: PoolClient) -> dict:
+    try:
         status = client.call({"op": "status"})
-        out = {"running": True, "daemon": status["daemon"], "stats": status["stats"],
-               "transports": status["transports"], "changed": False}
-        flush = args["flush"]
-        if flush:
-            hosts = {t["host"] for t in status["transports"]}
-            matching = [t for t in status["transports"] if flush == "all" or t["host"] == flush]
-            out["changed"] = bool(matching)
-            out["closed"] = len(matching)
-            if not self._task.check_mode and matching:
-                reply = client.call({"op": "evict", "host": None if flush == "all" else flush})
-                out["closed"] = reply.get("closed", 0)
-            if flush != "all" and flush not in hosts:
-                out["msg"] = f"no pooled transport for {flush}"
-        if args["stop"]:
-            out["changed"] = True
-            if not self._task.check_mode:
-                client.call({"op": "stop"})
-                out["running"] = False
+    except PoolUnavailable:
+        return {"running": False, "stats": {"total": {}, "hosts": {}}, "transports": [], "changed": False}
+    return {"running": True, "daemon": status["daemon"], "stats": status["stats"],
+            "transports": status["transports"], "changed": False}
+
+
+def _legacy(change: Callable[[PoolClient], dict]) -> Callable[[PoolClient], dict]:
+    """The deprecated options' result, as before: the pool as read before the change, and its outcome."""
+    def step(client: PoolClient) -> dict:
+        out = read(client)
+        done = change(client)
+        out.update({k: v for k, v in done.items() if k not in ("transports", "running")})
+        out["running"] = out["running"] and done["running"]
         return out
+    return step
+
+
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = ARGUMENT_SPEC
+
+    def act(self, args: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
+        if args["flush"] and args["stop"]:
+            raise AnsibleActionFail("flush and stop are both set: use healer.pooled_ssh.pool for each")
+        step: Callable[[PoolClient], dict] = read
+        if args["flush"]:
+            self._deprecated("flush", "healer.pooled_ssh.pool with state=flushed and host")
+            host = None if args["flush"] == "all" else args["flush"]
+            step = _legacy(lambda c: flush(c, host, check_mode))
+        elif args["stop"]:
+            self._deprecated("stop", "healer.pooled_ssh.pool with state=stopped")
+            step = _legacy(lambda c: stop(c, check_mode))
+        return run_on_pool(client_for(args["pool_dir"]), step)
+
+    def _deprecated(self, option: str, instead: str) -> None:
+        self._display.deprecated(f"pool_info's {option} option changes the pool, which an _info module must not: "
+                                 f"use {instead}", version=REMOVED_IN, collection_name=COLLECTION)

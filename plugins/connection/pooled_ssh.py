@@ -224,9 +224,13 @@ options:
     description:
       - Reach the target through one or more jump hosts, as OpenSSH's C(ProxyJump) (C(-J)) does. The value is
         C([user@]host[:port]), comma-separated for a chain, the first hop first. C(none) means no jump host.
-      - The jump host's transport is pooled like any other, keyed on its name, port and user, and logs in with the
-        target's credentials (its user defaults to the target's O(remote_user), its port to 22; with
-        O(ssh_config_file), each hop's C(HostName), C(Port), C(User) and C(IdentityFile) are read from it).
+      - The jump host's transport is pooled like any other, keyed on its name, port, user and credentials. Its user
+        defaults to the target's O(remote_user), its port to 22; with O(ssh_config_file), each hop's C(HostName),
+        C(Port), C(User) and C(IdentityFile) are read from it.
+      - Each jump host logs in with its own credentials, as with OpenSSH's C(-J), that is its C(IdentityFile), else
+        O(proxy_jump_private_key_file), else the target's O(private_key_file); the ssh-agent unless
+        O(proxy_jump_password) is set; and O(proxy_jump_password). Never the target's O(password) or
+        O(private_key_passphrase).
       - Every target transport holds one channel slot of a jump host transport for as long as it lives, so one
         bastion transport carries up to O(max_channels) targets and the bastion gets at most O(max_connections)
         transports; C(AllowTcpForwarding) must be on at the jump host.
@@ -240,6 +244,28 @@ options:
         key: proxy_jump
     vars:
       - name: ansible_pooled_ssh_proxy_jump
+  proxy_jump_password:
+    description:
+      - The password the jump hosts of O(proxy_jump) log in with (every hop), when they accept passwords.
+      - The target's O(password) is never sent to a jump host.
+    type: string
+    version_added: 0.2.0
+    vars:
+      - name: ansible_pooled_ssh_proxy_jump_password
+  proxy_jump_private_key_file:
+    description:
+      - The private key the jump hosts of O(proxy_jump) log in with, for a hop that O(ssh_config_file) gives no
+        C(IdentityFile). Unset, a hop offers the target's O(private_key_file) (it must not need a passphrase, since the
+        target's O(private_key_passphrase) is never used for a jump host), then the ssh-agent's keys.
+    type: path
+    version_added: 0.2.0
+    env:
+      - name: ANSIBLE_POOLED_SSH_PROXY_JUMP_PRIVATE_KEY_FILE
+    ini:
+      - section: pooled_ssh_connection
+        key: proxy_jump_private_key_file
+    vars:
+      - name: ansible_pooled_ssh_proxy_jump_private_key_file
   ssh_config_file:
     description:
       - Read this OpenSSH client config file (for example C(~/.ssh/config)) for the host's C(HostName), C(User),

@@ -4,38 +4,41 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: pool_info
-short_description: Read the pooled_ssh pool's statistics and transports, flush a host or stop the daemon
+short_description: Read the pooled_ssh pool's statistics and transports
 version_added: 0.1.0
 description:
   - Runs on the controller (an action plugin; no module is sent to any host) and talks to the
     C(healer.pooled_ssh.pooled_ssh) pool daemon of O(pool_dir).
-  - Returns the daemon's statistics (the healer service's counters, overall and per inventory host) and its live
-    transports. With O(flush) closes one host's transports (or all); with O(stop) stops the daemon.
+  - Returns the daemon's statistics (the healer service's counters, overall and
+    per inventory host) and its live transports. It changes nothing and always returns C(changed=false).
+  - To close transports or stop the daemon, use M(healer.pooled_ssh.pool).
   - When no daemon runs, returns C(running=false) and empty statistics; it never starts one.
 author: healer.pooled_ssh maintainers
+extends_documentation_fragment:
+  - healer.pooled_ssh.controller
 options:
-  pool_dir:
-    description:
-      - The pool directory, as the connection's C(pool_dir) option.
-      - Defaults to E(ANSIBLE_POOLED_SSH_POOL_DIR), then C(~/.ansible/pooled_ssh).
-    type: path
   flush:
-    description: Close the pooled transports of this inventory host; V(all) closes every transport.
+    description:
+      - Deprecated, to be removed in version 1.0.0 of the collection; it warns. Use
+        M(healer.pooled_ssh.pool) with O(healer.pooled_ssh.pool#module:state=flushed) and
+        O(healer.pooled_ssh.pool#module:host) instead.
+      - Closes the pooled transports of this inventory host; V(all) closes every transport.
     type: str
   stop:
-    description: Stop the daemon; it closes every transport first.
+    description:
+      - Deprecated, to be removed in version 1.0.0 of the collection; it warns. Use
+        M(healer.pooled_ssh.pool) with O(healer.pooled_ssh.pool#module:state=stopped) instead.
+      - Stops the daemon; it closes every transport first.
     type: bool
     default: false
 attributes:
   check_mode:
     support: full
-    details: In check mode O(flush) and O(stop) report what they would change and do nothing.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+    details: It changes nothing; in check mode the deprecated O(flush) and O(stop) report what they would change.
 notes:
   - Use it with C(run_once) (it reads the controller's pool, not a host's).
+seealso:
+  - module: healer.pooled_ssh.pool
 """
 
 EXAMPLES = r"""
@@ -50,8 +53,9 @@ EXAMPLES = r"""
   run_once: true
 
 - name: Drop web1's transports (for example after changing its sshd configuration)
-  healer.pooled_ssh.pool_info:
-    flush: web1
+  healer.pooled_ssh.pool:
+    state: flushed
+    host: web1
   run_once: true
 """
 
@@ -90,9 +94,19 @@ transports:
   sample:
     - {id: 1, key: "deploy@web1:22", host: web1, port: 22, user: deploy, age: 30.1, idle: 2.0,
        channels_in_use: 0, max_channels: 10, channels_opened: 7, state: idle}
+changed:
+  description: Always V(false) without the deprecated options.
+  returned: always
+  type: bool
+  sample: false
 closed:
-  description: Transports closed by O(flush).
+  description: Transports closed by the deprecated O(flush) (in check mode, that would be closed).
   returned: when flush is set
   type: int
   sample: 2
+msg:
+  description: What the deprecated O(flush) or O(stop) did, in one line.
+  returned: when flush or stop is set
+  type: str
+  sample: closed 1 transport of web1
 """

@@ -1,46 +1,59 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Worker side of the pool: find the daemon (starting it if needed) and talk to it.
 
-Used by the connection plugin, the CLI and the ``pool_info`` module. Does not import
-Ansible, so that the command line works without it.
+Used by the connection plugin, the CLI and the ``pool``/``pool_info`` modules. Does not import
+Ansible, so that the command line works without it. The worker trusts its daemon only after
+checking it: the pool directory is opened by descriptor with every ancestor checked
+(:mod:`pooldir`), and the listener's uid is read with ``SO_PEERCRED`` before a byte is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from . import pooldir
 from .errors import ErrorKind, PoolFailure, PoolUnavailable
 from .wire import frames as proto
 from .wire import messages as msgs
 from .wire.fields import Malformed
 
 #: Where the pool lives unless configured otherwise.
-DEFAULT_POOL_DIR = "~/.ansible/pooled_ssh"
-SPAWN_LOCK = "spawn.lock"
+DEFAULT_POOL_DIR = pooldir.DEFAULT
 #: Longest pause between looks for a starting daemon's socket (a start takes ~0.3 s).
 SPAWN_POLL_MAX = 0.02
 #: Longest time we wait for a daemon we started to accept connections.
 SPAWN_TIMEOUT = 20.0
 #: Longest wait for whatever listens on the pool socket to answer our hello.
 HELLO_TIMEOUT = 10.0
-#: Longest path a UNIX socket address can hold on Linux (108 bytes with the NUL).
-MAX_SOCKET_PATH = 107
+MAX_SOCKET_PATH = pooldir.MAX_SOCKET_PATH
+#: The only variables a daemon inherits from the worker that starts it (it outlives that worker and
+#: serves every later one, so nothing of one playbook's environment, secrets included, may stay in it).
+DAEMON_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSH_AUTH_SOCK",
+              "LD_LIBRARY_PATH")
+DAEMON_ENV_PREFIXES = ("LC_",)
 
-# Launches the daemon in a fresh interpreter: bootstrap.py imports this directory as the package
+# Launches the daemon in a fresh interpreter started with -I (no PYTHON* variables, no user site, no
+# current directory on the path): core dumps off first, then the worker's import path (so Paramiko is
+# found where the worker found it), then bootstrap.py imports this directory as the package
 # healer_pooled_ssh, whatever the collection's install layout is.
 _BOOT = (
-    "import importlib.util, sys\n"
+    "import ctypes, importlib.util, json, resource, sys\n"
+    "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)\n"  # PR_SET_DUMPABLE, 0
+    "sys.path.extend(p for p in json.loads(sys.argv[2]) if p not in sys.path)\n"
     "spec = importlib.util.spec_from_file_location('_pooled_ssh_private', sys.argv[1])\n"
     "boot = importlib.util.module_from_spec(spec)\n"
     "spec.loader.exec_module(boot)\n"
-    "sys.exit(boot.boot(sys.argv[2:]))\n"
+    "sys.exit(boot.boot(sys.argv[3:]))\n"
 )
 
 
@@ -48,30 +61,15 @@ __all__ = ["PoolClient", "PoolFailure", "PoolUnavailable"]
 
 
 def pool_dir_path(configured: Optional[str]) -> str:
-    return os.path.abspath(os.path.expanduser(configured or DEFAULT_POOL_DIR))
-
-
-def prepare_pool_dir(path: str) -> None:
-    """Create the directory 0700, or refuse one that others could enter."""
-    if not os.path.exists(path):
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-    check_pool_dir(path)
+    return pooldir.resolve(configured)
 
 
 def check_pool_dir(path: str) -> None:
-    """Refuse a pool directory that is not a directory of ours that only we can enter."""
-    st = os.lstat(path)
-    if os.path.islink(path) or not os.path.isdir(path):
-        raise PoolUnavailable(f"pool directory {path} is not a directory: remove it or set pool_dir")
-    if st.st_uid != os.getuid():
-        raise PoolUnavailable(f"pool directory {path} is owned by uid {st.st_uid}, not you ({os.getuid()}): "
-                              "set pool_dir to a directory of your own")
-    if st.st_mode & 0o077:
-        raise PoolUnavailable(f"pool directory {path} has mode {st.st_mode & 0o777:04o}, which lets others in: "
-                              f"run 'chmod 700 {path}' or set pool_dir")
+    """Refuse a pool directory that is unsafe to use (see :func:`pooldir.open_pool_dir`)."""
+    try:
+        os.close(pooldir.open_pool_dir(path, create=False))
+    except pooldir.PoolDirError as e:
+        raise PoolUnavailable(str(e)) from None
 
 
 def socket_path(pool_dir: str) -> str:
@@ -82,13 +80,28 @@ def socket_path(pool_dir: str) -> str:
     return path
 
 
-def _connect(path: str) -> socket.socket:
+def peer_credentials(sock: socket.socket) -> Tuple[int, int]:
+    """The (pid, uid) of the process on the other end of a connected UNIX socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _connect(fd: int, pool_dir: str) -> socket.socket:
+    """Connect to the socket in the directory open as ``fd``; refuse a listener of another uid
+    before a byte is sent (a directory swapped after our checks cannot redirect this path)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(path)
+        sock.connect(pooldir.fd_path(fd, proto.socket_name(), pool_dir))
+        pid, uid = peer_credentials(sock)
     except BaseException:
         sock.close()
         raise
+    if uid != os.getuid():
+        sock.close()
+        raise PoolUnavailable(f"pool directory {pool_dir}: the process listening on its socket (pid {pid}) runs as "
+                              f"uid {uid}, not as you ({os.getuid()}); it was sent nothing: find out who runs it, "
+                              "or set pool_dir")
     return sock
 
 
@@ -96,22 +109,39 @@ def _boot_file() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
 
+def daemon_environ(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The allow-listed environment a daemon starts with."""
+    return {k: v for k, v in environ.items() if k in DAEMON_ENV or k.startswith(DAEMON_ENV_PREFIXES)}
+
+
+def _import_path() -> List[str]:
+    """The worker's import path, without the entries that depend on where it was started."""
+    return [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)]
+
+
 def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
-                 python: Optional[str] = None) -> subprocess.Popen:
-    """Start a daemon detached from the caller (own session, no inherited descriptors)."""
-    stderr_path = os.path.join(pool_dir, "daemon.stderr")
-    with open(stderr_path, "ab") as err:
+                 python: Optional[str] = None, dir_fd: Optional[int] = None) -> subprocess.Popen:
+    """Start a daemon detached from the caller (own session, no inherited descriptors, a clean environment)."""
+    fd = pooldir.open_pool_dir(pool_dir) if dir_fd is None else dir_fd
+    try:
+        err = pooldir.open_file(fd, pooldir.STDERR_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    finally:
+        if dir_fd is None:
+            os.close(fd)
+    try:
         return subprocess.Popen(
-            [python or sys.executable, "-c", _BOOT, _boot_file(), "--dir", pool_dir,
-             "--idle-exit", str(idle_exit), "--log-level", log_level],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            [python or sys.executable, "-I", "-c", _BOOT, _boot_file(), json.dumps(_import_path()),
+             "--dir", pool_dir, "--idle-exit", str(idle_exit), "--log-level", log_level],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=daemon_environ(os.environ),
             cwd="/", close_fds=True, start_new_session=True,
         )
+    finally:
+        os.close(err)
 
 
-def _tail(path: str, lines: int = 3) -> str:
+def _tail(fd: int, name: str, lines: int = 3) -> str:
     try:
-        with open(path, errors="replace") as f:
+        with os.fdopen(pooldir.open_file(fd, name, os.O_RDONLY), errors="replace") as f:
             return " | ".join(line.strip() for line in f.readlines()[-lines:])
     except OSError:
         return ""
@@ -121,51 +151,65 @@ def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "i
                      spawn: bool = True) -> socket.socket:
     """Return a socket connected to the pool daemon, starting one if none answers.
 
-    Many forks may arrive at once: they serialise on a lock file, and only the first
-    finds no daemon and starts one. A socket left by a killed daemon refuses connections
-    and is replaced by the new daemon.
+    The pool directory is opened once, checked (with every ancestor) by descriptor, and
+    everything after is relative to that descriptor. Many forks may arrive at once: they
+    serialise on a lock file, and only the first finds no daemon and starts one. A socket
+    left by a killed daemon refuses connections and is replaced by the new daemon.
     """
-    if not spawn and not os.path.isdir(pool_dir):
-        raise PoolUnavailable(f"no pool daemon is running for {pool_dir}")
-    prepare_pool_dir(pool_dir)
-    path = socket_path(pool_dir)
     try:
-        return _connect(path)
+        fd = pooldir.open_pool_dir(pool_dir, create=spawn)
+    except FileNotFoundError:
+        raise PoolUnavailable(f"no pool daemon is running for {pool_dir}") from None
+    except pooldir.PoolDirError as e:
+        raise PoolUnavailable(str(e)) from None
+    try:
+        return _connect_or_spawn(fd, pool_dir, idle_exit, log_level, spawn)
+    except pooldir.PoolDirError as e:
+        raise PoolUnavailable(str(e)) from None
+    finally:
+        os.close(fd)
+
+
+def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, spawn: bool) -> socket.socket:
+    try:
+        return _connect(fd, pool_dir)
     except (FileNotFoundError, ConnectionRefusedError):
         if not spawn:
             raise PoolUnavailable(f"no pool daemon is running for {pool_dir}") from None
-    with open(os.path.join(pool_dir, SPAWN_LOCK), "a") as lock:
+    socket_path(pool_dir)  # the daemon binds by path: refuse one too long before starting it
+    lock = pooldir.open_file(fd, pooldir.SPAWN_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            return _connect(fd, pool_dir)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        proc = spawn_daemon(pool_dir, idle_exit, log_level, dir_fd=fd)
+        deadline = time.monotonic() + SPAWN_TIMEOUT
+        delay = 0.005
+        while True:
             try:
-                return _connect(path)
+                return _connect(fd, pool_dir)
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
-            proc = spawn_daemon(pool_dir, idle_exit, log_level)
-            deadline = time.monotonic() + SPAWN_TIMEOUT
-            delay = 0.005
-            while True:
+            if proc.poll() is not None:
+                # It lost a race to a daemon that is now answering, or it failed.
                 try:
-                    return _connect(path)
+                    return _connect(fd, pool_dir)
                 except (FileNotFoundError, ConnectionRefusedError):
-                    pass
-                if proc.poll() is not None:
-                    # It lost a race to a daemon that is now answering, or it failed.
-                    try:
-                        return _connect(path)
-                    except (FileNotFoundError, ConnectionRefusedError):
-                        detail = _tail(os.path.join(pool_dir, "daemon.stderr")) or _tail(
-                            os.path.join(pool_dir, "daemon.log"))
-                        raise PoolUnavailable(f"the pool daemon exited with status {proc.returncode} at start: "
-                                              f"{detail or 'no log'}; see {pool_dir}/daemon.log") from None
-                if time.monotonic() > deadline:
-                    raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
-                                          f"see {pool_dir}/daemon.log")
-                time.sleep(delay)
-                # A failed connect costs microseconds; a late one costs every waiting task the gap.
-                delay = min(delay * 2, SPAWN_POLL_MAX)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+                    detail = _tail(fd, pooldir.STDERR_FILE) or _tail(fd, pooldir.LOG_FILE)
+                    raise PoolUnavailable(f"the pool daemon exited with status {proc.returncode} at start: "
+                                          f"{detail or 'no log'}; see {pool_dir}/{pooldir.LOG_FILE}") from None
+            if time.monotonic() > deadline:
+                raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
+                                      f"see {pool_dir}/{pooldir.LOG_FILE}")
+            # The daemon binds by path: the path must still lead, safely, to the directory we hold.
+            pooldir.still_there(fd, pool_dir)
+            time.sleep(delay)
+            # A failed connect costs microseconds; a late one costs every waiting task the gap.
+            delay = min(delay * 2, SPAWN_POLL_MAX)
+    finally:
+        os.close(lock)
 
 
 def current_umask() -> int:

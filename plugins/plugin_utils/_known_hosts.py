@@ -150,13 +150,39 @@ def load(paths: Sequence[str]) -> List[KnownHost]:
     return entries
 
 
+#: The names we write: letters, digits and ``. _ : % -`` (IPv6 addresses and zones), alone or as
+#: ``[name]:port``. Anything else could be a pattern (``*``, ``!``, ``,``), a marker, a hashed
+#: name or a second line, and would make the file trust a key for hosts nobody vouched for.
+_RECORDABLE_NAME = re.compile(r"(?:[a-z0-9_.:%][a-z0-9_.:%-]*|\[[a-z0-9_.:%][a-z0-9_.:%-]*\]:[0-9]{1,5})")
+_RECORDABLE_KEYTYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._+-]*")
+
+
+class UnsafeHostName(ValueError):
+    """A host name or key we refuse to write into a known_hosts file; the message says why."""
+
+
+def check_recordable(name: str, keytype: str, key: str) -> None:
+    """Refuse a line that would say more than "this host has this key"."""
+    if not _RECORDABLE_NAME.fullmatch(name):
+        raise UnsafeHostName(f"host name {name!r} has characters a known_hosts entry must not hold "
+                             "(only letters, digits and . _ : % - are recorded); not recorded")
+    if not _RECORDABLE_KEYTYPE.fullmatch(keytype):
+        raise UnsafeHostName(f"key type {keytype!r} is not a plain key type name; not recorded")
+    try:
+        base64.b64decode(key, validate=True)
+    except ValueError:
+        raise UnsafeHostName("the host key is not base64; not recorded") from None
+
+
 def record(path: str, name: str, keytype: str, key: str) -> bool:
     """Append ``name keytype key`` to ``path`` unless an entry already covers it.
 
     Many forks may learn the same key at once: the check and the append happen under an
     exclusive lock on a side file, and the line is written with one ``write`` in append
     mode, so no line is lost or duplicated. Returns True when a line was written.
+    Raises :class:`UnsafeHostName` (and writes nothing) for a name outside the strict set.
     """
+    check_recordable(name, keytype, key)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     lock_path = os.path.join(directory, "." + os.path.basename(path) + ".lock")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shlex
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _ssh_config
@@ -127,10 +129,14 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     if port == 22 and "port" in found:
         port = found["port"]
     user = get_option("remote_user") or found.get("user") or _local_user(environ)
+    check_host_name("remote_addr (ansible_host)", addr,
+                    "the HostName of ssh_config_file" if "hostname" in found else "")
+    check_user_name("remote_user (ansible_user)", str(user),
+                    "the User of ssh_config_file" if not get_option("remote_user") and "user" in found else "")
     password = get_option("password")
     key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
-    proxy_command, hops = _proxy(get_option, found, config_file, addr, port, user)
+    proxy_command, hops = _proxy(get_option, found, config_file, addr, port, user, environ)
     key_path = os.path.abspath(os.path.expanduser(key_file)) if key_file else None
     spec: Dict[str, Any] = {
         "host": inventory_host,
@@ -174,7 +180,7 @@ def key_fingerprint(path: Optional[str]) -> Optional[str]:
 
 
 def _proxy(get_option: GetOption, found: Dict[str, Any], config_file: Optional[str], addr: str, port: int,
-           user: str) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+           user: str, environ: Mapping[str, str]) -> Tuple[Optional[str], List[Dict[str, Any]]]:
     """The proxy command (its tokens filled in) or the jump hops, from the inventory or else ssh_config."""
     proxy_command = get_option("proxy_command") or None
     jump_spec = _optional(get_option, "proxy_jump") or None
@@ -185,15 +191,32 @@ def _proxy(get_option: GetOption, found: Dict[str, Any], config_file: Optional[s
         jump_spec = found.get("proxyjump")
         proxy_command = None if jump_spec else found.get("proxycommand")
     if proxy_command:
-        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
-            proxy_command = proxy_command.replace(token, value)
+        proxy_command = expand_proxy_command(str(proxy_command), addr, port, str(user))
     try:
         hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
     except _ssh_config.JumpSpecError as e:
         raise OptionError(f"proxy_jump: {e}") from None
     for hop in hops:
+        check_host_name("proxy_jump", str(hop["addr"]), f"jump host {hop['host']}")
+        check_user_name("proxy_jump", str(hop["user"]), f"jump host {hop['host']}")
+        hop.update(_hop_credentials(get_option, hop, environ))
         hop["key_fingerprint"] = key_fingerprint(hop.get("private_key_file"))
     return proxy_command, hops
+
+
+def _hop_credentials(get_option: GetOption, hop: Dict[str, Any], environ: Mapping[str, str]) -> Dict[str, Any]:
+    """A jump host's own credentials, as OpenSSH's ``-J`` gives each hop: never the target's password
+    or passphrase. Its key: ssh_config's IdentityFile for the hop, else proxy_jump_private_key_file, else
+    the target's key file (a signature reveals no secret); the agent unless proxy_jump_password is set."""
+    password = _optional(get_option, "proxy_jump_password")
+    key_file = hop.get("private_key_file") or _optional(get_option, "proxy_jump_private_key_file")
+    creds: Dict[str, Any] = {
+        "password": password,
+        "agent_socket": environ.get("SSH_AUTH_SOCK") if password is None else None,
+    }
+    if key_file:
+        creds["private_key_file"] = os.path.abspath(os.path.expanduser(str(key_file)))
+    return creds
 
 
 def _local_user(environ: Mapping[str, str]) -> str:
@@ -207,3 +230,60 @@ def _local_user(environ: Mapping[str, str]) -> str:
 
 def daemon_settings(get_option: GetOption) -> Tuple[str, float]:
     return str(get_option("pool_dir") or "~/.ansible/pooled_ssh"), seconds_plain(get_option, "daemon_idle_timeout")
+
+
+# -- inventory values that reach a command line or known_hosts ---------------------------
+
+#: What OpenSSH's ``valid_hostname()`` refuses besides whitespace and control characters.
+_HOST_METACHARACTERS = frozenset("'`\"$\\;&<>|(){}")
+#: What OpenSSH's ``valid_ruser()`` refuses (it allows ``$`` and backslashes in user names).
+_USER_METACHARACTERS = frozenset("'`\";&<>|(){}")
+_PROXY_TOKEN = re.compile(r"%([%hpr])")
+
+
+def _describe(char: str) -> str:
+    if char == " ":
+        return "a space"
+    if char.isspace() or not char.isprintable():
+        return f"the control character {char!r}"
+    return f"the character {char!r}"
+
+
+def _check_name(option: str, value: str, source: str, refused: frozenset, what: str) -> None:
+    """Refuse what OpenSSH refuses before it runs a ProxyCommand: a value read as an option or as shell."""
+    where = f" (from {source})" if source else ""
+    if not value:
+        raise OptionError(f"{option}: the {what} is empty{where}")
+    bad = next((c for c in value if c in refused or c.isspace() or not c.isprintable()), None)
+    if value.startswith("-"):
+        reason = "starts with '-' (it would be read as a command-line option)"
+    elif bad is not None:
+        reason = f"contains {_describe(bad)}"
+    else:
+        return
+    raise OptionError(f"{option}: the {what} {value!r}{where} {reason}; OpenSSH refuses such {what}s: "
+                      f"fix the inventory")
+
+
+def check_host_name(option: str, value: str, source: str = "") -> None:
+    _check_name(option, value, source, _HOST_METACHARACTERS, "host name")
+
+
+def check_user_name(option: str, value: str, source: str = "") -> None:
+    _check_name(option, value, source, _USER_METACHARACTERS, "user name")
+
+
+def expand_proxy_command(command: str, addr: str, port: int, user: str) -> str:
+    """Substitute ``%h %p %r`` (and ``%%``) in each argument after splitting, never before.
+
+    Pasted before the split, a space in a host name would add arguments to the proxy
+    program. The daemon splits the result again with ``shlex``: quoting each argument
+    makes that split give back exactly these arguments.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise OptionError(f"proxy_command: cannot split {command!r} into arguments ({e})") from None
+    values = {"%": "%", "h": addr, "p": str(port), "r": user}
+    expanded: List[str] = [_PROXY_TOKEN.sub(lambda m: values[m.group(1)], arg) for arg in argv]
+    return shlex.join(expanded)

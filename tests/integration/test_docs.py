@@ -13,6 +13,7 @@ PLUGINS = [
     ("callback", "healer.pooled_ssh.pool_stats"),
     ("module", "healer.pooled_ssh.healer_diagnose"),
     ("module", "healer.pooled_ssh.pool_info"),
+    ("module", "healer.pooled_ssh.pool"),
     ("role", "healer.pooled_ssh.diagnose"),
     ("role", "healer.pooled_ssh.schedule"),
     ("filter", "healer.pooled_ssh.diagnose_host_entry"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import paramiko
 
@@ -34,12 +34,22 @@ def stats(session: Session, op_id: int, req: msgs.Empty) -> None:
     session.send(msgs.reply(msgs.Reply.STATS, op_id, msgs.StatsReply(s["total"], s["hosts"])))
 
 
+def _dumpable() -> Optional[bool]:
+    """What the kernel says (PR_GET_DUMPABLE): the worker that started us turned it off."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
+
+
 def status(session: Session, op_id: int, req: msgs.Empty) -> None:
     daemon = session.daemon
     info = {"pid": os.getpid(), "protocol": frames.PROTOCOL_VERSION, "socket": daemon.socket_path,
             "started": daemon.started, "uptime": round(time.time() - daemon.started, 3),
             "clients": daemon.client_count(), "requests": daemon.requests, "paramiko": paramiko.__version__,
-            "threads": threading.active_count()}
+            "threads": threading.active_count(), "dumpable": _dumpable()}
     session.send(msgs.reply(msgs.Reply.STATUS, op_id,
                             msgs.StatusReply(info, daemon.pool.stats(), daemon.pool.snapshot())))
 

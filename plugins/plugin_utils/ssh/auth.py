@@ -42,39 +42,85 @@ def _passphrase(value: Optional[str]) -> Optional[bytes]:
     return value.encode("utf-8") if value else None
 
 
-def load_key(path: str, passphrase: Optional[str], spec: ConnectionSpec) -> paramiko.PKey:
+def _needs_passphrase(e: Exception) -> bool:
+    """Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
+    TypeError ("Key is password-protected, but password was not provided") comes through."""
+    return isinstance(e, paramiko.PasswordRequiredException) or (
+        isinstance(e, TypeError) and classify(e) is ParamikoText.KEY_NEEDS_PASSPHRASE)
+
+
+def load_key(path: str, passphrase: Optional[str], spec: ConnectionSpec,
+             password: Optional[str] = None) -> paramiko.PKey:
+    """Load a key as OpenSSH does: without a passphrase first; only an encrypted key gets one.
+
+    The passphrase is ``private_key_passphrase``, else the login password (paramiko_ssh's habit):
+    an unencrypted key with a password set simply loads, and the password stays a password.
+    """
     auth = ErrorKind.AUTH
     try:
-        return paramiko.PKey.from_path(path, _passphrase(passphrase))  # type: ignore[arg-type]
-    except (paramiko.PasswordRequiredException, TypeError) as e:
-        # Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
-        # TypeError ("Key is password-protected, but password was not provided") comes through.
-        if isinstance(e, TypeError) and classify(e) is not ParamikoText.KEY_NEEDS_PASSPHRASE:
-            raise fail(spec, f"cannot load private key {path} ({e})", "check the file", auth) from e
-        raise fail(spec, f"private key {path} is encrypted",
-                   "set its passphrase with ansible_password or private_key_passphrase", auth) from e
+        return paramiko.PKey.from_path(path)
     except FileNotFoundError as e:
         raise fail(spec, f"private key {path} does not exist", "fix private_key_file", auth) from e
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        if not _needs_passphrase(e):
+            raise fail(spec, f"cannot load private key {path} ({e})", "check the file", auth) from e
     except (paramiko.SSHException, ValueError) as e:
-        raise fail(spec, f"cannot load private key {path} ({e})", "check the file and its passphrase", auth) from e
+        raise fail(spec, f"cannot load private key {path} ({e})", "check the file", auth) from e
+    tried = [(value, name) for value, name in ((passphrase, "private_key_passphrase"),
+                                               (password, "ansible_password")) if value]
+    for value, _name in tried:
+        try:
+            return paramiko.PKey.from_path(path, _passphrase(value))  # type: ignore[arg-type]
+        except (paramiko.SSHException, ValueError, TypeError):
+            continue
+    if not tried:
+        raise fail(spec, f"private key {path} is encrypted; set its passphrase with private_key_passphrase "
+                   "(no passphrase was given)", "or load the key into an ssh-agent", auth)
+    names = " nor ".join(name for _, name in tried)
+    what = f"neither {names} decrypts it" if len(tried) > 1 else f"{names} does not decrypt it"
+    raise fail(spec, f"private key {path} is encrypted and {what}",
+               "set private_key_passphrase to the key's passphrase", auth)
+
+
+def _default_key(path: str, passphrase: Optional[str]) -> Optional[paramiko.PKey]:
+    """A default key file (``~/.ssh/id_*``), or None when it is missing, unreadable or locked."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        if not (passphrase and _needs_passphrase(e)):
+            return None
+    except Exception:
+        return None
+    try:
+        return paramiko.PKey.from_path(path, _passphrase(passphrase))  # type: ignore[arg-type]
+    except Exception:
+        return None
 
 
 def _keys(spec: ConnectionSpec) -> Tuple[Optional[paramiko.agent.AgentSSH], List[paramiko.PKey]]:
-    passphrase = spec.private_key_passphrase or spec.password
     keys: List[paramiko.PKey] = []
     if spec.private_key_file:
-        keys.append(load_key(spec.private_key_file, passphrase, spec))
+        keys.append(load_key(spec.private_key_file, spec.private_key_passphrase, spec, spec.password))
     agent = None
     if spec.agent_socket:
         agent, agent_keys = _agent_keys(spec.agent_socket)
         keys.extend(agent_keys)
     if spec.look_for_keys and not spec.private_key_file:
         for path in spec.default_key_files:
-            try:
-                keys.append(paramiko.PKey.from_path(path, _passphrase(passphrase)))  # type: ignore[arg-type]
-            except Exception:
-                continue
+            pkey = _default_key(path, spec.private_key_passphrase or spec.password)
+            if pkey is not None:
+                keys.append(pkey)
     return agent, keys
+
+
+def drop_credentials(transport: paramiko.Transport) -> None:
+    """Paramiko's auth handler keeps the password (and a closure holding it for keyboard-interactive)
+    and the key for the transport's whole life; nothing needs them once we are logged in."""
+    handler = transport.auth_handler
+    if handler is not None:
+        handler.password = None
+        handler.private_key = None
+        handler.interactive_handler = None
 
 
 def authenticate(transport: paramiko.Transport, spec: ConnectionSpec) -> None:
@@ -92,6 +138,7 @@ def authenticate(transport: paramiko.Transport, spec: ConnectionSpec) -> None:
             try:
                 transport.auth_publickey(user, pkey)
                 if transport.is_authenticated():
+                    drop_credentials(transport)
                     return
             except paramiko.BadAuthenticationType as e:
                 allowed = list(e.allowed_types)
@@ -104,6 +151,7 @@ def authenticate(transport: paramiko.Transport, spec: ConnectionSpec) -> None:
             try:
                 transport.auth_password(user, password, fallback=True)
                 if transport.is_authenticated():
+                    drop_credentials(transport)
                     return
             except paramiko.AuthenticationException:
                 pass

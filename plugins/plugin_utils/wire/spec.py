@@ -35,6 +35,9 @@ class JumpHop:
     private_key_file: Optional[str] = wire(_OPT_STR, path=True)
     #: sha256 of that key file's bytes, read by the worker (None: no such file, or none set).
     key_fingerprint: Optional[str] = wire(_OPT_STR)
+    #: The hop's own password (``proxy_jump_password``) and agent: never the target's.
+    password: Optional[str] = wire(_OPT_STR)
+    agent_socket: Optional[str] = wire(_OPT_STR, path=True)
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,15 @@ class ConnectionSpec:
     def bastion(self) -> ConnectionSpec:
         """The spec of the last hop of the jump chain, reached through the hops before it.
 
-        It keeps the target's credentials unless ssh_config gave the hop its own key.
+        As OpenSSH's ``-J``, the hop authenticates with its own credentials only (the worker put them in
+        the hop): never with the target's password or passphrase, which a bastion offering passwords would
+        receive. It offers the target's key file unless it has its own (a signature reveals no secret).
         """
         hop = self.proxy_jump[-1]
         changes: Dict[str, Any] = {"host": hop.host, "addr": hop.addr, "port": hop.port, "user": hop.user,
-                                   "proxy_jump": list(self.proxy_jump[:-1]), "proxy_command": None}
+                                   "proxy_jump": list(self.proxy_jump[:-1]), "proxy_command": None,
+                                   "password": hop.password, "private_key_passphrase": None,
+                                   "agent_socket": hop.agent_socket}
         if hop.private_key_file:
             changes.update(private_key_file=hop.private_key_file, key_fingerprint=hop.key_fingerprint)
         return dataclasses.replace(self, **changes)

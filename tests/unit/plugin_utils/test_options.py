@@ -253,7 +253,7 @@ def test_no_agent_socket_when_none_in_the_environment() -> None:
 def test_proxy_command_substitution() -> None:
     spec = connection_spec(options(remote_addr="10.0.0.5", port=2200, remote_user="ops",
                                    proxy_command="ssh -W %h:%p -l %r bastion # %h"), "web1", environ=ENV)
-    assert spec["proxy_command"] == "ssh -W 10.0.0.5:2200 -l ops bastion # 10.0.0.5"
+    assert spec["proxy_command"] == "ssh -W 10.0.0.5:2200 -l ops bastion '#' 10.0.0.5"
 
 
 def test_proxy_command_uses_the_inventory_host_when_no_address() -> None:

@@ -58,6 +58,9 @@ class FakeHandshake:
         self.auth_timeout = 0.0
         self.channel_timeout = 0.0
         self.keepalive: Optional[int] = None
+        #: What Paramiko's auth handler keeps after a login (the password for the transport's life).
+        self.auth_handler = type("AuthHandler", (), {"password": None, "private_key": None,
+                                                     "interactive_handler": None})()
         self.options = type("Options", (), {"key_types": ["ssh-ed25519", "ssh-rsa", "rsa-sha2-512"]})()
 
     def get_security_options(self) -> Any:
@@ -87,6 +90,7 @@ class FakeHandshake:
         if key.get_base64() not in self.script.keys:
             raise paramiko.AuthenticationException("Authentication failed.")
         self.authenticated = True
+        self.auth_handler.private_key = key
         return []
 
     def auth_password(self, user: str, password: str, fallback: bool = True) -> List[str]:
@@ -95,6 +99,8 @@ class FakeHandshake:
         if password != self.script.password:
             raise paramiko.AuthenticationException("Authentication failed.")
         self.authenticated = True
+        self.auth_handler.password = password
+        self.auth_handler.interactive_handler = lambda *_: [password]
         return []
 
     def is_authenticated(self) -> bool:
@@ -216,6 +222,9 @@ def test_a_server_without_publickey_gets_the_password_at_once(listener, script, 
     pt = connect(Connector(), target(listener, password="secret", host_key_checking=False,
                                      private_key_file=key_file(tmp_path, passphrase="secret")))
     assert pt.transport.authenticated and script.attempts == ["password"]
+    # Logged in: the auth handler no longer holds the password (nor the keyboard-interactive closure).
+    handler = pt.transport.auth_handler
+    assert (handler.password, handler.interactive_handler, handler.private_key) == (None, None, None)
 
 
 def test_a_failed_login_is_remembered_and_not_retried_at_the_server(listener, script) -> None:
