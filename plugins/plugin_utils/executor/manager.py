@@ -20,7 +20,16 @@ from typing import Dict, Iterator, Optional, Protocol, Set, Tuple, Union
 
 from . import remote
 
-SOURCE = (Path(__file__).with_name("remote.py")).read_bytes()
+
+def executor_source() -> bytes:
+    """What runs on the host, one source: ``remote_child.py``, then ``remote.py`` without its own imports of it."""
+    here = Path(__file__).parent
+    parent = [line for line in (here / "remote.py").read_bytes().splitlines(True)
+              if not line.startswith((b"from __future__ ", b"from .remote_child "))]
+    return (here / "remote_child.py").read_bytes() + b"".join(parent)
+
+
+SOURCE = executor_source()
 
 
 class ChannelLike(Protocol):
