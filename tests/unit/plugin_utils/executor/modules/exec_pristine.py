@@ -24,7 +24,7 @@ def main() -> None:
         umask=umask,
         fds=sorted(int(fd) for fd in os.listdir("/proc/self/fd"))[:4],
         argv0=sys.argv[0],
-        stdout=[sys.stdout.encoding, sys.stdout.errors, sys.stdout.line_buffering],
+        stdio=[sys.stdout.encoding, sys.stdout.errors, sys.stdout.line_buffering],
         stdin_eof=sys.stdin.read() == "",
         path=[p for p in sys.path if "ansible_" not in p],
         tamper=getattr(basic, "_TAMPER", None),
