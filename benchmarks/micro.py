@@ -10,6 +10,7 @@ Ansible worker does once per task).
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import subprocess
@@ -151,3 +152,89 @@ def _client_stop(pool_dir: Path) -> None:
     from harness.ansible import stop_pool
 
     stop_pool(pool_dir)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and its live descendants (from /proc)."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(_tree_cpu(int(child)) for child in children)
+
+
+def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30) -> str:
+    """One pipelined ``command: true`` payload: through the remote executor vs a fresh interpreter.
+
+    Both run on this machine on pipes (0 ms RTT, no SSH): what differs is the host's work per task.
+    """
+    import json
+    import resource
+
+    sys.path.insert(0, str(REPO / "plugins" / "plugin_utils"))
+    out = base / "executor-payload"
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"command": {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}, "interpreter": python}}
+    subprocess.run([sys.executable, str(REPO / "tests/unit/plugin_utils/executor/build_payloads.py"), json.dumps(spec),
+                    str(out)], check=True, env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")))
+    payload = (out / "command").read_bytes()
+    from executor import manager, recognise  # type: ignore[import-not-found]
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "LANG": "C.UTF-8"}
+
+    def fresh() -> None:
+        subprocess.run(["/bin/sh", "-c", python], input=payload, capture_output=True, env=env, check=True)
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fresh_ms = _median_ms(fresh, count)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fresh_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count + 3) * 1000
+
+    proc = subprocess.Popen(["/bin/sh", "-c", manager.bootstrap(python)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    class Pipes:
+        def read(self, size: int) -> bytes:
+            return os.read(proc.stdout.fileno(), size)  # type: ignore[union-attr]
+
+        def write(self, data: bytes) -> None:
+            proc.stdin.write(data)  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+
+        def close(self) -> None:
+            proc.stdin.close()  # type: ignore[union-attr]
+
+    executor = manager.Executor(Pipes(), tmp=str(base / "exec-remote-tmp"))
+    hello = executor.start()
+    parts = recognise.split_wrapper(payload)
+    assert parts is not None
+
+    def through() -> None:
+        events = list(executor.run(*parts, {}))
+        assert events[-1] == (manager.EventKind.EXIT, 0), events
+
+    start_cpu = _tree_cpu(int(hello["pid"]))  # type: ignore[call-overload]
+    executor_ms = _median_ms(through, count)
+    executor_cpu = (_tree_cpu(int(hello["pid"])) - start_cpu) / (count + 3) * 1000  # type: ignore[call-overload]
+    executor.close()
+    proc.wait()
+    rows = [["fresh interpreter (`sh -c python3`, the plain pipelined run)", f"{fresh_ms:.1f}", f"{fresh_cpu:.0f}"],
+            ["remote executor (forked child of a warm template, payload by hash)", f"{executor_ms:.1f}",
+             f"{executor_cpu:.0f}"]]
+    header = ["one pipelined `command: true`", "median ms", "host CPU ms/task"]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
+    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["executor"]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        print(executor_table(Path(directory), *(sys.argv[2:3] or ["/usr/bin/python3"])))

@@ -327,6 +327,24 @@ options:
     vars:
       - name: ansible_pipelining
       - name: ansible_pooled_ssh_pipelining
+  remote_executor:
+    description:
+      - V(auto) runs each pipelined Python 3 module through a remote executor that the pooled transport keeps
+        on the host (one Python, started once per transport; each module in a child process forked for that
+        task alone, with the payload sent once). V(off) starts a fresh interpreter for every module, as
+        the C(ssh) connection does. Anything else than a plain pipelined module run (C(raw), C(script),
+        async, modules copied to a temporary file, commands run with C(become) for now) always goes the
+        plain way. See C(docs/executor.md).
+      - Off by default while the executor is new; set V(auto) to opt in.
+    type: str
+    default: "off"
+    env:
+      - name: ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR
+    ini:
+      - section: pooled_ssh_connection
+        key: remote_executor
+    vars:
+      - name: ansible_pooled_ssh_remote_executor
   banner_timeout:
     description: Seconds to wait for the server's SSH banner.
     type: float
@@ -480,6 +498,7 @@ try:
     _client = _load("_client")
     _options = _load("_options")
     _errors = _load("errors")
+    _executor = _load("executor.worker")
 except ImportError as e:  # pragma: no cover - reported on use, not at load
     IMPORT_ERROR: Exception | None = e
 else:
@@ -683,6 +702,10 @@ class Connection(ConnectionBase):
         self._connect()
         assert self._client is not None
         display.vvv(f"EXEC {cmd}", host=self._host)
+        if in_data and _executor.enabled(self.get_option("remote_executor")):
+            done = self._via_executor(cmd, in_data)
+            if done is not None:
+                return done
         become = self.become if sudoable else None
         awaiting_prompt = bool(become and become.expect_prompt())
         awaiting_success = bool(become and become.success)
@@ -742,6 +765,24 @@ class Connection(ConnectionBase):
                 raise AnsibleError(f"Missing {become.name} password")
             out.append(pending)
         return rc, b"".join(out), b"".join(err)
+
+    def _via_executor(self, cmd: str, in_data: bytes) -> tuple[int, bytes, bytes] | None:
+        """The task through the transport's remote executor, or None: then it goes the plain way."""
+        self._bind()
+        assert self._client is not None
+        try:
+            outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")))
+        except PoolFailure as e:
+            raise self._failure(e) from None
+        except PoolUnavailable as e:
+            raise self._failure(e) from None
+        if outcome.result is None:
+            display.vvv(f"EXECUTOR not used: {outcome.why}", host=self._host)
+            return None
+        info = outcome.started or {}
+        display.vvv(f"EXECUTOR ran the module on {'reused' if info.get('hit') else 'created'} transport "
+                    f"{info.get('transport')}", host=self._host)
+        return outcome.result
 
     def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict:
         return dict(cmd=cmd, command_timeout=self.get_option("command_timeout"),

@@ -391,6 +391,16 @@ class PoolClient:
         finally:
             self._op = None
 
+    def xrun_stream(self, message: Dict[str, Any], payload: bytes) -> Iterator[Tuple[str, Any]]:
+        """A pipelined module run through the remote executor: like :meth:`exec_stream`, or one
+        ("fallback", reason) when nothing ran and the caller should run the command the plain way."""
+        sock, op_id = self._send(dict(message, op=msgs.Op.XRUN.value), payload)
+        self._op = op_id
+        try:
+            yield from self._exec_replies(sock, op_id, b"", True)
+        finally:
+            self._op = None
+
     def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool) -> Iterator[Tuple[str, Any]]:
         while True:
             reply, data = self._recv(sock, op_id)
@@ -404,6 +414,9 @@ class PoolClient:
                 yield kind, data
             elif kind == msgs.Reply.EXIT.value:
                 yield "exit", int(reply["rc"])
+                return
+            elif kind == msgs.Reply.FALLBACK.value:
+                yield "fallback", str(reply.get("reason", ""))
                 return
             elif kind == msgs.Reply.ERROR.value:
                 raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))

@@ -49,6 +49,10 @@ def collections_root(base: Any) -> Path:
 # --------------------------------------------------------------------------- results
 
 
+#: ``off`` (default, as the option's own default) or ``auto``: the ``remote_executor`` every run of the suite uses.
+REMOTE_EXECUTOR_ENV = "HEALER_TEST_REMOTE_EXECUTOR"
+
+
 @dataclass
 class Result:
     """Outcome of one ansible(-playbook) run; stdout/stderr are complete once it exited."""
@@ -278,6 +282,8 @@ class AnsibleRunner:
                 "ANSIBLE_HOME": str(self.workdir / ".ansible"),
                 "ANSIBLE_LOCAL_TEMP": str(self.workdir / ".ansible" / "tmp"),
                 "ANSIBLE_PIPELINING": "1" if self.pipelining else "0",
+                # The whole suite runs with the remote executor and without it (CI sets this).
+                "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": os.environ.get(REMOTE_EXECUTOR_ENV, "off"),
             }
         )
         env.update(self.extra_env)

@@ -13,6 +13,7 @@ import paramiko
 from ..pool import PoolKey
 from ..wire import frames
 from ..wire import messages as msgs
+from . import xrun
 
 if TYPE_CHECKING:
     from .session import Session
@@ -49,7 +50,7 @@ def status(session: Session, op_id: int, req: msgs.Empty) -> None:
     info = {"pid": os.getpid(), "protocol": frames.PROTOCOL_VERSION, "socket": daemon.socket_path,
             "started": daemon.started, "uptime": round(time.time() - daemon.started, 3),
             "clients": daemon.client_count(), "requests": daemon.requests, "paramiko": paramiko.__version__,
-            "threads": threading.active_count(), "dumpable": _dumpable()}
+            "threads": threading.active_count(), "dumpable": _dumpable(), "executor": xrun.counters()}
     session.send(msgs.reply(msgs.Reply.STATUS, op_id,
                             msgs.StatusReply(info, daemon.pool.stats(), daemon.pool.snapshot())))
 

@@ -28,6 +28,7 @@ from ..wire.spec import ConnectionSpec
 from . import admin
 from .exec import run_exec
 from .transfer import transfer
+from .xrun import run_xrun
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -180,6 +181,7 @@ def _admin(handler: Callable[[Session, int, Any], None]) -> Callable[[Session, i
 HANDLERS: Dict[msgs.Op, Callable[[Session, int, Any, bytes], None]] = {
     msgs.Op.BIND: Session.bind,
     msgs.Op.EXEC: _exec,
+    msgs.Op.XRUN: run_xrun,
     msgs.Op.PUT: _put,
     msgs.Op.FETCH: _fetch,
     msgs.Op.EVICT: _admin(admin.evict),

@@ -46,6 +46,8 @@ class Op(str, Enum):
     STATUS = "status"
     STOP = "stop"
     PING = "ping"
+    #: A pipelined module run through the transport's remote executor (plugin_utils/executor).
+    XRUN = "xrun"
     #: Frames that belong to a running exec (named by its id), never requests of their own.
     STDIN = "stdin"
     EOF = "eof"
@@ -54,7 +56,7 @@ class Op(str, Enum):
 
 STREAM_OPS = frozenset({Op.STDIN, Op.EOF, Op.CANCEL})
 #: Requests that need a bound connection spec.
-BOUND_OPS = frozenset({Op.EXEC, Op.PUT, Op.FETCH})
+BOUND_OPS = frozenset({Op.EXEC, Op.PUT, Op.FETCH, Op.XRUN})
 
 
 class Reply(str, Enum):
@@ -72,6 +74,8 @@ class Reply(str, Enum):
     STATS = "stats"
     STATUS = "status"
     ERROR = "error"
+    #: An ``xrun`` that did not start anything: the worker runs the command the plain way.
+    FALLBACK = "fallback"
 
 
 class Message:
@@ -131,6 +135,26 @@ class Exec(Message):
 
 
 @dataclass(frozen=True)
+class XRun(Message):
+    """A pipelined module run for the remote executor; the payload is the wrapper (head, zip text, tail)."""
+
+    #: Which executor on the transport (interpreter, startup variables, become context).
+    key: str = wire((str,), required=True, problem="must be a string")
+    #: The command that starts that executor when the transport has none yet.
+    start: str = wire((str,), required=True, problem="must be a string")
+    head_len: int = wire((int,), required=True, low=0, high=1 << 30)
+    zip_len: int = wire((int,), required=True, low=0, high=1 << 30)
+    tmp: str = wire((str,), default="~/.ansible/tmp")
+    #: The task's ``environment:`` variables, as a JSON object.
+    env: str = wire((str,), default="{}")
+
+
+@dataclass(frozen=True)
+class Fallback(Message):
+    reason: str = wire((str,), default="")
+
+
+@dataclass(frozen=True)
 class Transfer(Message):
     """``put`` (local to remote) or ``fetch`` (remote to local)."""
 
@@ -156,7 +180,7 @@ class Empty(Message):
 
 REQUESTS: Dict[Op, Any] = {
     Op.BIND: Bind, Op.EXEC: Exec, Op.PUT: Transfer, Op.FETCH: Transfer, Op.EVICT: Evict,
-    Op.STATS: Empty, Op.STATUS: Empty, Op.STOP: Empty, Op.PING: Empty,
+    Op.STATS: Empty, Op.STATUS: Empty, Op.STOP: Empty, Op.PING: Empty, Op.XRUN: XRun,
 }
 
 

@@ -1,0 +1,154 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The xrun operation: a pipelined module run through the leased transport's remote executor.
+
+One executor per pooled transport and executor key (interpreter, startup variables, become
+context), started on first use over one session channel of that transport, so it dies with it.
+Whatever keeps a run from starting (no executor possible on this host, a payload too large, a
+refused start) is a ``fallback`` reply: nothing ran, and the worker runs the command the plain way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import weakref
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
+
+import paramiko
+
+from ..errors import ErrorKind, PoolError
+from ..executor.manager import EventKind, Executor, ExecutorError
+from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
+from ..wire import messages as msgs
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger("pooled_ssh.daemon")
+
+
+@dataclass
+class ExecutorCounters:
+    """What the daemon's status reports of its executors."""
+
+    started: int = 0
+    runs: int = 0
+    #: Runs whose payload the executor already held: only its hash crossed the wire.
+    cache_hits: int = 0
+    fallbacks: int = 0
+    lost: int = 0
+
+
+COUNTERS = ExecutorCounters()
+_lock = threading.Lock()
+#: Per transport, per key: the executor, or why none can run there (asked once per transport).
+_executors: weakref.WeakKeyDictionary[PooledTransport, Dict[str, Union[Executor, str]]] = weakref.WeakKeyDictionary()
+
+
+class _ChannelIO:
+    """The executor manager's channel: a Paramiko session channel running the bootstrap."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+
+    def read(self, size: int) -> bytes:
+        return self.chan.recv(size)
+
+    def write(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def close(self) -> None:
+        self.chan.close()
+
+
+def counters() -> Dict[str, int]:
+    return asdict(COUNTERS)
+
+
+def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
+    try:
+        chan = pt.open_channel(CHANNEL_TIMEOUT)
+    except (paramiko.SSHException, EOFError, OSError) as e:
+        return f"no channel for the executor ({e})"
+    try:
+        chan.settimeout(CHANNEL_TIMEOUT)
+        chan.exec_command(req.start)
+        executor = Executor(_ChannelIO(chan), tmp=req.tmp)
+        hello = executor.start()
+        chan.settimeout(None)
+    except ExecutorError as e:
+        chan.close()
+        return str(e)
+    except (paramiko.SSHException, EOFError, OSError) as e:
+        chan.close()
+        return f"the executor did not start ({e})"
+    COUNTERS.started += 1
+    log.info("%s: remote executor started (Python %s, pid %s)", pt.label,
+             ".".join(str(v) for v in hello.get("python", [])), hello.get("pid"))  # type: ignore[union-attr]
+    return executor
+
+
+def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], str]:
+    with _lock:
+        known = _executors.setdefault(pt, {}).get(req.key)
+    if isinstance(known, str):
+        return None, known
+    if known is not None and known.alive:
+        return known, ""
+    started = _start(pt, req)
+    with _lock:
+        _executors.setdefault(pt, {})[req.key] = started
+    return (None, started) if isinstance(started, str) else (started, "")
+
+
+def _env(text: str) -> Optional[Dict[str, str]]:
+    try:
+        env = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        return None
+    return env
+
+
+def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> None:
+    binding = session.bound()
+    env = _env(req.env)
+    if env is None or req.head_len + req.zip_len > len(payload):
+        raise PoolError("malformed xrun request: env or lengths", kind=ErrorKind.PROTOCOL)
+    head = payload[: req.head_len]
+    zip_text = payload[req.head_len : req.head_len + req.zip_len]
+    tail = payload[req.head_len + req.zip_len :]
+    lease = binding.lease()
+    broken = False
+    try:
+        executor, why = _executor(lease.conn, req)
+        if executor is None:
+            COUNTERS.fallbacks += 1
+            session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(why)))
+            return
+        session.send(msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id,
+                                                                          round(lease.waited, 6))))
+        hits = executor.stats.cache_hits
+        try:
+            for kind, data in executor.run(head, zip_text, tail, env):
+                if kind is EventKind.EXIT:
+                    COUNTERS.runs += 1
+                    COUNTERS.cache_hits += executor.stats.cache_hits - hits
+                    session.send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(int(data))))
+                else:
+                    reply = msgs.Reply.OUT if kind is EventKind.OUT else msgs.Reply.ERR
+                    session.send(msgs.reply(reply, op_id), data)  # type: ignore[arg-type]
+        except ExecutorError as e:
+            if not e.started:
+                COUNTERS.fallbacks += 1
+                session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(str(e))))
+                return
+            COUNTERS.lost += 1
+            broken = not lease.conn.is_active()
+            raise PoolError(f"{binding.spec.where}: {e}; its outcome is unknown and it was not re-run: check the "
+                            "host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME) from None
+    finally:
+        lease.release(broken=broken)

@@ -1,0 +1,243 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The daemon's side of a remote executor: start it over a channel, send runs, demultiplex replies.
+
+No Ansible import and no Paramiko import: the channel is anything with ``read``/``write``/``close``
+(a Paramiko session channel in the daemon, a pair of pipes in the tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import queue
+import shlex
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Protocol, Set, Tuple, Union
+
+from . import remote
+
+
+def executor_source() -> bytes:
+    """What runs on the host, one source: ``remote_child.py``, then ``remote.py`` without its own imports of it."""
+    here = Path(__file__).parent
+    parent = [line for line in (here / "remote.py").read_bytes().splitlines(True)
+              if not line.startswith((b"from __future__ ", b"from .remote_child "))]
+    return (here / "remote_child.py").read_bytes() + b"".join(parent)
+
+
+SOURCE = executor_source()
+
+
+class ChannelLike(Protocol):
+    """What the manager needs of a channel: blocking reads (``b""`` at the end), writes, close."""
+
+    def read(self, size: int) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventKind(Enum):
+    OUT = "out"
+    ERR = "err"
+    EXIT = "exit"
+
+
+Event = Tuple[EventKind, Union[bytes, int]]
+
+
+class ExecutorError(Exception):
+    """The executor could not be used; ``started`` says whether a run may have begun on the host."""
+
+    def __init__(self, message: str, started: bool) -> None:
+        super().__init__(message)
+        self.started = started
+
+
+def bootstrap(interpreter: str) -> str:
+    """The shell words that start the executor: read its source (exact length) from stdin, run it.
+
+    The same words work under every become method: they go where the module's interpreter would.
+    """
+    size = len(SOURCE)
+    loader = (
+        "import os,sys;b=b'';"
+        f"exec(\"while len(b)<{size}:\\n c=os.read(0,{size}-len(b))\\n if not c:sys.exit(3)\\n b+=c\");"
+        "del os,sys;exec(compile(b,'<pooled_ssh executor>','exec'))"
+    )
+    return f"{shlex.quote(interpreter)} -c {shlex.quote(loader)}"
+
+
+def zip_hash(zip_text: bytes) -> bytes:
+    return hashlib.sha256(zip_text).digest()
+
+
+@dataclass
+class ExecutorStats:
+    runs: int = 0
+    #: Runs whose payload the executor already held (only the hash crossed the wire).
+    cache_hits: int = 0
+    puts: int = 0
+
+
+@dataclass
+class _Pending:
+    events: queue.Queue[Tuple[int, bytes]] = field(default_factory=queue.Queue)
+
+
+class Executor:
+    """One executor on one channel. ``start`` once; ``run`` from any thread; dead once ``alive`` is False."""
+
+    def __init__(self, channel: ChannelLike, tmp: str = "~/.ansible/tmp") -> None:
+        self.channel = channel
+        self.tmp = tmp
+        self.hello: Dict[str, object] = {}
+        self.stats = ExecutorStats()
+        self._held: Set[bytes] = set()
+        self._pending: Dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._next = 1
+        self._alive = False
+        self._why = ""
+        self._reader: Optional[threading.Thread] = None
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    # -- wire --
+
+    def _write(self, kind: int, rid: int, body: bytes = b"") -> None:
+        with self._write_lock:
+            self.channel.write(remote.HEADER.pack(len(body), kind, rid) + body)
+
+    def _read_exact(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            data = self.channel.read(min(size, 1024 * 1024))
+            if not data:
+                raise EOFError
+            chunks.append(data)
+            size -= len(data)
+        return b"".join(chunks)
+
+    def _read_frame(self) -> Tuple[int, int, bytes]:
+        size, kind, rid = remote.HEADER.unpack(self._read_exact(remote.HEADER.size))
+        if size > remote.MAX_FRAME:
+            raise ValueError(f"executor frame of {size} bytes is over the limit")
+        return kind, rid, self._read_exact(size)
+
+    # -- life --
+
+    def start(self) -> Dict[str, object]:
+        """Send the source and the init frame (the channel already runs :func:`bootstrap`); wait for hello."""
+        try:
+            self.channel.write(SOURCE)
+            self._write(remote.K_INIT, 0, json.dumps({"version": remote.VERSION, "tmp": self.tmp}).encode())
+            kind, _rid, body = self._read_frame()
+        except (EOFError, OSError, ValueError) as e:
+            self.close()
+            raise ExecutorError(f"the executor did not start ({type(e).__name__})", started=False) from None
+        hello = json.loads(body) if kind == remote.K_HELLO else {"error": "no hello"}
+        if "error" in hello:
+            self.close()
+            raise ExecutorError(f"the executor refused to start: {hello['error']}", started=False)
+        self.hello = hello
+        self._alive = True
+        self._reader = threading.Thread(target=self._read_loop, name="executor-reader", daemon=True)
+        self._reader.start()
+        return hello
+
+    def close(self) -> None:
+        self._alive = False
+        with contextlib.suppress(OSError):
+            self.channel.close()
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                kind, rid, body = self._read_frame()
+                with self._lock:
+                    pending = self._pending.get(rid)
+                if pending is not None:
+                    pending.events.put((kind, body))
+        except (EOFError, OSError, ValueError) as e:
+            self._why = type(e).__name__
+        finally:
+            self._alive = False
+            with self._lock:
+                lost = list(self._pending.values())
+            for pending in lost:
+                pending.events.put((0, b""))
+
+    # -- runs --
+
+    def run(self, head: bytes, zip_text: bytes, tail: bytes, env: Dict[str, str]) -> Iterator[Event]:
+        """Run the wrapper ``head + zip_text + tail`` in a fresh child; yield its output then its exit status.
+
+        Raises :class:`ExecutorError`: ``started=False`` when nothing ran (the caller may take the
+        plain path), ``started=True`` when the outcome is unknown (never run it again).
+        """
+        if not self._alive:
+            raise ExecutorError("the executor is not running", started=False)
+        digest = zip_hash(zip_text)
+        with self._lock:
+            rid = self._next
+            self._next += 1
+            pending = self._pending[rid] = _Pending()
+        request = json.dumps({"zip": digest.hex(), "head": head.decode("latin-1"), "tail": tail.decode("latin-1"),
+                              "env": env}).encode()
+        sent = False
+        finished = False
+        try:
+            hit = digest in self._held
+            try:
+                if not hit:
+                    self._put(digest, zip_text)
+                self._write(remote.K_RUN, rid, request)
+                sent = True
+            except OSError:
+                raise ExecutorError("the executor's channel closed before the run was sent", started=False) from None
+            self.stats.runs += 1
+            self.stats.cache_hits += hit
+            while True:
+                kind, body = pending.events.get()
+                if kind == remote.K_OUT:
+                    yield EventKind.OUT, body
+                elif kind == remote.K_ERR:
+                    yield EventKind.ERR, body
+                elif kind == remote.K_EXIT:
+                    finished = True
+                    yield EventKind.EXIT, int(json.loads(body)["rc"])
+                    return
+                elif kind == remote.K_NEED:
+                    # The executor let the payload go (or never had it): nothing started yet.
+                    self.stats.cache_hits -= hit
+                    hit = False
+                    self._put(digest, zip_text)
+                    self._write(remote.K_RUN, rid, request)
+                elif kind == remote.K_FAIL:
+                    finished = True
+                    info = json.loads(body)
+                    raise ExecutorError(f"executor: {info.get('message')}", started=bool(info.get("started")))
+                else:
+                    finished = True
+                    raise ExecutorError(f"the executor was lost while the module ran ({self._why or 'closed'})",
+                                        started=True)
+        finally:
+            with self._lock:
+                self._pending.pop(rid, None)
+            if sent and not finished and self._alive:
+                with contextlib.suppress(OSError):
+                    self._write(remote.K_CANCEL, rid)
+
+    def _put(self, digest: bytes, zip_text: bytes) -> None:
+        self._write(remote.K_PUT, 0, digest + zip_text)
+        self._held.add(digest)
+        self.stats.puts += 1

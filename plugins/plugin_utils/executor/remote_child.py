@@ -1,0 +1,276 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The executor's processes below its parent: per-payload-tree templates and the child of each task.
+
+Standard library only, Python 3.8+: sent to the managed host ahead of ``remote.py``, as one source.
+A template imports the shared ``ansible.module_utils`` of a payload once and forks one child per
+task; the child becomes exactly the plain run's ``python3`` reading the wrapper from stdin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+CHUNK = 65536
+#: What a template imports from the payload: the chain the wrapper's loader imports.
+PRELOAD = ("ansible.module_utils._internal._ansiballz._loader",)
+
+
+def _status_rc(status: int) -> int:
+    """What the shell of a plain run reports: the exit code, or 128 + the signal that killed it."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _shell_notice(status: int) -> bytes:
+    """The line ``/bin/sh`` (dash) writes to stderr when the command it waited for died of a signal."""
+    if not os.WIFSIGNALED(status) or os.WTERMSIG(status) in (signal.SIGINT, signal.SIGPIPE):
+        return b""
+    text = signal.strsignal(os.WTERMSIG(status)) or f"Signal {os.WTERMSIG(status)}"
+    return (text + (" (core dumped)" if os.WCOREDUMP(status) else "") + "\n").encode()
+
+
+# -- the task child ------------------------------------------------------------------------------
+
+
+class _TaskFirst:
+    """Finds ``ansible.*`` outside ``module_utils`` in the task's own payload, never in the template's.
+
+    The template holds ``ansible`` imported from its own zip; the module itself (and anything else the
+    payload carries beside the shared tree) must come from the zip this task's wrapper put first on
+    ``sys.path``, exactly as in a fresh interpreter.
+    """
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+        parts = fullname.split(".")
+        if parts[0] != "ansible" or len(parts) < 2 or parts[1] == "module_utils":
+            return None
+        from importlib.machinery import PathFinder
+
+        sub = os.path.join(*parts[:-1])
+        return PathFinder.find_spec(fullname, [os.path.join(p, sub) for p in sys.path if p])
+
+
+def _stdio(fd: int, like, reading: bool):  # type: ignore[no-untyped-def]
+    """A standard stream on ``fd`` configured as the interpreter configured ``like`` at start."""
+    import io
+
+    buffered = hasattr(like.buffer, "raw")
+    raw = io.FileIO(fd, "rb" if reading else "wb", closefd=False)
+    raw.name = like.name  # type: ignore[misc]
+    buf = io.BufferedReader(raw) if reading else io.BufferedWriter(raw) if buffered else raw
+    return io.TextIOWrapper(buf, encoding=like.encoding, errors=like.errors, newline="\n",  # type: ignore[arg-type]
+                            line_buffering=like.line_buffering, write_through=not buffered and not reading)
+
+
+def _child(fds, req: dict, base_env: dict, start: dict, source: bytes) -> None:  # type: ignore[no-untyped-def]
+    """Become the plain run's ``python3`` reading the wrapper from stdin; never returns."""
+    rc = 1
+    try:
+        os.setsid()
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(3, start["maxfd"])
+        os.umask(start["umask"])
+        os.chdir(start["cwd"])
+        env = dict(base_env)
+        env.update(req.get("env") or {})
+        os.environ.clear()
+        os.environ.update(env)
+        if "TZ" in (req.get("env") or {}):
+            import time
+
+            time.tzset()
+        if "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = None
+        sys.stdin = sys.__stdin__ = _stdio(0, start["stdio"][0], True)
+        sys.stdout = sys.__stdout__ = _stdio(1, start["stdio"][1], False)
+        sys.stderr = sys.__stderr__ = _stdio(2, start["stdio"][2], False)
+        sys.argv = [""]
+        if hasattr(sys, "orig_argv"):
+            sys.orig_argv = sys.orig_argv[:1]
+        sys.meta_path.insert(0, _TaskFirst)  # type: ignore[arg-type]
+        import builtins
+        import importlib.machinery
+        import types
+
+        main = types.ModuleType("__main__")
+        main.__dict__.update(__loader__=importlib.machinery.BuiltinImporter, __spec__=None, __package__=None,
+                             __annotations__={}, __builtins__=builtins, __file__="<stdin>", __cached__=None)
+        sys.modules["__main__"] = main
+    except BaseException:
+        os._exit(70)
+    try:
+        code = compile(source, "<stdin>", "exec")
+        del source
+        exec(code, main.__dict__)
+        rc = 0
+    except SystemExit as e:
+        rc = _exit_code(e)
+    except KeyboardInterrupt:
+        _finish()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        rc = 1
+    os._exit(_finish(rc))
+
+
+def _exit_code(e: SystemExit) -> int:
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(Exception):
+        sys.stderr.write(str(code) + "\n")
+    return 1
+
+
+def _finish(rc: int = 0) -> int:
+    """What the interpreter does at exit: threads joined, exit handlers run, streams flushed."""
+    threading = sys.modules.get("threading")
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        with contextlib.suppress(BaseException):
+            shutdown()
+    import atexit
+
+    atexit._run_exitfuncs()  # type: ignore[attr-defined]
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            rc = 120
+    return rc
+
+
+# -- templates ------------------------------------------------------------------------------------
+
+
+def _send_msg(sock: socket.socket, obj: dict, fds=()) -> None:  # type: ignore[no-untyped-def]
+    data = json.dumps(obj).encode()
+    data = struct.pack(">I", len(data)) + data
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+    else:
+        sock.sendall(data)
+
+
+class _MsgReader:
+    """Length-prefixed JSON messages (and passed descriptors) on a socketpair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.fds: list = []
+
+    def read(self) -> bool:
+        """Take what is there; False at end of stream."""
+        size = struct.calcsize("i")
+        data, ancdata, _flags, _addr = self.sock.recvmsg(CHUNK, socket.CMSG_SPACE(8 * size))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                count = len(payload) // size
+                self.fds.extend(struct.unpack(f"{count}i", payload[: count * size]))
+        self.buf += data
+        return bool(data)
+
+    def messages(self):  # type: ignore[no-untyped-def]
+        """Complete messages; one with a ``size`` carries that many raw bytes after it, as ``blob``."""
+        while len(self.buf) >= 4:
+            (size,) = struct.unpack(">I", self.buf[:4])
+            if len(self.buf) < 4 + size:
+                return
+            msg = json.loads(self.buf[4 : 4 + size])
+            end = 4 + size + msg.get("size", 0)
+            if len(self.buf) < end:
+                return
+            msg["blob"] = self.buf[4 + size : end]
+            self.buf = self.buf[end:]
+            yield msg
+
+
+def _template_main(sock: socket.socket, zip_path: str, base_env: dict, start: dict) -> None:
+    """A per-payload-tree forker: imports the shared ``module_utils`` once, forks one child per task."""
+    import gc
+
+    sys.path.insert(0, zip_path)
+    try:
+        for name in PRELOAD:
+            __import__(name)
+    except BaseException:  # an old target's basic exits at import: the child then reports that
+        for name in [m for m in sys.modules if m == "ansible" or m.startswith("ansible.")]:
+            del sys.modules[name]
+    finally:
+        sys.path.remove(zip_path)
+    gc.collect()
+    if hasattr(gc, "freeze"):
+        gc.freeze()  # the children share these pages instead of touching them with every collection
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    reader = _MsgReader(sock)
+    pids: dict = {}
+    _send_msg(sock, {"t": "ready"})
+    while True:
+        try:
+            readable, _, _ = select.select([sock, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            os.read(wake_r, 512)
+        while pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            rid = pids.pop(pid, None)
+            if rid is not None:
+                _send_msg(sock, {"t": "exit", "id": rid, "rc": _status_rc(status),
+                                 "notice": _shell_notice(status).decode()})
+        if sock in readable:
+            if not reader.read():
+                os._exit(0)
+            for msg in reader.messages():
+                if msg["t"] == "kill":
+                    for pid, rid in list(pids.items()):
+                        if rid == msg["id"]:
+                            _kill_group(pid)
+                    continue
+                fds, reader.fds = reader.fds[:3], reader.fds[3:]
+                req = msg["req"]
+                source = req["head"].encode("latin-1") + msg["blob"] + req["tail"].encode("latin-1")
+                pid = os.fork()
+                if pid == 0:
+                    sock.close()
+                    _child(fds, req, base_env, start, source)
+                for fd in fds:
+                    os.close(fd)
+                pids[pid] = msg["id"]
+                _send_msg(sock, {"t": "started", "id": msg["id"], "pid": pid})
+
+
+def _kill_group(pid: int) -> None:
+    for target in (-pid, pid):
+        try:
+            os.kill(target, signal.SIGKILL)
+            return
+        except OSError:
+            continue

@@ -1,0 +1,58 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The worker's side: send a recognised pipelined module run to the daemon as an executor run.
+
+No Ansible import: the connection plugin passes the command, its input and what it knows.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+from ..wire import frames
+from .manager import bootstrap
+from .recognise import recognise
+
+#: Values of the ``remote_executor`` option that turn it off (YAML reads a bare ``off`` as false).
+OFF = frozenset({"off", "false", "no", "0"})
+
+
+@dataclass
+class Outcome:
+    """An executor run's result, or (``result`` None) why the command goes the plain way."""
+
+    result: Optional[Tuple[int, bytes, bytes]]
+    why: str = ""
+    started: Optional[dict] = None
+
+
+def enabled(value: Any) -> bool:
+    return value is not False and str(value).strip().lower() not in OFF
+
+
+def xrun(client: Any, cmd: str, in_data: Optional[bytes], remote_tmp: str, executable: str = "/bin/sh") -> Outcome:
+    """Run ``cmd`` through the transport's executor when it is exactly a pipelined module run."""
+    run = recognise(cmd, in_data, executable=executable)
+    if run is None:
+        return Outcome(None, "not exactly a pipelined Python 3 module run")
+    payload = run.head + run.zip_text + run.tail
+    if len(payload) > frames.MAX_PAYLOAD:
+        return Outcome(None, f"payload of {len(payload)} bytes is over the daemon's frame limit")
+    start = f"{executable} -c {shlex.quote(run.start_command(bootstrap(run.interpreter)))}"
+    message = {"key": json.dumps(run.key), "start": start, "tmp": remote_tmp, "env": json.dumps(run.env),
+               "head_len": len(run.head), "zip_len": len(run.zip_text)}
+    out: List[bytes] = []
+    err: List[bytes] = []
+    started = None
+    for kind, data in client.xrun_stream(message, payload):
+        if kind == "fallback":
+            return Outcome(None, f"the executor could not take it ({data})")
+        if kind == "started":
+            started = data
+        elif kind == "exit":
+            return Outcome((int(data), b"".join(out), b"".join(err)), started=started)
+        else:
+            (out if kind == "out" else err).append(data)
+    return Outcome(None, "the daemon ended the run without an exit status")

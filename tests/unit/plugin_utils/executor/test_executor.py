@@ -1,0 +1,335 @@
+"""The remote executor, run for real as a local process on pipes, against real AnsiballZ payloads.
+
+Every result is compared with the same payload run the plain way: ``/bin/sh -c <python3>`` with the
+wrapper on stdin, in the same environment and directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import pytest
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import manager, recognise, remote
+
+HERE = Path(__file__).resolve().parent
+MODULES = HERE / "modules"
+REPO = HERE.parents[3]
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+Result = Tuple[int, bytes, bytes]
+
+
+def python38() -> Optional[str]:
+    """A Python 3.8 as ./run finds one: HEALER_PYTHON38, one pyenv installed, or on PATH (not a pyenv shim)."""
+    if os.environ.get("HEALER_PYTHON38"):
+        return os.environ["HEALER_PYTHON38"]
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    matches = sorted(glob.glob(os.path.join(root, "versions", "3.8.*", "bin", "python3.8")))
+    found = matches[-1] if matches else shutil.which("python3.8")
+    return None if found is None or "/shims/" in found else found
+
+
+def build(tmp: Path, collections_root: Path, specs: Dict[str, dict], python: str = sys.executable) -> Dict[str, bytes]:
+    """Real payloads from ansible-core's module_common (of the venv ``python`` belongs to)."""
+    out = tmp / "payloads"
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_root), ANSIBLE_LOCAL_TEMP=str(tmp / "local"),
+               ANSIBLE_HOME=str(tmp / "home"))
+    subprocess.run([python, str(HERE / "build_payloads.py"), json.dumps(specs), str(out)], check=True, env=env)
+    return {name: (out / name).read_bytes() for name in specs}
+
+
+@pytest.fixture(scope="module")
+def payloads(tmp_path_factory: pytest.TempPathFactory, collections_root: Path) -> Dict[str, bytes]:
+    specs = {
+        "ping": {"module": "ansible.builtin.ping", "args": {"data": "pong"}},
+        "command": {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}},
+        "diagnose": {"module": "healer.pooled_ssh.healer_diagnose",
+                     "args": {"checks": ["memory", "file_descriptors"], "metrics": False}},
+        "leak": {"module": str(MODULES / "exec_leak.py")},
+        "pristine": {"module": str(MODULES / "exec_pristine.py")},
+        "kill": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "kill"}},
+        "stderr": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "stderr"}},
+        "raise": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "raise"}},
+        "hang": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "hang"}},
+    }
+    for spec in specs.values():
+        spec["interpreter"] = PYTHON
+    return build(tmp_path_factory.mktemp("build"), collections_root, specs)
+
+
+def base_env(home: Path) -> Dict[str, str]:
+    """A small, fixed environment for both kinds of run (this sandbox's PYTHON* variables left out)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
+
+
+class Pipes:
+    """The executor's channel: its stdin and stdout pipes."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self.proc = proc
+        self.stdin = proc.stdin
+        self.stdout = proc.stdout
+
+    def read(self, size: int) -> bytes:
+        return os.read(self.stdout.fileno(), size)
+
+    def write(self, data: bytes) -> None:
+        self.stdin.write(data)
+        self.stdin.flush()
+
+    def close(self) -> None:
+        if not self.stdin.closed:
+            self.stdin.close()
+
+
+class Local:
+    """An executor process on pipes, and the plain runs to compare it with (same env, same cwd)."""
+
+    def __init__(self, tmp: Path, python: str = PYTHON) -> None:
+        self.python = python
+        self.home = tmp / "home"
+        self.home.mkdir(exist_ok=True)
+        self.cwd = tmp / "cwd"
+        self.cwd.mkdir(exist_ok=True)
+        self.remote_tmp = tmp / "remote_tmp"
+        self.env = base_env(self.home)
+        self.proc = subprocess.Popen(["/bin/sh", "-c", manager.bootstrap(python)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=self.env, cwd=self.cwd)
+        self.executor = manager.Executor(Pipes(self.proc), tmp=str(self.remote_tmp))
+        self.hello = self.executor.start()
+
+    def run(self, payload: bytes, env: Optional[Dict[str, str]] = None) -> Result:
+        parts = recognise.split_wrapper(payload)
+        assert parts is not None
+        head, zip_text, tail = parts
+        out, err, rc = [], [], None
+        for kind, data in self.executor.run(head, zip_text, tail, env or {}):
+            if kind is manager.EventKind.OUT:
+                out.append(data)
+            elif kind is manager.EventKind.ERR:
+                err.append(data)
+            else:
+                rc = data
+        assert isinstance(rc, int)
+        return rc, b"".join(out), b"".join(err)  # type: ignore[arg-type]
+
+    def plain(self, payload: bytes, env: Optional[Dict[str, str]] = None, sleep0: bool = False) -> Result:
+        """What Ansible's plain pipelined run gets: ``/bin/sh -c python3`` (``&& sleep 0`` before 2.21)."""
+        command = self.python + (" && sleep 0" if sleep0 else "")
+        done = subprocess.run(["/bin/sh", "-c", command], input=payload, capture_output=True,
+                              env=dict(self.env, **(env or {})), cwd=self.cwd)
+        return done.returncode, done.stdout, done.stderr
+
+    def stop(self) -> int:
+        self.executor.close()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Local]:
+    executor = Local(tmp_path)
+    yield executor
+    executor.stop()
+
+
+def module_json(out: bytes) -> dict:
+    """The module's result; ``argv0`` without the payload's temporary directory (a random name in every run)."""
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    if "argv0" in result:
+        result["argv0"] = result["argv0"].split("_payload.zip/", 1)[1]
+    return result
+
+
+def test_ping_is_byte_identical(local: Local, payloads: Dict[str, bytes]) -> None:
+    assert local.run(payloads["ping"]) == local.plain(payloads["ping"])
+    assert module_json(local.run(payloads["ping"])[1]) == {"ping": "pong"}
+
+
+def test_command_matches_a_fresh_interpreter(local: Local, payloads: Dict[str, bytes]) -> None:
+    timing = ("start", "end", "delta")
+    for _ in range(2):  # the second run goes from the cached payload and the warm template
+        rc, out, err = local.run(payloads["command"])
+        prc, pout, perr = local.plain(payloads["command"])
+        assert (rc, err) == (prc, perr) == (0, b"")
+        mine, theirs = module_json(out), module_json(pout)
+        for result in (mine, theirs):
+            for key in timing:
+                del result[key]
+        assert mine == theirs
+    assert local.executor.stats.cache_hits == 1
+
+
+def test_healer_diagnose_matches_a_fresh_interpreter(local: Local, payloads: Dict[str, bytes]) -> None:
+    rc, out, err = local.run(payloads["diagnose"])
+    prc, pout, perr = local.plain(payloads["diagnose"])
+    assert (rc, err) == (prc, perr)
+    mine, theirs = module_json(out), module_json(pout)
+    assert sorted(mine) == sorted(theirs)
+    assert sorted(mine["checks"]) == sorted(theirs["checks"])
+
+
+def test_task_environment_and_process_state_are_those_of_a_plain_run(local: Local, payloads: Dict[str, bytes]) -> None:
+    env = {"EXECUTOR_MARKER": "from the task", "PATH": "/usr/bin:/bin"}
+    rc, out, err = local.run(payloads["pristine"], env)
+    prc, pout, perr = local.plain(payloads["pristine"], env)
+    assert (rc, err) == (prc, perr) == (0, b"")
+    mine, theirs = module_json(out), module_json(pout)
+    assert mine == theirs
+    assert mine["marker"] == "from the task" and mine["stdin_eof"] is True
+
+
+def test_consecutive_runs_see_no_state_of_each_other(local: Local, payloads: Dict[str, bytes]) -> None:
+    # Same module_utils tree, so the second run is forked from the very template the first one came from.
+    parts = [recognise.split_wrapper(payloads[name]) for name in ("leak", "pristine")]
+    assert remote.module_utils_hash(parts[0][1]) == remote.module_utils_hash(parts[1][1])  # type: ignore[index]
+    before = module_json(local.run(payloads["pristine"])[1])
+    assert module_json(local.run(payloads["leak"])[1])["left"] == "behind"
+    after = module_json(local.run(payloads["pristine"])[1])
+    assert after == before
+    assert (after["leaked_global"], after["leaked_env"], after["cwd"], after["umask"]) == (
+        False, None, str(local.cwd), 0o022)
+
+
+def test_a_crashing_module_gives_the_plain_runs_stderr_and_rc(local: Local, payloads: Dict[str, bytes]) -> None:
+    rc, out, err = local.run(payloads["stderr"])
+    assert (rc, out, err) == local.plain(payloads["stderr"])
+    assert rc == 3 and b"oops" in err
+    rc, out, err = local.run(payloads["raise"])
+    prc, pout, perr = local.plain(payloads["raise"])
+    assert (rc, err) == (prc, perr) == (1, b"")
+    assert module_json(out)["exception"] == module_json(pout)["exception"]
+
+
+def test_a_module_killed_by_a_signal_reports_128_plus_the_signal(local: Local, payloads: Dict[str, bytes]) -> None:
+    rc, out, err = local.run(payloads["kill"])
+    # What the shell reports for the module it waited for: 128 + 9, and its "Killed" line on stderr.
+    assert (rc, out, err) == local.plain(payloads["kill"], sleep0=True)
+    assert (rc, out, err) == (137, b"partial output\n", b"Killed\n")
+    assert local.plain(payloads["kill"])[1:] == (out, err)
+    assert local.run(payloads["ping"])[0] == 0  # the executor is unharmed
+
+
+def _tampered(payload: bytes) -> bytes:
+    """The same payload with a different ``ansible/module_utils/basic.py`` (as from another ansible-core)."""
+    head, zip_text, tail = recognise.split_wrapper(payload)  # type: ignore[misc]
+    src = zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_text)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "ansible/module_utils/basic.py":
+                data += b'\n_TAMPER = "another ansible-core"\n'
+            dst.writestr(info, data)
+    return head + base64.b64encode(buf.getvalue()) + tail
+
+
+def test_a_changed_payload_never_runs_a_stale_zip_or_template(
+    local: Local, payloads: Dict[str, bytes], tmp_path: Path, collections_root: Path
+) -> None:
+    original = payloads["pristine"]
+    tampered = _tampered(original)
+    assert module_json(local.run(original)[1])["tamper"] is None
+    assert module_json(local.run(tampered)[1])["tamper"] == "another ansible-core"
+    assert module_json(local.run(original)[1])["tamper"] is None
+    # A changed module with unchanged module_utils: the template of the first must not run the old module.
+    module = tmp_path / "exec_version.py"
+    versions = {}
+    for version in ("one", "two"):
+        module.write_text((MODULES / "exec_leak.py").read_text().replace('left="behind"', f'left="{version}"'))
+        versions.update(build(tmp_path / version, collections_root, {version: {"module": str(module),
+                                                                               "interpreter": PYTHON}}))
+    trees = {remote.module_utils_hash(recognise.split_wrapper(p)[1]) for p in versions.values()}  # type: ignore[index]
+    assert len(trees) == 1
+    assert [module_json(local.run(versions[v])[1])["left"] for v in ("one", "two", "one")] == ["one", "two", "one"]
+
+
+def test_a_corrupt_or_missing_payload_is_asked_for_again(local: Local, payloads: Dict[str, bytes]) -> None:
+    zip_text = recognise.split_wrapper(payloads["ping"])[1]  # type: ignore[index]
+    # The manager believes the executor holds it; the executor does not: it asks, nothing runs twice.
+    local.executor._held.add(manager.zip_hash(zip_text))
+    assert local.run(payloads["ping"]) == local.plain(payloads["ping"])
+    assert local.executor.stats.puts == 1
+
+
+def test_the_temp_dir_is_private_and_removed_when_stdin_closes(tmp_path: Path, payloads: Dict[str, bytes]) -> None:
+    executor = Local(tmp_path)
+    try:
+        assert executor.run(payloads["ping"])[0] == 0
+        directory = Path(str(executor.hello["dir"]))
+        assert directory.parent == tmp_path / "remote_tmp"
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert list(directory.iterdir())  # the template's module_utils zip
+    finally:
+        rc = executor.stop()
+    assert rc == 0
+    assert list((tmp_path / "remote_tmp").iterdir()) == []
+
+
+def test_an_executor_lost_mid_run_reports_outcome_unknown(local: Local, payloads: Dict[str, bytes]) -> None:
+    head, zip_text, tail = recognise.split_wrapper(payloads["hang"])  # type: ignore[misc]
+    events = local.executor.run(head, zip_text, tail, {})
+    kind, data = next(events)
+    assert kind is manager.EventKind.OUT and data.startswith(b"pid=")  # the module is running now
+    module_pid = int(data.decode().split("=")[1])
+    try:
+        os.kill(int(local.hello["pid"]), 9)  # type: ignore[call-overload]
+        with pytest.raises(manager.ExecutorError) as caught:
+            next(events)
+        assert caught.value.started is True
+    finally:
+        os.kill(module_pid, 9)
+    local.proc.wait()
+    with pytest.raises(manager.ExecutorError) as again:
+        local.run(payloads["ping"])
+    assert again.value.started is False  # refused up front: nothing was sent
+
+
+def test_python38_target(tmp_path: Path, collections_root: Path) -> None:
+    py38 = python38()
+    if py38 is None:
+        pytest.skip("no Python 3.8 (./run installs one with pyenv)")
+    compat = REPO / ".venv-compat" / "bin" / "python"
+    if not compat.exists():
+        pytest.skip("no .venv-compat (./run creates it): ansible-core 2.21 payloads need Python 3.9+")
+    built = build(tmp_path, collections_root, {
+        "ping": {"module": "ansible.builtin.ping", "args": {}, "interpreter": py38},
+        "pristine": {"module": str(MODULES / "exec_pristine.py"), "interpreter": py38},
+    }, python=str(compat))
+    executor = Local(tmp_path, python=py38)
+    try:
+        assert executor.hello["python"][:2] == [3, 8]  # type: ignore[index]
+        for name in ("ping", "pristine", "ping"):
+            rc, out, err = executor.run(built[name])
+            prc, pout, perr = executor.plain(built[name])
+            assert (rc, err, module_json(out)) == (prc, perr, module_json(pout)) == (0, b"", module_json(pout))
+    finally:
+        executor.stop()
+
+
+def test_an_old_protocol_or_python_is_refused_at_start(tmp_path: Path) -> None:
+    proc = subprocess.Popen([PYTHON, "-c", "import os; os.read(0, 16)"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    executor = manager.Executor(Pipes(proc), tmp=str(tmp_path))
+    with pytest.raises(manager.ExecutorError) as caught:
+        executor.start()
+    assert caught.value.started is False
+    assert proc.wait() == 0
+
+
+def test_frames_over_the_limit_stop_the_executor(local: Local) -> None:
+    local.executor.channel.write(remote.HEADER.pack(remote.MAX_FRAME + 1, remote.K_RUN, 9))
+    assert local.proc.wait() != 0
+    assert list(local.remote_tmp.iterdir()) == []
+
