@@ -321,3 +321,27 @@ def _invalid(cert: HostCertificate, principal_names: Sequence[str], now: float) 
 def certificate_types(key_types: Iterable[str]) -> List[str]:
     """The certificate host-key algorithms for ``key_types`` (plain names), in their order."""
     return [f"{t}{CERT_SUFFIX}" for t in key_types if not is_certificate_type(t)]
+
+
+def verify_offer(entries: Iterable[KnownHost], name: str, principal_names: Sequence[str], keytype: str, key: str,
+                 cert_blob: Optional[bytes] = None,
+                 now: Optional[float] = None) -> Tuple[_known_hosts.Verdict, Optional[CertVerdict]]:
+    """The decision on what the server offered, as ssh makes it: a certificate from a listed CA
+    is enough; a revoked certificate key or CA ends it; otherwise the plain key must be known
+    (ssh's "Retry with plain key"). ``keytype`` and ``key`` are the plain key's; the certificate
+    verdict (when one was offered) says why a certificate did not do, for the error message."""
+    entries = list(entries)
+    cert: Optional[CertVerdict] = None
+    if cert_blob is not None:
+        cert = check(cert_blob, entries, name, principal_names, now)
+        if cert.status is CertStatus.ACCEPTED:
+            return _known_hosts.Verdict(_known_hosts.Status.KNOWN, cert.entry), cert
+        if cert.status is CertStatus.REVOKED:
+            return _known_hosts.Verdict(_known_hosts.Status.REVOKED, cert.entry), cert
+    return _known_hosts.verify(entries, name, keytype, key), cert
+
+
+def prefers_certificates(entries: Iterable[KnownHost], name: str) -> bool:
+    """Whether to ask for a host certificate first: a CA is trusted for ``name`` (ssh always
+    asks first; we ask only then, so a plain-key fleet negotiates exactly as before)."""
+    return bool(_known_hosts.cert_authorities(entries, name))

@@ -306,3 +306,26 @@ def test_known_hosts_keeps_ca_lines_and_matches_them(keys: Keys) -> None:
     assert kh.known_types(entries, "web1.example.com") == ["ssh-ed25519"]
     assert kh.verify(entries, "web1.example.com", "ssh-ed25519", keys.b64("host")).status is kh.Status.REVOKED
     assert kh.verify(entries, "web2.example.com", "ssh-ed25519", keys.b64("ca")).status is kh.Status.UNKNOWN
+
+
+def test_verify_offer_falls_back_to_the_plain_key_as_ssh_does(keys: Keys) -> None:
+    ca_line = f"@cert-authority * {keys.pub('ca')}"
+    plain_line = f"{NAME} {keys.pub('host')}"
+    good, expired = keys.sign("ca", "host"), keys.sign("ca", "host", validity="20200101:20200102")
+    key_type, key = keys.pub("host").split()
+
+    verdict, cert = hc.verify_offer(known(ca_line), NAME, (ADDR,), key_type, key, good)
+    assert verdict.status is kh.Status.KNOWN and cert is not None and cert.status is hc.CertStatus.ACCEPTED
+    # An expired certificate: refused, unless the plain key is known too.
+    verdict, cert = hc.verify_offer(known(ca_line), NAME, (ADDR,), key_type, key, expired)
+    assert verdict.status is kh.Status.UNKNOWN and cert is not None and cert.status is hc.CertStatus.INVALID
+    verdict, _ = hc.verify_offer(known(ca_line, plain_line), NAME, (ADDR,), key_type, key, expired)
+    assert verdict.status is kh.Status.KNOWN
+    # A revoked CA: no fallback, even with the plain key known.
+    verdict, cert = hc.verify_offer(known(ca_line, plain_line, f"@revoked * {keys.pub('ca')}"), NAME, (ADDR,),
+                                    key_type, key, good)
+    assert verdict.status is kh.Status.REVOKED and verdict.entry is not None and verdict.entry.lineno == 3
+    # No certificate offered: the plain rules.
+    verdict, cert = hc.verify_offer(known(plain_line), NAME, (ADDR,), key_type, key)
+    assert verdict.status is kh.Status.KNOWN and cert is None
+    assert hc.prefers_certificates(known(ca_line), NAME) and not hc.prefers_certificates(known(plain_line), NAME)
