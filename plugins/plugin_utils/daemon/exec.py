@@ -8,6 +8,7 @@ dropped and replaced; nothing has run yet, so trying again is safe.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
 import paramiko
@@ -22,6 +23,8 @@ from .spare import claim_spare, prime_spare
 
 if TYPE_CHECKING:
     from .session import Binding, Session
+
+log = logging.getLogger("pooled_ssh.daemon")
 
 T = TypeVar("T")
 Opener = Callable[[PooledTransport], T]
@@ -42,11 +45,13 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
             return lease, opener(lease.conn)
         except paramiko.ChannelException as e:
             last = e
+            lease.conn.close_idle_sftp()  # the server is full: the kept SFTP session gives its slot back
             lease.release(refused=True)
         except paramiko.SSHException as e:
             last = e
             meaning = classify(e)
             if meaning is ParamikoText.CHANNEL_REFUSED and lease.conn.is_active():
+                lease.conn.close_idle_sftp()
                 lease.release(refused=True)  # a refused channel whose ChannelException another thread took
             elif meaning is ParamikoText.CHANNEL_TIMEOUT:
                 lease.release(broken=True)  # no answer to a channel open: the transport is not usable
@@ -59,6 +64,10 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
             if lease.conn.is_active():
                 raise _refused(binding, lease, e) from None
             lease.release(broken=True)
+        except BaseException:
+            # Whatever else the opener raised (an SFTP session that cannot start...): the lease goes back.
+            lease.release(broken=not lease.conn.is_active())
+            raise
     raise PoolError(f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
                     kind=ErrorKind.CONNECT)
 
@@ -106,8 +115,8 @@ class _Starter:
             chan = pt.open_channel(CHANNEL_TIMEOUT)
         try:
             chan.settimeout(CHANNEL_TIMEOUT)
-            if req.pty:
-                chan.get_pty(term=req.term or "vt100", width=req.width, height=req.height)
+            if req.pty and not pt.pty_refused:
+                chan = self._pty(pt, chan)
             chan.settimeout(None)
             # The input follows the exec request at once, as OpenSSH does; the reply is read later.
             send_exec(chan, req.cmd)
@@ -124,6 +133,24 @@ class _Starter:
             raise
         self.from_spare.append(spare)
         return chan
+
+    def _pty(self, pt: PooledTransport, chan: paramiko.Channel) -> paramiko.Channel:
+        """Ask for a pty; a server that refuses one (PermitTTY no) closes the channel: run this and
+        every later command on the transport without one, on a fresh channel, as ssh -t would not."""
+        req = self.req
+        try:
+            chan.get_pty(term=req.term or "vt100", width=req.width, height=req.height)
+            return chan
+        except paramiko.SSHException:
+            if not pt.is_active():
+                raise
+        chan.close()
+        pt.pty_refused = True
+        log.info("%s: the server refused a pty (PermitTTY no?); commands on this transport run without one",
+                 pt.label)
+        fresh = pt.open_channel(CHANNEL_TIMEOUT)
+        fresh.settimeout(CHANNEL_TIMEOUT)
+        return fresh
 
 
 def _start(binding: Binding, starter: _Starter) -> Tuple[Lease[PooledTransport], paramiko.Channel]:
