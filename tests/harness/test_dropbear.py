@@ -45,9 +45,8 @@ def test_dropbear_with_and_without_sftp(make_dropbear: Callable[..., DropbearFle
             assert sftp.stat(".").st_mode is not None
         finally:
             sftp.close()
-    with connect(without.hosts[0], without) as client:
-        with pytest.raises((paramiko.SSHException, EOFError)):
-            client.open_sftp()
+    with connect(without.hosts[0], without) as client, pytest.raises((paramiko.SSHException, EOFError)):
+        client.open_sftp()
     # A fresh connection: Dropbear 2022.83 often refuses the channel opened after one whose
     # child exited early ("Unable to open channel.").
     with connect(without.hosts[0], without) as client:
