@@ -9,6 +9,7 @@ dropped and replaced; nothing has run yet, so trying again is safe.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
 import paramiko
@@ -36,22 +37,49 @@ def _refused(binding: Binding, lease: Lease[PooledTransport], error: BaseExcepti
     return PoolError(f"{binding.spec.where}: the server refused the request ({error})", kind=ErrorKind.REFUSED)
 
 
+#: Waits before opening again on the same transport after closing its kept SFTP session: the
+#: server frees that session's slot once its sftp-server has exited.
+FREED_SLOT_WAITS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def _refusal(pt: PooledTransport, error: BaseException) -> bool:
+    return pt.is_active() and (isinstance(error, paramiko.ChannelException)
+                               or classify(error) is ParamikoText.CHANNEL_REFUSED)
+
+
+def _open_freeing_sftp(pt: PooledTransport, opener: Opener[T]) -> T:
+    """Open; when the server refuses while the transport's kept SFTP session holds one of its
+    sessions, close that session and open again on the same transport (the refusal was ours,
+    not the server's limit: with MaxSessions 1 the transport is never given up for it)."""
+    try:
+        return opener(pt)
+    except paramiko.SSHException as e:  # ChannelException included
+        if not _refusal(pt, e) or not pt.close_idle_sftp():
+            raise
+    for wait in FREED_SLOT_WAITS:
+        time.sleep(wait)
+        try:
+            return opener(pt)
+        except paramiko.SSHException as e:
+            if not _refusal(pt, e):
+                raise
+    return opener(pt)  # refused again: the usual policy decides
+
+
 def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTransport], T]:
     """Lease a transport and open a channel on it, moving on when the server says no."""
     last: Optional[Exception] = None
     for _attempt in range(6):
         lease = binding.lease()
         try:
-            return lease, opener(lease.conn)
+            return lease, _open_freeing_sftp(lease.conn, opener)
         except paramiko.ChannelException as e:
             last = e
-            lease.conn.close_idle_sftp()  # the server is full: the kept SFTP session gives its slot back
             lease.release(refused=True)
         except paramiko.SSHException as e:
             last = e
             meaning = classify(e)
             if meaning is ParamikoText.CHANNEL_REFUSED and lease.conn.is_active():
-                lease.conn.close_idle_sftp()
                 lease.release(refused=True)  # a refused channel whose ChannelException another thread took
             elif meaning is ParamikoText.CHANNEL_TIMEOUT:
                 lease.release(broken=True)  # no answer to a channel open: the transport is not usable
