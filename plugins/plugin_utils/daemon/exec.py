@@ -37,9 +37,9 @@ def _refused(binding: Binding, lease: Lease[PooledTransport], error: BaseExcepti
     return PoolError(f"{binding.spec.where}: the server refused the request ({error})", kind=ErrorKind.REFUSED)
 
 
-#: Waits before opening again on the same transport after closing its kept SFTP session: the
-#: server frees that session's slot once its sftp-server has exited.
-FREED_SLOT_WAITS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+#: Waits before opening again on the same transport after a refusal that was not the server's
+#: limit: the server frees a closed session's slot only once its process (sftp-server...) exited.
+FREED_SLOT_WAITS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 def _refusal(pt: PooledTransport, error: BaseException) -> bool:
@@ -47,15 +47,29 @@ def _refusal(pt: PooledTransport, error: BaseException) -> bool:
                                or classify(error) is ParamikoText.CHANNEL_REFUSED)
 
 
-def _open_freeing_sftp(pt: PooledTransport, opener: Opener[T]) -> T:
-    """Open; when the server refuses while the transport's kept SFTP session holds one of its
-    sessions, close that session and open again on the same transport (the refusal was ours,
-    not the server's limit: with MaxSessions 1 the transport is never given up for it)."""
+def _drop_spare(pt: PooledTransport) -> bool:
+    with pt.spare_lock:
+        spare, pt.spare = pt.spare, None
+    if spare is None:
+        return False
+    spare.channel.close()
+    return True
+
+
+def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) -> T:
+    """Open; when the server refuses and the refusal cannot be its limit (this request is the only
+    one using the transport, or what the transport kept open for later holds the sessions: its
+    SFTP session, its spare channel), free what it kept and open again on the same transport
+    after bounded waits. With MaxSessions 1 the transport is then never given up for a refusal."""
+    pt = lease.conn
     try:
         return opener(pt)
     except paramiko.SSHException as e:  # ChannelException included
-        if not _refusal(pt, e) or not pt.close_idle_sftp():
+        if not _refusal(pt, e):
             raise
+        freed = pt.close_idle_sftp() | _drop_spare(pt)
+        if not freed and lease.entry.in_use > 1:
+            raise  # others hold channels: this is the server's MaxSessions, the pool learns it
     for wait in FREED_SLOT_WAITS:
         time.sleep(wait)
         try:
@@ -72,7 +86,7 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
     for _attempt in range(6):
         lease = binding.lease()
         try:
-            return lease, _open_freeing_sftp(lease.conn, opener)
+            return lease, _open_on_same_transport(lease, opener)
         except paramiko.ChannelException as e:
             last = e
             lease.release(refused=True)
