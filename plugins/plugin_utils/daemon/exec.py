@@ -68,6 +68,10 @@ def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) ->
         if not _refusal(pt, e):
             raise
         freed = pt.close_idle_sftp() | _drop_spare(pt)
+        if freed:
+            pt.sessions_tight = True
+            with pt.spare_lock:
+                pt.spare_off = True
         if not freed and lease.entry.in_use > 1:
             raise  # others hold channels: this is the server's MaxSessions, the pool learns it
     for wait in FREED_SLOT_WAITS:

@@ -157,7 +157,8 @@ def _give_back(lease: Lease[PooledTransport], sftp: paramiko.SFTPClient, healthy
     """Keep the session for the next transfer when there is room on the server, else close it."""
     pt = lease.conn
     with pt.sftp_lock:
-        if healthy and pt.sftp is None and pt.is_active() and lease.entry.max_channels >= KEEP_SFTP_MIN_CHANNELS:
+        if (healthy and pt.sftp is None and pt.is_active() and not pt.sessions_tight
+                and lease.entry.max_channels >= KEEP_SFTP_MIN_CHANNELS):
             pt.sftp = sftp
             return
     with contextlib.suppress(Exception):

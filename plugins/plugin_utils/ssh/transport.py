@@ -65,6 +65,9 @@ class PooledTransport:
         self.sftp_lock = threading.Lock()
         self.sftp: Optional[paramiko.SFTPClient] = None
         self.no_sftp: Optional[Enum] = None
+        #: The server refused a channel while this transport held sessions open for later (its SFTP
+        #: session, a spare): from then on it keeps neither.
+        self.sessions_tight = False
         #: The server refused a pty on this transport (PermitTTY no): commands run without one.
         self.pty_refused = False
 
