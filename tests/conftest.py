@@ -21,7 +21,7 @@ if str(TESTS_DIR) not in sys.path:
 
 from harness.ansible import AnsibleRunner, stop_pool  # noqa: E402
 from harness.ansible import collections_root as _make_collections_root  # noqa: E402
-from harness.sshd import Fleet, short_tempdir  # noqa: E402
+from harness.sshd import Fleet, short_tempdir, started_fleets  # noqa: E402
 
 # The checkout, seen as ansible_collections/healer/pooled_ssh, importable by unit tests as
 # ``ansible_collections.healer.pooled_ssh.plugins...`` and used by ansible as the installed
@@ -58,26 +58,7 @@ def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     """Factory of started fleets: ``make_fleet(count=5, extra_config=[...],
     per_host_config={...}, password=None, encrypted_key_passphrase=None, sftp=True)``.
     All fleets are stopped and removed at teardown (logs are copied into tmp_path)."""
-    fleets: List[Fleet] = []
-
-    def factory(count: int = 5, **kwargs: object) -> Fleet:
-        sub = tmp_path / f"fleet{len(fleets)}"
-        fleet = Fleet(sub, count=count, **kwargs)  # type: ignore[arg-type]
-        fleets.append(fleet)
-        fleet.start()
-        return fleet
-
-    try:
-        yield factory
-    finally:
-        errors = []
-        for fleet in reversed(fleets):
-            try:
-                fleet.cleanup()
-            except Exception as exc:
-                errors.append(repr(exc))
-        if errors:
-            pytest.fail("fleet teardown failed: " + "; ".join(errors))
+    yield from started_fleets(tmp_path)
 
 
 @pytest.fixture

@@ -362,8 +362,8 @@ options:
   timeout:
     description:
       - Seconds allowed for opening a new transport (TCP connect, negotiation and authentication each), and for
-        privilege escalation to show its prompt or success marker once the command started (then the task fails with
-        C(timed out waiting for privilege escalation prompt)).
+        privilege escalation to show its prompt or success marker once the command started (then the host is
+        UNREACHABLE with C(timed out waiting for privilege escalation prompt), as with the C(ssh) connection).
       - Default 10; the C(SSH_POOL_CONNECTION_TIMEOUT_MS) environment name (O(timeout_ms)) applies when this is unset.
     type: int
     ini:
@@ -746,7 +746,8 @@ class Connection(ConnectionBase):
                     0.001, deadline - time.monotonic())
         except PoolFailure as e:
             if e.kind is ErrorKind.RECV_TIMEOUT and not ready and become is not None:
-                raise AnsibleError(
+                # UNREACHABLE, as the ssh plugin reports a become timeout (what ansible-core's own tests expect).
+                raise AnsibleConnectionFailure(
                     f"{become.name}: timed out waiting for privilege escalation prompt after "
                     f"{escalation_timeout:g}s (timeout); received: {to_text(pending[-200:], errors='replace')!r}"
                 ) from None

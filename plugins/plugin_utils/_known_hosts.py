@@ -4,9 +4,10 @@
 Paramiko's ``HostKeys.load()`` raises on ``@cert-authority`` and ``@revoked`` lines and
 never matches wildcard patterns, so one unusual line would break every connection. We
 read the file ourselves, as OpenSSH does: hashed ``|1|`` names, ``[host]:port`` names,
-wildcards and negations, ``@revoked`` honoured, anything we cannot use skipped. Each
-entry remembers its file and line so that a changed key can be reported the way
-OpenSSH reports it.
+wildcards and negations, ``@revoked`` honoured, ``@cert-authority`` lines kept for host
+certificates (see :mod:`._host_certs`), anything we cannot use skipped. Each entry
+remembers its file and line so that a changed key can be reported the way OpenSSH
+reports it.
 
 Pure Python (no Paramiko): keys are compared as base64 blobs.
 """
@@ -20,7 +21,16 @@ import hmac
 import os
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Iterable, List, Optional, Sequence
+
+
+class Marker(str, Enum):
+    """What a known_hosts line says about its key (the text before the host patterns)."""
+
+    KEY = ""
+    REVOKED = "@revoked"
+    CERT_AUTHORITY = "@cert-authority"
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,11 @@ class KnownHost:
     patterns: str
     keytype: str
     key: str  # base64 blob
-    marker: str = ""  # "", "@revoked" or "@cert-authority"
+    marker: Marker = Marker.KEY
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.lineno}"
 
 
 def host_name(addr: str, port: int) -> str:
@@ -52,9 +66,13 @@ def parse(text: str, path: str = "<string>") -> List[KnownHost]:
         if not line or line.startswith("#"):
             continue
         fields = line.split()
-        marker = ""
+        marker = Marker.KEY
         if fields[0].startswith("@"):
-            marker, fields = fields[0], fields[1:]
+            try:
+                marker = Marker(fields[0])
+            except ValueError:
+                continue  # a marker OpenSSH does not know either: the line is ignored, as ssh ignores it
+            fields = fields[1:]
         if len(fields) < 3:
             continue
         patterns, keytype, key = fields[0], fields[1], fields[2]
@@ -77,7 +95,7 @@ def _match_hashed(pattern: str, name: str) -> bool:
         return False
 
 
-def _glob(pattern: str, name: str) -> bool:
+def glob(pattern: str, name: str) -> bool:
     """OpenSSH globs: only ``*`` and ``?`` are special (brackets are literal, as in ``[host]:port``)."""
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, name) is not None
@@ -92,16 +110,23 @@ def matches(patterns: str, name: str) -> bool:
         negated = pattern.startswith("!")
         if negated:
             pattern = pattern[1:]
-        if _glob(pattern.lower(), name):
+        if glob(pattern.lower(), name):
             if negated:
                 return False
             positive = True
     return positive
 
 
+class Status(str, Enum):
+    KNOWN = "known"
+    UNKNOWN = "unknown"
+    CHANGED = "changed"
+    REVOKED = "revoked"
+
+
 @dataclass
 class Verdict:
-    status: str  # "known", "unknown", "changed", "revoked"
+    status: Status
     entry: Optional[KnownHost] = None
 
 
@@ -109,22 +134,34 @@ def verify(entries: Iterable[KnownHost], name: str, keytype: str, key: str) -> V
     """Decide whether ``key`` (offered by the server as ``keytype``) is known for ``name``."""
     mismatch: Optional[KnownHost] = None
     known = False
+    entries = list(entries)
+    revoked_entry = revoked(entries, key)
+    if revoked_entry is not None:
+        return Verdict(Status.REVOKED, revoked_entry)
     for entry in entries:
-        if entry.marker == "@revoked":
-            if entry.key == key:
-                return Verdict("revoked", entry)
-            continue
-        if entry.marker or not matches(entry.patterns, name):
+        if entry.marker is not Marker.KEY or not matches(entry.patterns, name):
             continue
         if entry.key == key:
             known = True
         elif mismatch is None and _same_family(entry.keytype, keytype):
             mismatch = entry
     if known:
-        return Verdict("known")
+        return Verdict(Status.KNOWN)
     if mismatch is not None:
-        return Verdict("changed", mismatch)
-    return Verdict("unknown")
+        return Verdict(Status.CHANGED, mismatch)
+    return Verdict(Status.UNKNOWN)
+
+
+def revoked(entries: Iterable[KnownHost], key: str) -> Optional[KnownHost]:
+    """The ``@revoked`` line of ``key`` (base64 blob), whatever its host patterns: a revoked key
+    is refused for every host."""
+    return next((e for e in entries if e.marker is Marker.REVOKED and e.key == key), None)
+
+
+def cert_authorities(entries: Iterable[KnownHost], name: str) -> List[KnownHost]:
+    """The ``@cert-authority`` lines whose patterns match ``name``: the CAs trusted to sign
+    host certificates for it."""
+    return [e for e in entries if e.marker is Marker.CERT_AUTHORITY and matches(e.patterns, name)]
 
 
 def _same_family(a: str, b: str) -> bool:
@@ -136,7 +173,7 @@ def _same_family(a: str, b: str) -> bool:
 
 def known_types(entries: Iterable[KnownHost], name: str) -> List[str]:
     """Key types we already know for ``name``, to prefer them in negotiation as OpenSSH does."""
-    return [e.keytype for e in entries if not e.marker and matches(e.patterns, name)]
+    return [e.keytype for e in entries if e.marker is Marker.KEY and matches(e.patterns, name)]
 
 
 def load(paths: Sequence[str]) -> List[KnownHost]:
@@ -189,7 +226,7 @@ def record(path: str, name: str, keytype: str, key: str) -> bool:
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if verify(load([path]), name, keytype, key).status == "known":
+            if verify(load([path]), name, keytype, key).status is Status.KNOWN:
                 return False
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:

@@ -303,6 +303,49 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+# --------------------------------------------------------------------------- a private home
+
+
+def private_mounts(binds: Sequence[Tuple[Path, str]], hide: Sequence[str] = ()) -> List[str]:
+    """An argv prefix that runs a command in its own mount namespace (root only) with ``binds``
+    (source directory, mount point) bind-mounted and the directories in ``hide`` covered by an
+    empty tmpfs. The server's sessions inherit the namespace, so a host can have a home of its
+    own (its own ``.bashrc``, its own ``~/.ssh``) or no sftp-server, and nothing changes for
+    the rest of the machine; the mounts vanish with the namespace's last process."""
+    needs_root("a private mount namespace (unshare --mount)")
+    script = ['set -e']
+    args: List[str] = []
+    for source, target in binds:
+        args += [str(source), target]
+        script.append(f'mount --bind "${{{len(args) - 1}}}" "${{{len(args)}}}"')
+    for directory in hide:
+        args.append(directory)
+        script.append(f'mount -t tmpfs -o size=64k,mode=755 none "${{{len(args)}}}"')
+    script.append(f'shift {len(args)}')
+    script.append('exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script), "sh", *args]
+
+
+def make_home(directory: Path, user: str, shell_rc: str = "") -> Path:
+    """A home directory for ``user`` (owned by it, 0755, as servers require) with ``shell_rc``
+    as its ``.bashrc`` (e.g. a line that prints: the noisy shells of real fleets)."""
+    import pwd
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ".bashrc").write_text(shell_rc, encoding="utf-8")
+    entry = pwd.getpwnam(user)
+    for path in (directory, directory / ".bashrc"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    directory.chmod(0o755)
+    return directory
+
+
+def home_of(user: str) -> str:
+    import pwd
+
+    return pwd.getpwnam(user).pw_dir
+
+
 # --------------------------------------------------------------------------- sshd_config
 
 
@@ -348,6 +391,11 @@ def merge_config(*layers: Sequence[str]) -> List[str]:
 class SshdHost:
     """One real sshd on ``address:port`` with its own config, host key, pid file and log."""
 
+    #: The process name of the server's per-connection processes (what kill_sessions kills).
+    SESSION_COMM = "sshd"
+    #: Names in the host's workdir: config, log, stderr, pid file, host key.
+    FILES = ("sshd_config", "sshd.log", "sshd.stderr", "sshd.pid", "ssh_host_ed25519_key")
+
     def __init__(
         self,
         name: str,
@@ -358,6 +406,7 @@ class SshdHost:
         extra_config: Sequence[str] = (),
         sftp: bool = True,
         port: Optional[int] = None,
+        shell_rc: Optional[str] = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -369,19 +418,25 @@ class SshdHost:
         self.extra_config: List[str] = list(extra_config)
         self.sftp = sftp
         self.port: int = port or 0
-        self.config_path = self.workdir / "sshd_config"
-        self.log_path = self.workdir / "sshd.log"
-        self.stderr_path = self.workdir / "sshd.stderr"
-        self.pid_path = self.workdir / "sshd.pid"
-        self.host_key_paths: List[Path] = [self.workdir / "ssh_host_ed25519_key"]
-        self.binary = ensure_openssh_server()
+        config, log, stderr, pid, host_key = (self.workdir / name for name in self.FILES)
+        self.config_path, self.log_path, self.stderr_path, self.pid_path = config, log, stderr, pid
+        self.host_key_paths: List[Path] = [host_key]
+        #: With ``shell_rc``, the user's home on this host is a private one with that ``.bashrc``.
+        self.home: Optional[Path] = None if shell_rc is None else make_home(self.workdir / "home", user, shell_rc)
+        self.binary = self.server_binary()
         self._proc: Optional[subprocess.Popen] = None
         # (pid, starttime) of session processes orphaned by kill_listener: stop() still reaps them.
         self._orphans: List[Tuple[int, int]] = []
         self._paused: List[int] = []
         for key in self.host_key_paths:
             if not key.exists():
-                generate_key(key, comment=f"{name}-hostkey")
+                self.generate_host_key(key, f"{name}-hostkey")
+
+    def server_binary(self) -> str:
+        return ensure_openssh_server()
+
+    def generate_host_key(self, path: Path, comment: str) -> None:
+        generate_key(path, comment=comment)
 
     # ----------------------------------------------------------------- config
 
@@ -454,7 +509,7 @@ class SshdHost:
             self._log_offset_at_start = self.log_path.stat().st_size
             with self.stderr_path.open("ab") as err:
                 self._proc = subprocess.Popen(
-                    [self.binary, "-D", "-E", str(self.log_path), "-f", str(self.config_path)],
+                    self.command(),
                     stdin=subprocess.DEVNULL,
                     stdout=err,
                     stderr=err,
@@ -471,6 +526,13 @@ class SshdHost:
                     with contextlib.suppress(TimeoutError):
                         wait_until(lambda: _port_bindable(self.address, self.port), 5.0, what="port free")
         raise HarnessError(f"sshd {self.name} could not bind after {attempts} attempts: {last_error}")
+
+    def command(self) -> List[str]:
+        """The server's argv (in a mount namespace of its own when the host has a private home)."""
+        argv = [self.binary, "-D", "-E", str(self.log_path), "-f", str(self.config_path)]
+        if self.home is None:
+            return argv
+        return private_mounts([(self.home, home_of(self.user))]) + argv
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -589,7 +651,7 @@ class SshdHost:
         if pid is None:
             return 0
         roots = self.session_pids()
-        targets = [p for root in roots for p in [root, *descendants_of(root)] if _proc_comm(p) == "sshd"]
+        targets = [p for root in roots for p in [root, *descendants_of(root)] if _proc_comm(p) == self.SESSION_COMM]
         for p in targets:
             _signal(p, sig)
         wait_until(lambda: not any(pid_alive(p) for p in targets), timeout, what="sessions killed")
@@ -620,7 +682,7 @@ class SshdHost:
         """Generate a new host key (a "changed host key" scenario); returns the new known_hosts
         line. The fleet's known_hosts keeps the old key on purpose."""
         for key in self.host_key_paths:
-            generate_key(key, comment=f"{self.name}-hostkey-replaced")
+            self.generate_host_key(key, f"{self.name}-hostkey-replaced")
         if restart and self.running:
             self.restart()
         return self.host_key_line()
@@ -730,6 +792,7 @@ class Fleet:
         encrypted_key_passphrase: Optional[str] = None,
         sftp: bool = True,
         name_prefix: str = "host",
+        shell_rc: Optional[str] = None,
     ) -> None:
         if not 1 <= count <= 250:
             raise ValueError("count must be between 1 and 250 (127.0.0.2 .. 127.0.0.251)")
@@ -745,6 +808,7 @@ class Fleet:
         self.dir = short_tempdir("hf-")
         self._tmp_path = Path(tmp_path) if tmp_path is not None else None
         self.hosts: List[SshdHost] = []
+        self.shell_rc = shell_rc
         try:
             self._setup(count, extra_config, per_host_config, encrypted_key_passphrase, sftp, name_prefix)
         except BaseException:
@@ -781,7 +845,7 @@ class Fleet:
         for i in range(count):
             name = f"{name_prefix}{i + 1}"
             self.hosts.append(
-                SshdHost(
+                self.new_host(
                     name=name,
                     address=f"127.0.0.{i + 2}",
                     workdir=self.dir / name,
@@ -789,10 +853,15 @@ class Fleet:
                     authorized_keys=self.authorized_keys,
                     extra_config=merge_config(extra_config, per_host_config.pop(name, ())),
                     sftp=sftp,
+                    shell_rc=self.shell_rc,
                 )
             )
         if per_host_config:
             raise ValueError(f"per_host_config names unknown hosts: {sorted(per_host_config)}")
+
+    def new_host(self, **kwargs: object) -> SshdHost:
+        """One host of the fleet (a subclass may serve it with another SSH server)."""
+        return SshdHost(**kwargs)  # type: ignore[arg-type]
 
     def __enter__(self) -> Fleet:
         self.start()
@@ -893,3 +962,32 @@ class Fleet:
 
     def __repr__(self) -> str:
         return f"Fleet({[h.name for h in self.hosts]}, dir={self.dir})"
+
+
+def started_fleets(
+    tmp_path: Path, fleet_class: Callable[..., Fleet] = Fleet, prefix: str = "fleet", **defaults: object
+) -> Iterator[Callable[..., Fleet]]:
+    """Body of a fleet-factory fixture: ``factory(count=5, **kwargs)`` starts a fleet of
+    ``fleet_class`` (``defaults`` under ``kwargs``); teardown stops and removes every one,
+    keeping their logs in ``tmp_path``."""
+    import pytest
+
+    fleets: List[Fleet] = []
+
+    def factory(**kwargs: object) -> Fleet:
+        fleet = fleet_class(tmp_path / f"{prefix}{len(fleets)}", **{"count": 5, **defaults, **kwargs})
+        fleets.append(fleet)
+        fleet.start()
+        return fleet
+
+    try:
+        yield factory
+    finally:
+        errors = []
+        for fleet in reversed(fleets):
+            try:
+                fleet.cleanup()
+            except Exception as exc:
+                errors.append(repr(exc))
+        if errors:
+            pytest.fail(f"{prefix} teardown failed: " + "; ".join(errors))

@@ -144,7 +144,7 @@ def test_a_prompt_that_never_matches_times_out(fleet1, make_runner, tmp_path, po
         "ansible_pooled_ssh_timeout": 3})
     run = make_runner(fleet1).run_json(ID_PLAY, inventory)
     res = run.task("host1", "whoami")
-    assert res.get("failed") and not res.get("unreachable"), res
+    assert res.get("unreachable"), res  # as with the ssh plugin (tests/integration/test_become_semantics.py)
     assert "timed out waiting for privilege escalation prompt" in res["msg"], res
     assert "Say it:" in res["msg"]
     # The pool is fine afterwards: the abandoned channel was closed, the transport reused.

@@ -8,6 +8,8 @@ dropped and replaced; nothing has run yet, so trying again is safe.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
 import paramiko
@@ -23,6 +25,8 @@ from .spare import claim_spare, prime_spare
 if TYPE_CHECKING:
     from .session import Binding, Session
 
+log = logging.getLogger("pooled_ssh.daemon")
+
 T = TypeVar("T")
 Opener = Callable[[PooledTransport], T]
 
@@ -33,13 +37,60 @@ def _refused(binding: Binding, lease: Lease[PooledTransport], error: BaseExcepti
     return PoolError(f"{binding.spec.where}: the server refused the request ({error})", kind=ErrorKind.REFUSED)
 
 
+#: Waits before opening again on the same transport after a refusal that was not the server's
+#: limit: the server frees a closed session's slot only once its process (sftp-server...) exited.
+FREED_SLOT_WAITS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
+def _refusal(pt: PooledTransport, error: BaseException) -> bool:
+    return pt.is_active() and (isinstance(error, paramiko.ChannelException)
+                               or classify(error) is ParamikoText.CHANNEL_REFUSED)
+
+
+def _drop_spare(pt: PooledTransport) -> bool:
+    with pt.spare_lock:
+        spare, pt.spare = pt.spare, None
+    if spare is None:
+        return False
+    spare.channel.close()
+    return True
+
+
+def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) -> T:
+    """Open; when the server refuses and the refusal cannot be its limit (this request is the only
+    one using the transport, or what the transport kept open for later holds the sessions: its
+    SFTP session, its spare channel), free what it kept and open again on the same transport
+    after bounded waits. With MaxSessions 1 the transport is then never given up for a refusal."""
+    pt = lease.conn
+    try:
+        return opener(pt)
+    except paramiko.SSHException as e:  # ChannelException included
+        if not _refusal(pt, e):
+            raise
+        freed = pt.close_idle_sftp() | _drop_spare(pt)
+        if freed:
+            pt.sessions_tight = True
+            with pt.spare_lock:
+                pt.spare_off = True
+        if not freed and lease.entry.in_use > 1:
+            raise  # others hold channels: this is the server's MaxSessions, the pool learns it
+    for wait in FREED_SLOT_WAITS:
+        time.sleep(wait)
+        try:
+            return opener(pt)
+        except paramiko.SSHException as e:
+            if not _refusal(pt, e):
+                raise
+    return opener(pt)  # refused again: the usual policy decides
+
+
 def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTransport], T]:
     """Lease a transport and open a channel on it, moving on when the server says no."""
     last: Optional[Exception] = None
     for _attempt in range(6):
         lease = binding.lease()
         try:
-            return lease, opener(lease.conn)
+            return lease, _open_on_same_transport(lease, opener)
         except paramiko.ChannelException as e:
             last = e
             lease.release(refused=True)
@@ -59,6 +110,10 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
             if lease.conn.is_active():
                 raise _refused(binding, lease, e) from None
             lease.release(broken=True)
+        except BaseException:
+            # Whatever else the opener raised (an SFTP session that cannot start...): the lease goes back.
+            lease.release(broken=not lease.conn.is_active())
+            raise
     raise PoolError(f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
                     kind=ErrorKind.CONNECT)
 
@@ -106,8 +161,8 @@ class _Starter:
             chan = pt.open_channel(CHANNEL_TIMEOUT)
         try:
             chan.settimeout(CHANNEL_TIMEOUT)
-            if req.pty:
-                chan.get_pty(term=req.term or "vt100", width=req.width, height=req.height)
+            if req.pty and not pt.pty_refused:
+                chan = self._pty(pt, chan)
             chan.settimeout(None)
             # The input follows the exec request at once, as OpenSSH does; the reply is read later.
             send_exec(chan, req.cmd)
@@ -124,6 +179,24 @@ class _Starter:
             raise
         self.from_spare.append(spare)
         return chan
+
+    def _pty(self, pt: PooledTransport, chan: paramiko.Channel) -> paramiko.Channel:
+        """Ask for a pty; a server that refuses one (PermitTTY no) closes the channel: run this and
+        every later command on the transport without one, on a fresh channel, as ssh -t would not."""
+        req = self.req
+        try:
+            chan.get_pty(term=req.term or "vt100", width=req.width, height=req.height)
+            return chan
+        except paramiko.SSHException:
+            if not pt.is_active():
+                raise
+        chan.close()
+        pt.pty_refused = True
+        log.info("%s: the server refused a pty (PermitTTY no?); commands on this transport run without one",
+                 pt.label)
+        fresh = pt.open_channel(CHANNEL_TIMEOUT)
+        fresh.settimeout(CHANNEL_TIMEOUT)
+        return fresh
 
 
 def _start(binding: Binding, starter: _Starter) -> Tuple[Lease[PooledTransport], paramiko.Channel]:

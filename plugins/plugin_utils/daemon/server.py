@@ -33,6 +33,7 @@ import paramiko
 from .._client import check_pool_dir
 from ..pool import Pool
 from ..ssh.connect import Connector
+from ..ssh.paramiko_text import ParamikoLogFilter
 from ..ssh.transport import PooledTransport
 from ..wire import frames
 from .jump import JumpOpener
@@ -190,6 +191,7 @@ def setup_logging(pool_dir: str, level: str) -> None:
     handler = logging.handlers.RotatingFileHandler(
         os.path.join(pool_dir, LOG_NAME), maxBytes=1024 * 1024, backupCount=3)
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ParamikoLogFilter(debug=level.lower() == "debug"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

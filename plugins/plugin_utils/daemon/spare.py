@@ -27,6 +27,23 @@ SFTP_WINDOW = 8 * 1024 * 1024
 SFTP_PACKET = 32768
 
 
+#: Dropbear before this release kills the whole connection ("Unknown channel") when a channel
+#: opened before a child exited is used after it, and closes channels early: no spares for it.
+DROPBEAR_FIXED = (2024, 86)
+
+
+def spares_unsafe(banner: str) -> bool:
+    """Whether the server's identification names a server known to break pre-opened channels."""
+    name, _, version = (banner or "").partition("_")
+    if not name.lower().endswith("dropbear"):
+        return False
+    try:
+        parts = tuple(int(p) for p in version.split()[0].split(".")[:2])
+    except (ValueError, IndexError):
+        return True  # an unreadable Dropbear version: take no risk
+    return parts < DROPBEAR_FIXED
+
+
 def claim_spare(pt: PooledTransport) -> Optional[paramiko.Channel]:
     """The transport's spare session channel (waiting for one being opened), or None."""
     with pt.spare_lock:
@@ -38,7 +55,13 @@ def claim_spare(pt: PooledTransport) -> Optional[paramiko.Channel]:
     if spare is None:
         return None
     chan = spare.channel
-    if chan.closed or not chan.active or time.monotonic() - spare.born > SPARE_MAX_AGE or not pt.is_active():
+    if chan.closed or not chan.active:
+        # The server closed a channel nobody used: it closes them early; no more spares here.
+        with pt.spare_lock:
+            pt.spare_off = True
+        chan.close()
+        return None
+    if time.monotonic() - spare.born > SPARE_MAX_AGE or not pt.is_active():
         chan.close()
         return None
     return chan
@@ -48,6 +71,8 @@ def prime_spare(lease: Lease[PooledTransport]) -> None:
     """Open a spare session channel on the lease's transport in the background, when there is room."""
     pt, entry = lease.conn, lease.entry
     with pt.spare_lock:
+        if not pt.spare_off and spares_unsafe(pt.transport.remote_version):
+            pt.spare_off = True
         if (pt.spare is not None or pt.spare_pending is not None or pt.spare_off
                 or entry.in_use + 2 > entry.max_channels or not entry.usable):
             return

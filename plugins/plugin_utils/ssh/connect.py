@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import paramiko
 
-from .. import _known_hosts
+from .. import _host_certs, _known_hosts
 from ..errors import ErrorKind, PoolError
 from ..pool.settings import PoolKey, PoolSettings
 from ..wire.spec import ConnectionSpec
+from . import negotiation
 from .auth import authenticate, fail
 from .limiter import HandshakeLimiter
 from .paramiko_text import ParamikoText, classify
@@ -214,7 +215,7 @@ class Connector:
             transport.channel_timeout = CHANNEL_TIMEOUT
             name = _known_hosts.host_name(spec.addr, spec.port)
             known = _known_hosts.load(spec.known_hosts_files)
-            _prefer_known_key_types(transport, spec, known, name)
+            _prefer_key_types(transport, spec, known, name)
             _start(transport, spec, timeout)
             verified = verify_host_key(transport, spec, name, known)
             authenticate(transport, spec)
@@ -249,15 +250,26 @@ def _tcp_socket(spec: ConnectionSpec, timeout: float) -> socket.socket:
     return sock
 
 
-def _prefer_known_key_types(transport: paramiko.Transport, spec: ConnectionSpec,
-                            known: List[_known_hosts.KnownHost], name: str) -> None:
-    """Ask first for the host key types known_hosts has for this server, as OpenSSH does."""
+def _prefer_key_types(transport: paramiko.Transport, spec: ConnectionSpec,
+                      known: List[_known_hosts.KnownHost], name: str) -> None:
+    """Ask first for what known_hosts can vouch for, as OpenSSH does: host certificates where a CA
+    is trusted for this server, then the key types it has for it."""
+    if not spec.host_key_checking:
+        return
     preferred = _known_hosts.known_types(known, name)
-    if preferred and spec.host_key_checking:
-        options = transport.get_security_options()
-        ordered = [t for t in options.key_types if t in preferred or
-                   (t.startswith("rsa-sha2") and "ssh-rsa" in preferred)]
-        options.key_types = ordered + [t for t in options.key_types if t not in ordered]
+    certificates = _host_certs.prefers_certificates(known, name)
+    if not preferred and not certificates:
+        return
+    options = transport.get_security_options()
+    plain = [t for t in options.key_types if not _host_certs.is_certificate_type(t)]
+    ordered = [t for t in plain if t in preferred or (t.startswith("rsa-sha2") and "ssh-rsa" in preferred)]
+    rest = [t for t in plain if t not in ordered]
+    # Paramiko offers a certificate type after every plain one; naming them first puts them first.
+    front: List[str] = []
+    if certificates:
+        offered = transport.preferred_keys  # Paramiko's plain types, then a certificate type for each
+        front = [t for t in _host_certs.certificate_types(ordered + rest) if t in offered]
+    options.key_types = front + ordered + rest
 
 
 def _start(transport: paramiko.Transport, spec: ConnectionSpec, timeout: float) -> None:
@@ -271,6 +283,9 @@ def _start(transport: paramiko.Transport, spec: ConnectionSpec, timeout: float) 
                 raise _Dropped(str(e)) from None
             raise fail(spec, f"no SSH banner within {transport.banner_timeout:g}s",
                        "the port answers but is not a responsive sshd; check ansible_port") from None
+        kind = negotiation.kind_of(str(e))
+        if kind is not None:
+            raise _incompatible(transport, spec, kind, timeout) from None
         raise fail(spec, f"SSH negotiation failed ({e})", "check the server's algorithms and logs") from None
     except (EOFError, OSError) as e:
         raise _Dropped(repr(e)) from None
@@ -279,31 +294,72 @@ def _start(transport: paramiko.Transport, spec: ConnectionSpec, timeout: float) 
                    "check the network, or raise timeout")
 
 
+def _offered_certificate(transport: paramiko.Transport, server_key: paramiko.PKey) -> Optional[bytes]:
+    """The host certificate the server proved it holds, when it offered one."""
+    if not _host_certs.is_certificate_type(transport.host_key_type or ""):
+        return None
+    blob = getattr(server_key, "public_blob", None)
+    return getattr(blob, "key_blob", None)
+
+
+def _incompatible(transport: paramiko.Transport, spec: ConnectionSpec, kind: negotiation.Kind,
+                  timeout: float) -> PoolError:
+    """No algorithm of a kind in common: name both sides (the server's offer is read again on a
+    direct connection; through a proxy or jump host it is not)."""
+    offer = None
+    if not spec.proxy_command and not spec.proxy_jump:
+        offer = negotiation.server_offer(spec.addr, spec.port, min(timeout, 10.0))
+    options = transport.get_security_options()
+    supported = {negotiation.Kind.KEX: options.kex, negotiation.Kind.HOST_KEY: transport.preferred_keys,
+                 negotiation.Kind.CIPHER: options.ciphers, negotiation.Kind.MAC: options.digests,
+                 negotiation.Kind.COMPRESSION: options.compression}[kind]
+    detail = negotiation.explain(kind, offer.get(kind.field) if offer else None, list(supported),
+                                 paramiko.__version__)
+    return fail(spec, f"SSH negotiation failed: {detail}",
+                "this is a Paramiko limitation: use ansible_connection=ssh for this host, or enable one of "
+                "those algorithms on the server")
+
+
 def verify_host_key(transport: paramiko.Transport, spec: ConnectionSpec, name: str,
                     known: List[_known_hosts.KnownHost]) -> bool:
-    """Check the server's key before any credential is sent; True when known_hosts vouched for it."""
+    """Check the server's key (or host certificate) before any credential is sent; True when
+    known_hosts vouched for it."""
     server_key = transport.get_remote_server_key()
     keytype, blob = server_key.get_name(), server_key.get_base64()
     if not spec.host_key_checking:
         return False
-    verdict = _known_hosts.verify(known, name, keytype, blob)
+    cert_blob = _offered_certificate(transport, server_key)
+    verdict, cert = _host_certs.verify_offer(known, name, [spec.addr], keytype, blob, cert_blob)
     offered = f"{keytype} {_known_hosts.fingerprint(blob)}"
-    if verdict.status == "known":
+    if verdict.status is _known_hosts.Status.KNOWN:
+        if cert is not None and cert.cert is not None and cert.status is _host_certs.CertStatus.ACCEPTED:
+            log.info("%s: host certificate %s accepted (CA at %s)", spec.where, cert.cert.describe(),
+                     cert.entry.where if cert.entry else "?")
         return True
     entry = verdict.entry
-    if verdict.status == "revoked" and entry is not None:
-        raise fail(spec, f"host key {offered} is marked @revoked in {entry.path}:{entry.lineno}",
-                   "the server's key was revoked: do not connect", ErrorKind.HOSTKEY)
-    if verdict.status == "changed" and entry is not None:
+    if verdict.status is _known_hosts.Status.REVOKED and entry is not None:
+        what = f"host certificate {cert.cert.describe()}: {cert.reason}" if cert and cert.cert else \
+            f"host key {offered} is marked @revoked in {entry.where}"
+        raise fail(spec, what, "the server's key or its CA was revoked: do not connect", ErrorKind.HOSTKEY)
+    if verdict.status is _known_hosts.Status.CHANGED and entry is not None:
         raise fail(spec, f"REMOTE HOST IDENTIFICATION HAS CHANGED: the server offers {offered} but "
-                   f"{entry.path}:{entry.lineno} has {entry.keytype} {_known_hosts.fingerprint(entry.key)}",
+                   f"{entry.where} has {entry.keytype} {_known_hosts.fingerprint(entry.key)}",
                    f"if the change is expected, remove that line (ssh-keygen -R '{name}') and reconnect",
                    ErrorKind.HOSTKEY)
+    if cert is not None and cert.cert is not None and cert.status is _host_certs.CertStatus.INVALID:
+        # A CA is trusted for this host and its certificate failed: never fall back to learning the key.
+        raise fail(spec, f"host certificate refused: {cert.reason} ({cert.cert.describe()}, CA trusted at "
+                   f"{cert.entry.where if cert.entry else '?'})",
+                   "renew or re-sign the host's certificate (ssh-keygen -s ... -h -n <name>)", ErrorKind.HOSTKEY)
     if spec.host_key_auto_add:
         files = spec.known_hosts_files
         if spec.record_host_keys and files and _known_hosts.record(files[0], name, keytype, blob):
             log.info("recorded host key %s for %s in %s", offered, name, files[0])
         return False
+    if cert is not None and cert.cert is not None:
+        raise fail(spec, f"host certificate not trusted: {cert.reason}",
+                   f"add its CA as '@cert-authority {name} <CA public key>' to known_hosts, or the host key "
+                   f"(ssh-keyscan -p {spec.port} {spec.addr})", ErrorKind.HOSTKEY)
     raise fail(spec, f"host key is unknown ({offered})",
                f"verify it and add it to known_hosts (ssh-keyscan -p {spec.port} {spec.addr}), "
                "or set host_key_auto_add=true", ErrorKind.HOSTKEY)

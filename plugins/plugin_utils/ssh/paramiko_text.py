@@ -9,7 +9,10 @@ not somewhere in the daemon's control flow.
 
 from __future__ import annotations
 
+import logging
+import threading
 from enum import Enum
+from typing import Dict
 
 
 class ParamikoText(Enum):
@@ -45,3 +48,33 @@ def classify(error: BaseException) -> ParamikoText:
         if meaning.value in text:
             return meaning
     return ParamikoText.OTHER
+
+
+class ParamikoLogFilter(logging.Filter):
+    """One line per Paramiko failure at the default level.
+
+    Paramiko's transport thread logs an exception as ``Exception (client): …`` followed by a
+    traceback, one record per line, at ERROR. The first line stays; the traceback goes to DEBUG
+    (dropped unless the daemon logs at debug)."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+        self._in_traceback: Dict[int, bool] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("paramiko"):
+            return True
+        text = record.getMessage()
+        thread = record.thread or 0
+        with self._lock:
+            inside = self._in_traceback.get(thread, False)
+            if text.startswith("Traceback (most recent call last)"):
+                self._in_traceback[thread] = True
+                return self.debug
+            if inside:
+                if not text[:1].isspace():
+                    self._in_traceback.pop(thread, None)  # the exception's own line ends it
+                return self.debug
+        return True

@@ -6,9 +6,11 @@ Every field the daemon needs is declared here; nothing is ever set on Paramiko's
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, List, Optional, Protocol
 
 import paramiko
@@ -58,6 +60,16 @@ class PooledTransport:
         self.spare: Optional[Spare] = None
         self.spare_pending: Optional[threading.Event] = None
         self.spare_off = False
+        #: The SFTP session kept for the next transfer (see daemon/transfer.py), and why transfers
+        #: go through cat instead when SFTP cannot work here (a ``NoSftp``). Guarded by ``sftp_lock``.
+        self.sftp_lock = threading.Lock()
+        self.sftp: Optional[paramiko.SFTPClient] = None
+        self.no_sftp: Optional[Enum] = None
+        #: The server refused a channel while this transport held sessions open for later (its SFTP
+        #: session, a spare): from then on it keeps neither.
+        self.sessions_tight = False
+        #: The server refused a pty on this transport (PermitTTY no): commands run without one.
+        self.pty_refused = False
 
     def is_active(self) -> bool:
         return self.transport.is_active()
@@ -93,6 +105,17 @@ class PooledTransport:
         if alive:
             self.last_reply = time.monotonic()
         return alive
+
+    def close_idle_sftp(self) -> bool:
+        """Close the SFTP session kept for the next transfer, freeing its server session (the
+        server refused a channel: it allows fewer sessions than the pool thought)."""
+        with self.sftp_lock:
+            sftp, self.sftp = self.sftp, None
+        if sftp is None:
+            return False
+        with contextlib.suppress(Exception):
+            sftp.close()
+        return True
 
     def lost_suffix(self) -> str:
         """" (why)" when the daemon itself gave up on this transport (keepalives), else ""."""

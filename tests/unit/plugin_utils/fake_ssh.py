@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import paramiko
 
@@ -114,6 +114,10 @@ class FakeChannel:
 
     def settimeout(self, timeout: Optional[float]) -> None:
         self.timeout = timeout
+
+    def invoke_subsystem(self, name: str) -> None:
+        if name != "sftp" or self.transport.server.sftp_root is None:
+            raise paramiko.SSHException("subsystem request failed")  # no SFTP subsystem: the channel lives on
 
     def get_pty(self, term: str = "vt100", width: int = 80, height: int = 24) -> None:
         self.pty = (term, width, height)
@@ -220,6 +224,8 @@ class FakeChannel:
 class FakeTransport:
     """The subset of ``paramiko.Transport`` the daemon uses."""
 
+    remote_version = "SSH-2.0-OpenSSH_9.2p1 fake"
+
     def __init__(self, server: FakeServer) -> None:
         self.server = server
         self.active = True
@@ -287,10 +293,15 @@ class FakeTransport:
 class FakeSFTP:
     """The subset of ``paramiko.SFTPClient`` the daemon uses, over a directory standing for the remote side."""
 
-    def __init__(self, transport: FakeTransport) -> None:
-        self.transport = transport
-        self.server = transport.server
+    def __init__(self, over: Union[FakeTransport, FakeChannel]) -> None:
+        """Over a channel whose sftp subsystem started (as ``SFTPClient(chan)``), or a transport."""
+        self.channel = over if isinstance(over, FakeChannel) else None
+        self.transport = over.get_transport() if isinstance(over, FakeChannel) else over
+        self.server = self.transport.server
         self.closed = False
+
+    def get_channel(self) -> Optional[FakeChannel]:
+        return self.channel
 
     def _copy(self, source: str, dest: str) -> None:
         cut = self.server.cut_after
@@ -328,6 +339,8 @@ class FakeSFTP:
 
     def close(self) -> None:
         self.closed = True
+        if self.channel is not None:
+            self.channel.close()
 
     @classmethod
     def from_transport(cls, transport: FakeTransport, window_size: Optional[int] = None,

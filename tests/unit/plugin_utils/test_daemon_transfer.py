@@ -23,7 +23,7 @@ def sh(cmd: str, stdin: bytes) -> Tuple[bytes, bytes, int]:
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
-    monkeypatch.setattr(paramiko.SFTPClient, "from_transport", FakeSFTP.from_transport)
+    monkeypatch.setattr(paramiko, "SFTPClient", FakeSFTP)
     remote = tmp_path / "remote"
     remote.mkdir()
     return FakeServer(handler=sh, sftp_root=remote, immediate=lambda cmd: not cmd.startswith("cat >"))
@@ -133,5 +133,5 @@ def test_a_failed_cat_fetch_leaves_nothing(worker: Worker, server: FakeServer, t
     server.sftp_root = None
     local = tmp_path / "out"
     reply = transfer(worker, "fetch", local, tmp_path / "does-not-exist")
-    assert reply["kind"] == "file" and "cat exited 1" in reply["msg"], reply
+    assert reply["kind"] == "file" and "does not exist or cannot be read" in reply["msg"], reply
     assert not local.exists() and leftovers(tmp_path) == []

@@ -62,6 +62,9 @@ class FakeHandshake:
         self.auth_handler = type("AuthHandler", (), {"password": None, "private_key": None,
                                                      "interactive_handler": None})()
         self.options = type("Options", (), {"key_types": ["ssh-ed25519", "ssh-rsa", "rsa-sha2-512"]})()
+        self.preferred_keys = ("ssh-ed25519", "rsa-sha2-512", "ssh-ed25519-cert-v01@openssh.com",
+                               "rsa-sha2-512-cert-v01@openssh.com")
+        self.host_key_type: Optional[str] = None  # the negotiated algorithm: a plain key here
 
     def get_security_options(self) -> Any:
         return self.options
