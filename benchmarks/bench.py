@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Compare pooled_ssh with the other ways Ansible reaches hosts, on real sshd daemons.
 
@@ -182,7 +181,7 @@ class Lab:
         self.payloads.mkdir()
         for name, size in (("1m.bin", 1 << 20), ("100m.bin", 100 << 20)):
             with open(self.payloads / name, "wb") as f:
-                for _ in range(size // (1 << 20)):
+                for _mib in range(size // (1 << 20)):
                     f.write(os.urandom(1 << 20))
 
     def set_rtt(self, rtt: float) -> None:
@@ -605,7 +604,7 @@ def by_rtt(results: Dict[float, List[Row]]) -> str:
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("--rtt", type=float, nargs="+", help="round-trip latencies in ms (default 50)")
     p.add_argument("--runs", type=int, help="runs of each connection per scenario (default: 5 for diag7, 2 others)")
     p.add_argument("--scenario", nargs="+", choices=SCENARIOS, help=f"default: all ({', '.join(SCENARIOS)})")

@@ -115,7 +115,7 @@ def inventory(path: Path, fleet: Fleet, names: int) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=200, help="inventory hosts")
     parser.add_argument("--sshd", type=int, default=4, help="real sshd daemons the hosts are spread over")
     parser.add_argument("--forks", type=int, default=50)
@@ -147,7 +147,7 @@ def main() -> int:
         accepted = {h.name: h.accepted_count("publickey") for h in fleet}
         stats = subprocess.run(
             [sys.executable, "-m", "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli",
-             "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True, text=True, timeout=60,
+             "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True, text=True, timeout=60, check=False,
             env=dict(os.environ, PYTHONPATH=str(work / "collections")))
         import json
 

@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _median_ms(fn: Callable[[], None], count: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
+    for _warm in range(warmup):
         fn()
     samples = []
-    for _ in range(count):
+    for _sample in range(count):
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
@@ -50,7 +50,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _options as opts
 
     options = _options(host, key, known_hosts)
-    spec = opts.connection_spec(lambda name: options.get(name), host.name, environ={})
+    spec = opts.connection_spec(options.get, host.name, environ={})
     message = {"conn": spec, "pool": {}, "cmd": "true", "pty": False}
     pool_dir = base / "micro-pool"
     pool_dir.mkdir(mode=0o700, exist_ok=True)
@@ -75,7 +75,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
             finally:
                 fresh.close()
 
-        warm_new = _median_ms(lambda: new_client(), count // 2)
+        warm_new = _median_ms(new_client, count // 2)
     finally:
         client.close()
 

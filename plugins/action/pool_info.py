@@ -28,7 +28,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         pool_dir = pool_dir_path(args["pool_dir"] or os.environ.get("ANSIBLE_POOLED_SSH_POOL_DIR"))
         client = PoolClient(pool_dir, spawn=False)
         try:

@@ -12,7 +12,7 @@ description:
   - The numbers are this playbook's share, the difference between the daemon's counters at the start and at the
     end, so they agree with the sshd logs (misses are authentications) even when the pool is shared.
   - Optionally writes the same data as JSON.
-author: healer.pooled_ssh maintainers
+author: healer.pooled_ssh maintainers (@healer)
 version_added: 0.1.0
 requirements:
   - enable in C(callbacks_enabled) (ansible.cfg) or C(ANSIBLE_CALLBACKS_ENABLED=healer.pooled_ssh.pool_stats)

@@ -1,7 +1,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The checks of healer_diagnose.
 
-A check is a function ``check(ctx) -> dict`` returning ``state``, ``summary``, ``values``,
+A check is a function ``check(ctx) -> dict`` returning ``state``, ``summary``, ``measured``,
 ``perfdata`` (a list of items) and optionally ``metrics`` (``(name, value, labels)`` tuples).
 It reads the host only through ``ctx.system``. It raises :class:`Skip` when it cannot run
 here; any other exception is turned into ``unknown`` by the runner.
@@ -102,7 +102,7 @@ def _result(
     perf: Optional[List[str]] = None,
     metrics: Optional[List[Tuple[str, float, Dict[str, str]]]] = None,
 ) -> Dict[str, Any]:
-    return {"state": state, "summary": summary, "values": values, "perfdata": perf or [], "metrics": metrics or []}
+    return {"state": state, "summary": summary, "measured": values, "perfdata": perf or [], "metrics": metrics or []}
 
 
 def human_bytes(count: float) -> str:
@@ -518,7 +518,7 @@ def listening_ports(system: System) -> Optional[set]:
         except OSError:
             continue
         found = True
-        ports.update(port for _, port in parse_listening_ports(text))
+        ports.update(port for _address, port in parse_listening_ports(text))
     return ports if found else None
 
 

@@ -170,7 +170,7 @@ def _number(value: Any, name: str, positive: bool = True) -> float:
         number = float(value)
     except ValueError:
         raise ParamError(f"{name}: expected a number, got {value!r}") from None
-    if positive and not number > 0:
+    if positive and number <= 0:
         raise ParamError(f"{name}: must be greater than 0, got {value!r}")
     return number
 
@@ -298,7 +298,7 @@ def check_options(check: str, raw: Any, name: str) -> Dict[str, Any]:
             raise ParamError(f"{name}.{key}: unknown option (expected one of: {allowed})")
         if raw[key] is not None:
             result[key] = _option(schema[key][0], raw[key], name if shorthand else f"{name}.{key}")
-    for key, (_, default) in schema.items():
+    for key, (_kind, default) in schema.items():
         if key not in result and default is not None:
             result[key] = default
     required = REQUIRED.get(check)

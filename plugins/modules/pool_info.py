@@ -12,7 +12,8 @@ description:
   - Returns the daemon's statistics (the origin's counters overall and per inventory host) and its live
     transports. With O(flush) closes one host's transports (or all); with O(stop) stops the daemon.
   - When no daemon runs, returns C(running=false) and empty statistics; it never starts one.
-author: healer.pooled_ssh maintainers
+author: healer.pooled_ssh maintainers (@healer)
+extends_documentation_fragment: [ansible.builtin.action_common_attributes]
 options:
   pool_dir:
     description:
