@@ -168,7 +168,7 @@ class Lab:
         # Clients reach the proxies, so known_hosts names the hosts' keys under the proxies' addresses.
         self.known_hosts = self.base / "known_hosts"
         lines = []
-        for host, proxy in zip(self.fleet, self.proxies):
+        for host, proxy in zip(self.fleet, self.proxies, strict=True):
             for line in host.host_key_line().splitlines():
                 keytype, blob = line.split()[1:3]
                 lines.append(f"[{proxy.address}]:{proxy.port} {keytype} {blob}\n")
@@ -220,7 +220,7 @@ class Lab:
         groups = {"one": 1, "five": 5, "twenty": 20, "fleet": self.hosts}
         for group, count in groups.items():
             lines += [f"    {group}:", "      hosts:"]
-            for host, proxy in list(zip(self.fleet, self.proxies))[:count]:
+            for host, proxy in list(zip(self.fleet, self.proxies, strict=True))[:count]:
                 lines += [f"        {host.name}:",
                           f"          ansible_host: {proxy.address}",
                           f"          ansible_port: {proxy.port}",

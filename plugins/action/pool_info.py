@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
@@ -26,8 +27,8 @@ class ActionModule(ActionBase):
     _requires_connection = False
     _supports_check_mode = True
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = super().run(tmp, task_vars)
         _spec, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         pool_dir = pool_dir_path(args["pool_dir"] or os.environ.get("ANSIBLE_POOLED_SSH_POOL_DIR"))
         client = PoolClient(pool_dir, spawn=False)
@@ -41,7 +42,7 @@ class ActionModule(ActionBase):
             client.close()
         return result
 
-    def _run(self, client: PoolClient, args: dict) -> dict:
+    def _run(self, client: PoolClient, args: dict[str, Any]) -> dict[str, Any]:
         status = client.call({"op": "status"})
         out = {"running": True, "daemon": status["daemon"], "stats": status["stats"],
                "transports": status["transports"], "changed": False}

@@ -38,6 +38,7 @@ options:
 
 import json
 import os
+from typing import Any
 
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
@@ -55,11 +56,11 @@ class CallbackModule(CallbackBase):
     CALLBACK_NAME = "healer.pooled_ssh.pool_stats"
     CALLBACK_NEEDS_ENABLED = True
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._before: dict = {}
+        self._before: dict[str, Any] = {}
 
-    def _read(self) -> dict:
+    def _read(self) -> dict[str, Any]:
         client = PoolClient(pool_dir_path(self.get_option("pool_dir")), spawn=False)
         try:
             reply = client.call({"op": "stats"})
@@ -70,10 +71,10 @@ class CallbackModule(CallbackBase):
         reply.pop("t", None)
         return reply
 
-    def v2_playbook_on_start(self, playbook) -> None:
+    def v2_playbook_on_start(self, playbook: Any) -> None:
         self._before = self._read()
 
-    def v2_playbook_on_stats(self, stats) -> None:
+    def v2_playbook_on_stats(self, stats: Any) -> None:
         data = delta(self._before, self._read())
         self._display.banner("POOLED SSH")
         for line in render_table(data, TABLE_COLUMNS).splitlines():

@@ -203,7 +203,7 @@ def _port(value: Any, name: str) -> Dict[str, Any]:
             raise ParamError(f"{name}: unknown key {unknown[0]!r} (expected port and optional host)")
         if "port" not in value:
             raise ParamError(f"{name}: port is required")
-        target = {"port": _port_number(value["port"], name + ".port")}
+        target: Dict[str, Any] = {"port": _port_number(value["port"], name + ".port")}
         if value.get("host") is not None:
             if not isinstance(value["host"], str) or not value["host"]:
                 raise ParamError(f"{name}.host: expected a host name or address")

@@ -204,7 +204,9 @@ def parse_mountinfo(text: str) -> List[Dict[str, Any]]:
     return mounts
 
 
-def real_filesystems(mounts: List[Dict[str, Any]], exclude_fstypes: Any = (), exclude_mountpoints: Any = ()):
+def real_filesystems(
+    mounts: List[Dict[str, Any]], exclude_fstypes: Any = (), exclude_mountpoints: Any = ()
+) -> List[Dict[str, Any]]:
     """Mounts that hold data: pseudo filesystems dropped, except an overlay on ``/`` (containers).
 
     A mount point mounted over several times keeps its last (visible) entry.

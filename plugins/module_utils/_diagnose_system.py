@@ -199,7 +199,7 @@ class System:
 
     def resolve(self, name: str) -> List[str]:
         infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
-        return sorted({info[4][0] for info in infos})
+        return sorted({str(info[4][0]) for info in infos})
 
     def http_get(
         self,

@@ -562,7 +562,7 @@ def test_proxy_handles_50_concurrent_connections(proxy_to_echo: FaultProxy) -> N
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=exchange, args=(s, p)) for s, p in zip(socks, payloads)]
+        threads = [threading.Thread(target=exchange, args=(s, p)) for s, p in zip(socks, payloads, strict=True)]
         for t in threads:
             t.start()
         for t in threads:

@@ -163,6 +163,7 @@ def test_prometheus_parser_rejects_what_node_exporter_rejects():
 # --------------------------------------------------------------------------- the role
 
 
+@pytest.mark.compat
 def test_role_reports_every_host_and_check_through_the_pool(fleet, runner, tmp_path, collections_root, pool_dir):
     report = tmp_path / "report"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={
