@@ -38,13 +38,22 @@ def main() -> int:
     fleet = Fleet(work / "fleet", count=args.hosts)
     try:
         fleet.start()
-        print(f"started {len(fleet.hosts)} sshd hosts: " +
-              ", ".join(f"{h.name}={h.address}:{h.port}" for h in fleet.hosts), flush=True)
+        print(
+            f"started {len(fleet.hosts)} sshd hosts: "
+            + ", ".join(f"{h.name}={h.address}:{h.port}" for h in fleet.hosts),
+            flush=True,
+        )
         root = collections_root(work)
         runner = AnsibleRunner(work / "ansible", root, pool_dir, fleet.known_hosts)
         inventory = fleet.write_inventory(work / "inventory.yml")
-        command = [runner.executable("ansible-playbook"), "-i", str(inventory), str(HERE / "demo-playbook.yml"),
-                   "-e", f"diagnose_report_dir={report_dir}"]
+        command = [
+            runner.executable("ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(HERE / "demo-playbook.yml"),
+            "-e",
+            f"diagnose_report_dir={report_dir}",
+        ]
         env = runner.env()
         rc = 0
         for label in ("cold pool", "warm pool"):
