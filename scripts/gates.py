@@ -9,7 +9,7 @@ ignored) in a temporary directory, removed afterwards. Paths in findings are the
     gates.py mypy
     gates.py ansible-lint
     gates.py docs-lint
-    gates.py docs DEST_DIR --docs-venv VENV
+    gates.py docs DEST_DIR --docs-venv VENV                 # DEST_DIR/html/index.html
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -198,66 +199,67 @@ def docs_lint() -> int:
         return subprocess.run(cmd, cwd=tree, env=env, check=False).returncode
 
 
+ANSIBLE_DOCS = "https://docs.ansible.com/projects/ansible/devel/"
+# The ansible-core docs labels antsibull-docs' pages refer to, and where they are.
+_ANSIBLE_LABELS = {
+    "action_plugins": ("plugins/action.html#action-plugins", "Action plugins"),
+    "callback_plugins": ("plugins/callback.html#callback-plugins", "Callback plugins"),
+    "ansible_configuration_settings": ("reference_appendices/config.html", "Ansible Configuration Settings"),
+    "common_return_values": ("reference_appendices/common_return_values.html", "Return Values"),
+}
+_ENVVARS = (
+    "import sys, yaml, ansible.config, os; "
+    "base = yaml.safe_load(open(os.path.join(os.path.dirname(ansible.config.__file__), 'base.yml'))); "
+    "print('\\n'.join(sorted({e['name'] for d in base.values() if isinstance(d, dict) for e in d.get('env') or []})))"
+)
+
+
+def write_ansible_inventory(python: Path, path: Path) -> None:
+    """An intersphinx inventory of ansible-core's docs, made here instead of fetched.
+
+    It holds what the collection's pages link to: every ``ANSIBLE_*`` variable of ansible-core's
+    configuration (from its own ``base.yml``, on the configuration page) and a few labels.
+    """
+    names = subprocess.run([str(python), "-c", _ENVVARS], check=True, stdout=subprocess.PIPE, text=True).stdout
+    lines = [f"{name} std:envvar 1 reference_appendices/config.html#envvar-$ -" for name in names.split()]
+    lines += [f"{label} std:label -1 {uri} {title}" for label, (uri, title) in _ANSIBLE_LABELS.items()]
+    header = "# Sphinx inventory version 2\n# Project: Ansible\n# Version: devel\n"
+    header += "# The remainder of this file is compressed using zlib.\n"
+    path.write_bytes(header.encode() + zlib.compress(("\n".join(lines) + "\n").encode()))
+
+
 def docs(dest: Path, docs_venv: Path) -> int:
-    """The collection's HTML docs (antsibull-docs + Sphinx) into ``dest``; warnings are errors."""
-    bin_dir = docs_venv / "bin"
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    """The collection's HTML docs into ``dest``: antsibull-docs' own Sphinx site, warnings as errors.
+
+    The site is what ``antsibull-docs sphinx-init`` writes (the layout docs.ansible.com uses), built
+    by its ``build.sh``. Its links into ansible-core's docs resolve through a local inventory
+    (``write_ansible_inventory``): the published ones are on hosts other than the package index.
+    """
+    bin_dir = docs_venv.resolve() / "bin"
     with collection_copy() as tree:
-        env["ANSIBLE_COLLECTIONS_PATH"] = str(tree.parents[2])
-        site = tree.parents[2] / "site"
-        steps = [
-            [
-                str(bin_dir / "antsibull-docs"),
-                "sphinx-init",
-                "--use-current",
-                "--fail-on-error",
-                "--dest-dir",
-                str(site),
-                "--collection-url",
-                "https://github.com/healer/pooled_ssh",
-                f"{NAMESPACE}.{NAME}",
-            ],
-        ]
-        for cmd in steps:
-            rc = subprocess.run(cmd, env=env, check=False).returncode
-            if rc:
-                return rc
-        rst = site / "rst"
-        rst.mkdir(exist_ok=True)
-        rc = subprocess.run(
-            [
-                str(bin_dir / "antsibull-docs"),
-                "collection",
-                "--use-current",
-                "--fail-on-error",
-                "--dest-dir",
-                str(rst),
-                "--squash-hierarchy",
-                f"{NAMESPACE}.{NAME}",
-            ],
-            env=env,
-            check=False,
-        ).returncode
+        base = tree.parents[2]
+        site = base / "site"
+        site.mkdir(mode=0o700)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(base), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        init = [
+            str(bin_dir / "antsibull-docs"), "sphinx-init", "--use-current", "--squash-hierarchy", "--fail-on-error",
+            "--dest-dir", str(site), "--project", "healer.pooled_ssh", "--copyright", "healer.pooled_ssh maintainers",
+            "--title", "healer.pooled_ssh", "--html-short-title", "healer.pooled_ssh", f"{NAMESPACE}.{NAME}",
+        ]  # fmt: skip
+        rc = subprocess.run(init, env=env, check=False, stdout=subprocess.DEVNULL).returncode
+        if rc:
+            return rc
+        conf = site / "conf.py"
+        mapping = f"intersphinx_mapping = {{'ansible_devel': ({ANSIBLE_DOCS!r}, ('../ansible_devel.inv',))}}\n"
+        text = re.sub(r"(?ms)^intersphinx_mapping = \{.*?^\}\n", lambda _m: mapping, conf.read_text("utf-8"))
+        conf.write_text(text, encoding="utf-8")
+        write_ansible_inventory(bin_dir / "python", site / "ansible_devel.inv")
+        rc = subprocess.run(["bash", str(site / "build.sh")], cwd=site, env=env, check=False).returncode
         if rc:
             return rc
         shutil.rmtree(dest, ignore_errors=True)
-        rc = subprocess.run(
-            [
-                str(bin_dir / "sphinx-build"),
-                "-M",
-                "html",
-                str(rst),
-                str(dest),
-                "-W",
-                "--keep-going",
-                "-q",
-                "-c",
-                str(site),
-            ],
-            env=env,
-            check=False,
-        ).returncode
-        return rc
+        shutil.copytree(site / "build" / "html", dest / "html")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

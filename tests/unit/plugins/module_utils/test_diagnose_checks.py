@@ -32,7 +32,14 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_checks
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_config import Job
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_runner import execute
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_system import CommandResult, Skip
-from diagnose_fakes import FIXTURES, SYNCED, UNSYNCED, FixtureSystem, command, context
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import (
+    FIXTURES,
+    SYNCED,
+    UNSYNCED,
+    FixtureSystem,
+    command,
+    context,
+)
 
 DER_2026 = (FIXTURES / "certs" / "utctime.der").read_bytes()  # notAfter 2026-12-23T18:10:13Z
 

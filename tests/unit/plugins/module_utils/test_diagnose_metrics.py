@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_metrics import Metrics, collect
-from diagnose_fakes import SYNCED, FixtureSystem
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import SYNCED, FixtureSystem
 
 
 def gather(system):

@@ -24,7 +24,7 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_procfs
     parse_uptime,
     real_filesystems,
 )
-from diagnose_fakes import FIXTURES
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import FIXTURES
 
 
 def text(tree, relative):

@@ -72,7 +72,7 @@ def listener():
 
 
 def test_ports_on_this_machine(listener):
-    from diagnose_fakes import context
+    from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import context
 
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -118,7 +118,7 @@ def web():
 
 @pytest.mark.parametrize(("path", "state"), [("/200", "ok"), ("/404", "warning"), ("/503", "critical")])
 def test_http_on_this_machine(web, path, state):
-    from diagnose_fakes import context
+    from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import context
 
     url = f"http://127.0.0.1:{web.server_address[1]}{path}"
     result = check_http(context(System("/"), "http", options={"url": url, "body_match": '"ok"'}, timeout=5))
@@ -129,7 +129,7 @@ def test_http_on_this_machine(web, path, state):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_https_certificate_expiry_on_this_machine(tmp_path):
-    from diagnose_fakes import context
+    from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import context
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(

@@ -12,7 +12,12 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_runner
     diagnose,
     should_fail,
 )
-from diagnose_fakes import SYNCED, UNSYNCED, FixtureSystem, command
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import (
+    SYNCED,
+    UNSYNCED,
+    FixtureSystem,
+    command,
+)
 
 
 def host_system(**kwargs):
