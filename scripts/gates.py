@@ -124,6 +124,7 @@ def _core_version(venv: Path) -> str:
 
 
 def sanity(venv: Path, extra: Sequence[str]) -> SanityRun:
+    venv = venv.absolute()
     python, version = _venv_python(venv)
     install_get_pip(python, version)
     run = SanityRun(core=_core_version(venv), python=version)
