@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Compare pooled_ssh with the other ways Ansible reaches hosts, on real sshd daemons.
 
@@ -84,8 +83,10 @@ class Variant:
 
 def mitogen_strategy_dir() -> Tuple[Optional[str], str]:
     """Mitogen's strategy plugins in the main venv, or why it cannot run."""
-    probe = ("import ansible_mitogen, os, mitogen; "
-             "print(os.path.dirname(ansible_mitogen.__file__)); print('.'.join(map(str, mitogen.__version__)))")
+    probe = (
+        "import ansible_mitogen, os, mitogen; "
+        "print(os.path.dirname(ansible_mitogen.__file__)); print('.'.join(map(str, mitogen.__version__)))"
+    )
     proc = subprocess.run([str(MAIN_BIN / "python"), "-c", probe], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return None, "n/a (mitogen is not installed in .venv: pip install mitogen)"
@@ -97,21 +98,47 @@ def make_variants(selected: Optional[Sequence[str]]) -> List[Variant]:
     strategy, mitogen_version = mitogen_strategy_dir()
     variants = [
         Variant("local", "local (floor)", "local", "local", MAIN_BIN),
-        Variant("ssh-nocm", "ssh, ControlMaster=no", "ssh-nocm", "ssh", MAIN_BIN,
-                env={"ANSIBLE_SSH_ARGS": "-C -o ControlMaster=no"}),
+        Variant(
+            "ssh-nocm",
+            "ssh, ControlMaster=no",
+            "ssh-nocm",
+            "ssh",
+            MAIN_BIN,
+            env={"ANSIBLE_SSH_ARGS": "-C -o ControlMaster=no"},
+        ),
         Variant("ssh-cp-cold", "ssh+ControlPersist cold", "ssh-cp", "ssh", MAIN_BIN, cold=True),
         Variant("ssh-cp-warm", "ssh+ControlPersist warm", "ssh-cp", "ssh", MAIN_BIN, cold=False),
         Variant("paramiko", "paramiko_ssh (2.19)", "paramiko", "paramiko", COMPAT_BIN),
-        Variant("mitogen", f"mitogen {mitogen_version if strategy else ''}".strip(), "mitogen", "ssh", MAIN_BIN,
-                env={"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": strategy or ""}),
+        Variant(
+            "mitogen",
+            f"mitogen {mitogen_version if strategy else ''}".strip(),
+            "mitogen",
+            "ssh",
+            MAIN_BIN,
+            env={"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": strategy or ""},
+        ),
         Variant("pooled-cold", "pooled_ssh cold", "pooled", "healer.pooled_ssh.pooled_ssh", MAIN_BIN, cold=True),
         Variant("pooled-warm", "pooled_ssh warm", "pooled", "healer.pooled_ssh.pooled_ssh", MAIN_BIN, cold=False),
         # The same ansible-core as paramiko_ssh's row: the like-for-like comparison with it.
         Variant("local-2.19", "local (floor, 2.19)", "local-2.19", "local", COMPAT_BIN, diag7_only=True),
-        Variant("pooled-2.19-cold", "pooled_ssh cold (2.19)", "pooled-2.19", "healer.pooled_ssh.pooled_ssh",
-                COMPAT_BIN, cold=True, diag7_only=True),
-        Variant("pooled-2.19-warm", "pooled_ssh warm (2.19)", "pooled-2.19", "healer.pooled_ssh.pooled_ssh",
-                COMPAT_BIN, cold=False, diag7_only=True),
+        Variant(
+            "pooled-2.19-cold",
+            "pooled_ssh cold (2.19)",
+            "pooled-2.19",
+            "healer.pooled_ssh.pooled_ssh",
+            COMPAT_BIN,
+            cold=True,
+            diag7_only=True,
+        ),
+        Variant(
+            "pooled-2.19-warm",
+            "pooled_ssh warm (2.19)",
+            "pooled-2.19",
+            "healer.pooled_ssh.pooled_ssh",
+            COMPAT_BIN,
+            cold=False,
+            diag7_only=True,
+        ),
     ]
     if strategy is None:
         variants[5].available, variants[5].why_not = False, mitogen_version
@@ -120,11 +147,15 @@ def make_variants(selected: Optional[Sequence[str]]) -> List[Variant]:
             if v.bin_dir == COMPAT_BIN:
                 v.available, v.why_not = False, "n/a (no .venv-compat with ansible-core 2.19: ./run setup)"
     if selected:
-        aliases = {"pooled": ["pooled-cold", "pooled-warm"], "pooled_ssh": ["pooled-cold", "pooled-warm"],
-                   "pooled-2.19": ["pooled-2.19-cold", "pooled-2.19-warm"],
-                   "2.19": ["local-2.19", "paramiko", "pooled-2.19-cold", "pooled-2.19-warm"],
-                   "ssh-cp": ["ssh-cp-cold", "ssh-cp-warm"], "ssh": ["ssh-cp-cold", "ssh-cp-warm"],
-                   "paramiko_ssh": ["paramiko"]}
+        aliases = {
+            "pooled": ["pooled-cold", "pooled-warm"],
+            "pooled_ssh": ["pooled-cold", "pooled-warm"],
+            "pooled-2.19": ["pooled-2.19-cold", "pooled-2.19-warm"],
+            "2.19": ["local-2.19", "paramiko", "pooled-2.19-cold", "pooled-2.19-warm"],
+            "ssh-cp": ["ssh-cp-cold", "ssh-cp-warm"],
+            "ssh": ["ssh-cp-cold", "ssh-cp-warm"],
+            "paramiko_ssh": ["paramiko"],
+        }
         wanted = [n for s in selected for n in aliases.get(s, [s])]
         unknown = set(wanted) - {v.name for v in variants}
         if unknown:
@@ -169,7 +200,7 @@ class Lab:
         # Clients reach the proxies, so known_hosts names the hosts' keys under the proxies' addresses.
         self.known_hosts = self.base / "known_hosts"
         lines = []
-        for host, proxy in zip(self.fleet, self.proxies):
+        for host, proxy in zip(self.fleet, self.proxies, strict=True):
             for line in host.host_key_line().splitlines():
                 keytype, blob = line.split()[1:3]
                 lines.append(f"[{proxy.address}]:{proxy.port} {keytype} {blob}\n")
@@ -182,7 +213,7 @@ class Lab:
         self.payloads.mkdir()
         for name, size in (("1m.bin", 1 << 20), ("100m.bin", 100 << 20)):
             with open(self.payloads / name, "wb") as f:
-                for _ in range(size // (1 << 20)):
+                for _mib in range(size // (1 << 20)):
                     f.write(os.urandom(1 << 20))
 
     def set_rtt(self, rtt: float) -> None:
@@ -194,9 +225,14 @@ class Lab:
         runner = self.runners.get(variant.family)
         if runner is None:
             workdir = self.base / variant.family
-            runner = AnsibleRunner(workdir=workdir, collections_root=self.collections,
-                                   pool_dir=self.pool_dir(variant.family), known_hosts=self.known_hosts,
-                                   python_bin_dir=variant.bin_dir, pipelining=True)
+            runner = AnsibleRunner(
+                workdir=workdir,
+                collections_root=self.collections,
+                pool_dir=self.pool_dir(variant.family),
+                known_hosts=self.known_hosts,
+                python_bin_dir=variant.bin_dir,
+                pipelining=True,
+            )
             self.runners[variant.family] = runner
         return runner
 
@@ -216,18 +252,25 @@ class Lab:
         if path.exists():
             return path
         ssh_args = f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes"
-        lines = ["all:", "  vars:", f"    ansible_connection: {variant.connection}",
-                 f"    ansible_ssh_common_args: '{ssh_args}'", "  children:"]
+        lines = [
+            "all:",
+            "  vars:",
+            f"    ansible_connection: {variant.connection}",
+            f"    ansible_ssh_common_args: '{ssh_args}'",
+            "  children:",
+        ]
         groups = {"one": 1, "five": 5, "twenty": 20, "fleet": self.hosts}
         for group, count in groups.items():
             lines += [f"    {group}:", "      hosts:"]
-            for host, proxy in list(zip(self.fleet, self.proxies))[:count]:
-                lines += [f"        {host.name}:",
-                          f"          ansible_host: {proxy.address}",
-                          f"          ansible_port: {proxy.port}",
-                          f"          ansible_user: {host.user}",
-                          f"          ansible_ssh_private_key_file: {self.fleet.client_key}",
-                          f"          ansible_python_interpreter: {self.fleet.python}"]
+            for host, proxy in list(zip(self.fleet, self.proxies, strict=True))[:count]:
+                lines += [
+                    f"        {host.name}:",
+                    f"          ansible_host: {proxy.address}",
+                    f"          ansible_port: {proxy.port}",
+                    f"          ansible_user: {host.user}",
+                    f"          ansible_ssh_private_key_file: {self.fleet.client_key}",
+                    f"          ansible_python_interpreter: {self.fleet.python}",
+                ]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
@@ -248,8 +291,12 @@ class Lab:
     def stop_masters(self, family: str) -> None:
         cp = self.control_dir(family)
         for sock in cp.iterdir():
-            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench"], capture_output=True,
-                           timeout=30, check=False)
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
             with contextlib.suppress(OSError):
                 sock.unlink()
 
@@ -305,14 +352,22 @@ class Lab:
             self.make_cold(variant)
         before = self.accepted()
         ctl = f"ctl-{variant.family}"
-        argv = self.cpu.wrap(ctl, [runner.executable("ansible-playbook"), "-i", str(self.inventory(variant)),
-                                   str(playbook)])
+        argv = self.cpu.wrap(
+            ctl, [runner.executable("ansible-playbook"), "-i", str(self.inventory(variant)), str(playbook)]
+        )
         out_path = runner.workdir / "last.out"
         cpu_before = Cpu(busy_cpu_seconds(), self.cpu.seconds(ctl), self.cpu.seconds("hosts"))
         start = time.monotonic()
         with open(out_path, "wb") as out:
-            proc = subprocess.Popen(argv, cwd=runner.workdir, env=runner.env(env), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=runner.workdir,
+                env=runner.env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 rc = proc.wait(RUN_TIMEOUT)
             except BaseException:
@@ -337,8 +392,9 @@ class Cpu:
         def minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
             return a - b if a is not None and b is not None else None
 
-        return Cpu(self.machine - other.machine, minus(self.controller, other.controller),
-                   minus(self.hosts, other.hosts))
+        return Cpu(
+            self.machine - other.machine, minus(self.controller, other.controller), minus(self.hosts, other.hosts)
+        )
 
 
 def busy_cpu_seconds() -> float:
@@ -371,23 +427,29 @@ def diag7_playbook(group: str, report_dir: Path) -> str:
         f"        checks: [{check}]\n"
         f"        metrics: false\n"
         f"        fail_on: never\n"
-        for check in DIAG_CHECKS)
+        for check in DIAG_CHECKS
+    )
     return f"- name: Seven checks, one task each\n  hosts: {group}\n  gather_facts: false\n  tasks:\n{tasks}"
 
 
 def role_playbook(group: str, report_dir: Path) -> str:
-    return (f"- name: The diagnose role\n  hosts: {group}\n  gather_facts: false\n  roles:\n"
-            f"    - role: healer.pooled_ssh.diagnose\n      diagnose_fail_on: never\n"
-            f"      diagnose_report_dir: {report_dir}\n")
+    return (
+        f"- name: The diagnose role\n  hosts: {group}\n  gather_facts: false\n  roles:\n"
+        f"    - role: healer.pooled_ssh.diagnose\n      diagnose_fail_on: never\n"
+        f"      diagnose_report_dir: {report_dir}\n"
+    )
 
 
 def copy_playbook(payload: str) -> Callable[[str, Path], str]:
     def make(group: str, report_dir: Path) -> str:
-        return (f"- name: Copy {payload}\n  hosts: {group}\n  gather_facts: false\n  tasks:\n"
-                f"    - name: Copy the file\n      ansible.builtin.copy:\n        src: '{{{{ payloads }}}}/{payload}'\n"
-                f"        dest: '~/bench-{payload}'\n        mode: '0644'\n"
-                f"    - name: Remove it\n      ansible.builtin.file:\n        path: '~/bench-{payload}'\n"
-                f"        state: absent\n")
+        return (
+            f"- name: Copy {payload}\n  hosts: {group}\n  gather_facts: false\n  tasks:\n"
+            f"    - name: Copy the file\n      ansible.builtin.copy:\n        src: '{{{{ payloads }}}}/{payload}'\n"
+            f"        dest: '~/bench-{payload}'\n        mode: '0644'\n"
+            f"    - name: Remove it\n      ansible.builtin.file:\n        path: '~/bench-{payload}'\n"
+            f"        state: absent\n"
+        )
+
     return make
 
 
@@ -404,12 +466,14 @@ def scenarios(quick_hosts: Optional[int]) -> Dict[str, Scenario]:
     five = quick_hosts or 5
     group5 = "fleet" if quick_hosts else "five"
     return {
-        "diag7": Scenario("diag7", f"7-check diagnosis: {five} hosts x 7 healer_diagnose tasks", group5, five,
-                          diag7_playbook),
+        "diag7": Scenario(
+            "diag7", f"7-check diagnosis: {five} hosts x 7 healer_diagnose tasks", group5, five, diag7_playbook
+        ),
         "role20": Scenario("role20", "diagnose role (combined mode) on 20 hosts", "twenty", 20, role_playbook),
         "copy1m": Scenario("copy1m", "copy a 1 MiB file to 1 host (then remove it)", "one", 1, copy_playbook("1m.bin")),
-        "copy100m": Scenario("copy100m", "copy a 100 MiB file to 1 host (then remove it)", "one", 1,
-                             copy_playbook("100m.bin")),
+        "copy100m": Scenario(
+            "copy100m", "copy a 100 MiB file to 1 host (then remove it)", "one", 1, copy_playbook("100m.bin")
+        ),
     }
 
 
@@ -451,17 +515,34 @@ def run_scenario(lab: Lab, scenario: Scenario, variants: List[Variant], runs: in
             row.logins.append(logins)
             row.cpu.append(cpu)
             row.by_round[round_no] = elapsed
-            print(f"  [{scenario.name} rtt={lab.rtt:g}ms round {round_no}/{runs}] {row.variant.label:26s} "
-                  f"{elapsed:7.2f}s  cpu={cpu.machine:5.1f}s (controller {_fmt(cpu.controller, '.1f')}s, "
-                  f"hosts {_fmt(cpu.hosts, '.1f')}s)  logins={logins}", file=sys.stderr, flush=True)
+            print(
+                f"  [{scenario.name} rtt={lab.rtt:g}ms round {round_no}/{runs}] {row.variant.label:26s} "
+                f"{elapsed:7.2f}s  cpu={cpu.machine:5.1f}s (controller {_fmt(cpu.controller, '.1f')}s, "
+                f"hosts {_fmt(cpu.hosts, '.1f')}s)  logins={logins}",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
 # --------------------------------------------------------------------------- output
 
 
-HEADER = ("connection", "median s", "min s", "max s", "vs ssh+CP", "paired vs CP", "vs paramiko", "paired vs paramiko",
-          "above local s", "CPU s", "ctl CPU s", "hosts CPU s", "logins/run")
+HEADER = (
+    "connection",
+    "median s",
+    "min s",
+    "max s",
+    "vs ssh+CP",
+    "paired vs CP",
+    "vs paramiko",
+    "paired vs paramiko",
+    "above local s",
+    "CPU s",
+    "ctl CPU s",
+    "hosts CPU s",
+    "logins/run",
+)
 
 
 def _fmt(value: Optional[float], spec: str = ".2f") -> str:
@@ -484,14 +565,27 @@ def table(rows: List[Row]) -> List[List[str]]:
         floor = local.median if local is not None else None
         above = row.median - floor if row.median is not None and floor is not None else None
         logins = sorted(set(row.logins))
-        login_text = "-" if v.connection == "local" else (
-            str(logins[0]) if len(logins) == 1 else f"{logins[0]}-{logins[-1]}" if logins else "-")
+        login_text = (
+            "-"
+            if v.connection == "local"
+            else (str(logins[0]) if len(logins) == 1 else f"{logins[0]}-{logins[-1]}" if logins else "-")
+        )
         fail = f" ({row.failures} failed)" if row.failures else ""
-        out.append([v.label + fail, _fmt(row.median), _fmt(min(row.times) if row.times else None),
-                    _fmt(max(row.times) if row.times else None), _fmt(_ratio(row, ref)), _paired(row, ref),
-                    _fmt(_ratio(row, paramiko)), _paired(row, paramiko),
-                    _fmt(above), *(_cpu_median(row, side) for side in ("machine", "controller", "hosts")),
-                    login_text])
+        out.append(
+            [
+                v.label + fail,
+                _fmt(row.median),
+                _fmt(min(row.times) if row.times else None),
+                _fmt(max(row.times) if row.times else None),
+                _fmt(_ratio(row, ref)),
+                _paired(row, ref),
+                _fmt(_ratio(row, paramiko)),
+                _paired(row, paramiko),
+                _fmt(above),
+                *(_cpu_median(row, side) for side in ("machine", "controller", "hosts")),
+                login_text,
+            ]
+        )
     return out
 
 
@@ -522,8 +616,10 @@ def _ratio(row: Row, ref: Optional[Row]) -> Optional[float]:
 
 def render(rows: List[List[str]], header: Sequence[str] = HEADER) -> str:
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -554,8 +650,7 @@ def machine(forks: int) -> List[str]:
     compat_ansible = _version([str(COMPAT_BIN / "ansible"), "--version"], r"core ([\d.]+)")
     main_py = _version([str(MAIN_BIN / "python"), "--version"], r"Python ([\d.]+)")
     compat_py = _version([str(COMPAT_BIN / "python"), "--version"], r"Python ([\d.]+)")
-    paramiko = _version([str(MAIN_BIN / "python"), "-c", "import paramiko; print(paramiko.__version__)"],
-                        r"([\d.]+)")
+    paramiko = _version([str(MAIN_BIN / "python"), "-c", "import paramiko; print(paramiko.__version__)"], r"([\d.]+)")
     openssh = _version(["ssh", "-V"], r"(OpenSSH_[\w.]+)")
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores (nproc); memory {mem}; Linux {platform.release()}",
@@ -572,8 +667,7 @@ def write_doc(block: str, sections: List[str], header: List[str], seconds: float
         text += f"\n{begin}\n{end}\n"
     when = datetime.date.today().isoformat()
     command = " ".join(["benchmarks/bench.py", *argv]) + ("" if argv else " (defaults)")
-    body = [f"Measured {when} with `{command}`, which took {seconds / 60:.1f} minutes.",
-            "", *header, "", *sections]
+    body = [f"Measured {when} with `{command}`, which took {seconds / 60:.1f} minutes.", "", *header, "", *sections]
     before, rest = text.split(begin, 1)
     after = rest.split(end, 1)[1]
     DOC.write_text(before + begin + "\n" + "\n".join(body).rstrip() + "\n" + end + after, encoding="utf-8")
@@ -596,8 +690,10 @@ def by_rtt(results: Dict[float, List[Row]]) -> str:
             medians[row.variant.label, rtt] = row.median
             ratios[row.variant.label, rtt] = f"{_fmt(_ratio(row, ref))} / {_fmt(_ratio(row, rows.get('paramiko')))}"
     header = ["connection"] + [f"{rtt:g} ms: s (vs CP / vs paramiko)" for rtt in rtts]
-    lines = [[label] + [f"{_fmt(medians.get((label, rtt)))} ({ratios.get((label, rtt), '-')})" for rtt in rtts]
-             for label in labels]
+    lines = [
+        [label] + [f"{_fmt(medians.get((label, rtt)))} ({ratios.get((label, rtt), '-')})" for rtt in rtts]
+        for label in labels
+    ]
     return render(lines, header)
 
 
@@ -605,20 +701,34 @@ def by_rtt(results: Dict[float, List[Row]]) -> str:
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("--rtt", type=float, nargs="+", help="round-trip latencies in ms (default 50)")
     p.add_argument("--runs", type=int, help="runs of each connection per scenario (default: 5 for diag7, 2 others)")
     p.add_argument("--scenario", nargs="+", choices=SCENARIOS, help=f"default: all ({', '.join(SCENARIOS)})")
-    p.add_argument("--connections", nargs="+", help="variants to run (default all): local ssh-nocm ssh-cp-cold "
-                   "ssh-cp-warm paramiko mitogen pooled-cold pooled-warm; 'pooled' and 'ssh-cp' name both")
+    p.add_argument(
+        "--connections",
+        nargs="+",
+        help="variants to run (default all): local ssh-nocm ssh-cp-cold "
+        "ssh-cp-warm paramiko mitogen pooled-cold pooled-warm; 'pooled' and 'ssh-cp' name both",
+    )
     p.add_argument("--hosts", type=int, help="hosts of the diag7 scenario (default 5)")
     p.add_argument("--forks", type=int, default=5)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 hosts, 1 run, 0 ms, diag7 only, local and pooled_ssh cold; no doc written")
-    p.add_argument("--doc-block", default="results",
-                   help="which block of docs/benchmarks.md to replace (default 'results'; the RTT sweep uses 'rtt')")
-    p.add_argument("--doc", action=argparse.BooleanOptionalAction, default=None,
-                   help="write the results into docs/benchmarks.md (default: on, off with --quick)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 hosts, 1 run, 0 ms, diag7 only, local and pooled_ssh cold; no doc written",
+    )
+    p.add_argument(
+        "--doc-block",
+        default="results",
+        help="which block of docs/benchmarks.md to replace (default 'results'; the RTT sweep uses 'rtt')",
+    )
+    p.add_argument(
+        "--doc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the results into docs/benchmarks.md (default: on, off with --quick)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rtt = args.rtt or [0.0]

@@ -73,7 +73,7 @@ class CpuGroups:
         if self._key is None:
             return int(text) * self._unit
         for line in text.splitlines():
-            key, _, value = line.partition(" ")
+            key, _sep, value = line.partition(" ")
             if key == self._key:
                 return int(value) * self._unit
         return None

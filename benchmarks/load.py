@@ -110,17 +110,23 @@ def inventory(path: Path, fleet: Fleet, names: int) -> Path:
         "all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
         f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
         f"    ansible_python_interpreter: {fleet.python}\n"
-        "  children:\n    fleet:\n      hosts:\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        "  children:\n    fleet:\n      hosts:\n" + "\n".join(lines) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=200, help="inventory hosts")
     parser.add_argument("--sshd", type=int, default=4, help="real sshd daemons the hosts are spread over")
     parser.add_argument("--forks", type=int, default=50)
-    parser.add_argument("--idle-timeout", type=float, default=300.0,
-                        help="pool idle_timeout: above one task's sweep of the fleet (docs/tuning.md)")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        help="pool idle_timeout: above one task's sweep of the fleet (docs/tuning.md)",
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "load.md"), help="report file ('-': stdout only)")
     args = parser.parse_args()
 
@@ -131,10 +137,17 @@ def main() -> int:
     sampler = None
     try:
         fleet.start()
-        runner = AnsibleRunner(work / "ansible", collections_root(work / "collections"), pool_dir, fleet.known_hosts,
-                               extra_env={"ANSIBLE_FORKS": str(args.forks),
-                                          "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": str(args.idle_timeout),
-                                          "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "600"})
+        runner = AnsibleRunner(
+            work / "ansible",
+            collections_root(work / "collections"),
+            pool_dir,
+            fleet.known_hosts,
+            extra_env={
+                "ANSIBLE_FORKS": str(args.forks),
+                "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": str(args.idle_timeout),
+                "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "600",
+            },
+        )
         inv = inventory(work / "inventory.yml", fleet, args.hosts)
         sampler = Sampler(pool_dir)
         started = time.monotonic()
@@ -146,9 +159,21 @@ def main() -> int:
         failed = {h: r for h, r in recap.items() if r["failed"] or r["unreachable"] or r["ok"] != 10}
         accepted = {h.name: h.accepted_count("publickey") for h in fleet}
         stats = subprocess.run(
-            [sys.executable, "-m", "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli",
-             "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True, text=True, timeout=60,
-            env=dict(os.environ, PYTHONPATH=str(work / "collections")))
+            [
+                sys.executable,
+                "-m",
+                "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli",
+                "--pool-dir",
+                str(pool_dir),
+                "stats",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=dict(os.environ, PYTHONPATH=str(work / "collections")),
+        )
         import json
 
         total = json.loads(stats.stdout)["total"] if stats.returncode == 0 else {}
@@ -162,7 +187,8 @@ def main() -> int:
 
     info = machine()
     ok = result.rc == 0 and not failed and len(recap) == args.hosts
-    report = f"""# Load run: {args.hosts} hosts, {args.sshd} sshd, 10 tasks, {args.forks} forks
+    report = (
+        f"""# Load run: {args.hosts} hosts, {args.sshd} sshd, 10 tasks, {args.forks} forks
 
 Produced by `benchmarks/load.py` ({datetime.date.today().isoformat()}); rerun it with
 `.venv/bin/python benchmarks/load.py`. {args.hosts} inventory hosts spread evenly over {args.sshd} real
@@ -188,7 +214,9 @@ Machine:
 
 | | |
 |---|---|
-""" + "".join(f"| {k} | {v} |\n" for k, v in info.items()) + """
+"""
+        + "".join(f"| {k} | {v} |\n" for k, v in info.items())
+        + """
 Thread count: each pooled transport has a Paramiko reader thread, and each connected worker
 a client thread in the daemon, so the peak is about transports + forks + a few.
 
@@ -199,6 +227,7 @@ tasks and are opened again: the same run with the default made 412 logins instea
 no failure). Set `idle_timeout` above one task's sweep (docs/tuning.md), or pass
 `--idle-timeout 60` to see it.
 """
+    )
     print(report)
     if args.out != "-":
         Path(args.out).write_text(report, encoding="utf-8")

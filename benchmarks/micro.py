@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _median_ms(fn: Callable[[], None], count: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
+    for _warm in range(warmup):
         fn()
     samples = []
-    for _ in range(count):
+    for _sample in range(count):
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
@@ -37,11 +37,24 @@ def _median_ms(fn: Callable[[], None], count: int, warmup: int = 3) -> float:
 
 def _options(host: Any, key: Path, known_hosts: Path) -> Dict[str, Any]:
     return {
-        "remote_addr": host.address, "port": host.port, "remote_user": host.user, "password": None,
-        "private_key_file": str(key), "private_key_passphrase": None, "look_for_keys": False,
-        "known_hosts_file": str(known_hosts), "proxy_command": None, "proxy_jump": None, "ssh_config_file": None,
-        "host_key_checking": True, "host_key_auto_add": False, "record_host_keys": False, "timeout": 10,
-        "banner_timeout": 30, "use_rsa_sha2_algorithms": True, "max_handshakes_per_address": 6,
+        "remote_addr": host.address,
+        "port": host.port,
+        "remote_user": host.user,
+        "password": None,
+        "private_key_file": str(key),
+        "private_key_passphrase": None,
+        "look_for_keys": False,
+        "known_hosts_file": str(known_hosts),
+        "proxy_command": None,
+        "proxy_jump": None,
+        "ssh_config_file": None,
+        "host_key_checking": True,
+        "host_key_auto_add": False,
+        "record_host_keys": False,
+        "timeout": 10,
+        "banner_timeout": 30,
+        "use_rsa_sha2_algorithms": True,
+        "max_handshakes_per_address": 6,
         "max_auth_attempts": 3,
     }
 
@@ -51,7 +64,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _options as opts
 
     options = _options(host, key, known_hosts)
-    spec = opts.connection_spec(lambda name: options.get(name), host.name, environ={})
+    spec = opts.connection_spec(options.get, host.name, environ={})
     message = {"conn": spec, "pool": {}, "cmd": "true", "pty": False}
     pool_dir = base / "micro-pool"
     pool_dir.mkdir(mode=0o700, exist_ok=True)
@@ -76,7 +89,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
             finally:
                 fresh.close()
 
-        warm_new = _median_ms(lambda: new_client(), count // 2)
+        warm_new = _median_ms(new_client, count // 2)
     finally:
         client.close()
 
@@ -105,8 +118,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
         c = paramiko.SSHClient()
         c.load_host_keys(str(known_hosts))
         c.set_missing_host_key_policy(paramiko.RejectPolicy())
-        c.connect(host.address, host.port, host.user, key_filename=str(key), look_for_keys=False,
-                  allow_agent=False)
+        c.connect(host.address, host.port, host.user, key_filename=str(key), look_for_keys=False, allow_agent=False)
         try:
             _stdin, stdout, _stderr = c.exec_command("true")
             stdout.channel.recv_exit_status()
@@ -115,15 +127,31 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
 
     fresh = _median_ms(fresh_connection, 20, warmup=1)
 
-    ssh_base = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "BatchMode=yes", "-p", str(host.port), f"{host.user}@{host.address}"]
-    openssh_fresh = _median_ms(lambda: subprocess.run([*ssh_base, "-o", "ControlMaster=no", "true"], check=True,
-                                                      capture_output=True), 20, warmup=1)
+    ssh_base = [
+        "ssh",
+        "-i",
+        str(key),
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(host.port),
+        f"{host.user}@{host.address}",
+    ]
+    openssh_fresh = _median_ms(
+        lambda: subprocess.run([*ssh_base, "-o", "ControlMaster=no", "true"], check=True, capture_output=True),
+        20,
+        warmup=1,
+    )
     control = base / "micro-cm"
     master = [*ssh_base[:-1], "-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=60s"]
     try:
-        openssh_mux = _median_ms(lambda: subprocess.run([*master, ssh_base[-1], "true"], check=True,
-                                                        capture_output=True), 50)
+        openssh_mux = _median_ms(
+            lambda: subprocess.run([*master, ssh_base[-1], "true"], check=True, capture_output=True), 50
+        )
     finally:
         subprocess.run([*master, "-O", "exit", ssh_base[-1]], capture_output=True, check=False)
         _client_stop(pool_dir)
@@ -131,18 +159,26 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
     rows = [
         ["the remote command itself (exec on a transport open in this process)", f"{itself:.2f}", "-"],
         ["pooled_ssh, warm pool, one worker socket reused", f"{warm:.2f}", f"{warm - itself:+.2f}"],
-        ["pooled_ssh, warm pool, new worker socket per command (as each task)", f"{warm_new:.2f}",
-         f"{warm_new - itself:+.2f}"],
+        [
+            "pooled_ssh, warm pool, new worker socket per command (as each task)",
+            f"{warm_new:.2f}",
+            f"{warm_new - itself:+.2f}",
+        ],
         ["pooled_ssh, first command (daemon start + handshake)", f"{first:.1f}", f"{first - itself:+.1f}"],
         ["OpenSSH mux client through a ControlPersist master", f"{openssh_mux:.2f}", f"{openssh_mux - itself:+.2f}"],
         ["fresh paramiko connection (connect, auth, exec)", f"{fresh:.1f}", f"{fresh - itself:+.1f}"],
-        ["fresh OpenSSH connection (ssh -o ControlMaster=no)", f"{openssh_fresh:.1f}",
-         f"{openssh_fresh - itself:+.1f}"],
+        [
+            "fresh OpenSSH connection (ssh -o ControlMaster=no)",
+            f"{openssh_fresh:.1f}",
+            f"{openssh_fresh - itself:+.1f}",
+        ],
     ]
     header = ["one `true`", "median ms", "overhead ms"]
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
-    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
     return "\n".join(lines)
 

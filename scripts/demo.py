@@ -38,18 +38,27 @@ def main() -> int:
     fleet = Fleet(work / "fleet", count=args.hosts)
     try:
         fleet.start()
-        print(f"started {len(fleet.hosts)} sshd hosts: " +
-              ", ".join(f"{h.name}={h.address}:{h.port}" for h in fleet.hosts), flush=True)
+        print(
+            f"started {len(fleet.hosts)} sshd hosts: "
+            + ", ".join(f"{h.name}={h.address}:{h.port}" for h in fleet.hosts),
+            flush=True,
+        )
         root = collections_root(work)
         runner = AnsibleRunner(work / "ansible", root, pool_dir, fleet.known_hosts)
         inventory = fleet.write_inventory(work / "inventory.yml")
-        command = [runner.executable("ansible-playbook"), "-i", str(inventory), str(HERE / "demo-playbook.yml"),
-                   "-e", f"diagnose_report_dir={report_dir}"]
+        command = [
+            runner.executable("ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(HERE / "demo-playbook.yml"),
+            "-e",
+            f"diagnose_report_dir={report_dir}",
+        ]
         env = runner.env()
         rc = 0
         for label in ("cold pool", "warm pool"):
             print(f"\n=== ansible-playbook through pooled_ssh ({label})", flush=True)
-            rc = subprocess.run(command, env=env, cwd=work, timeout=900).returncode or rc
+            rc = subprocess.run(command, env=env, cwd=work, timeout=900, check=False).returncode or rc
         print("\n=== pool statistics (python -m ...plugin_utils._cli stats)", flush=True)
         print(pool.cli(root, pool_dir, "stats").stdout)
         handshakes = {h.name: h.accepted_count("publickey") for h in fleet.hosts}

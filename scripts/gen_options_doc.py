@@ -42,8 +42,10 @@ def render(options: dict) -> str:
         env = ", ".join(f"`{e['name']}`" for e in o.get("env", []))
         ini = ", ".join(f"`[{i['section']}] {i['key']}`" for i in o.get("ini", []))
         default = "" if o.get("default") is None else f"`{o['default']}`"
-        lines.append(f"| `{name}` | {o.get('type', 'str')} | {default} | {variables} | {env} | {ini} | "
-                     f"{_text(o.get('description', ''))} |")
+        lines.append(
+            f"| `{name}` | {o.get('type', 'str')} | {default} | {variables} | {env} | {ini} | "
+            f"{_text(o.get('description', ''))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -52,8 +54,11 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--ansible-doc", default=str(Path(sys.executable).parent / "ansible-doc"))
     args = parser.parse_args()
-    data = json.loads(subprocess.run([args.ansible_doc, "-t", "connection", "--json", PLUGIN], check=True,
-                                     capture_output=True, text=True).stdout)
+    data = json.loads(
+        subprocess.run(
+            [args.ansible_doc, "-t", "connection", "--json", PLUGIN], check=True, capture_output=True, text=True
+        ).stdout
+    )
     text = render(data[PLUGIN]["doc"]["options"])
     if args.check:
         if not DOC.exists() or DOC.read_text() != text:

@@ -14,7 +14,7 @@ description:
   - Optionally writes the same data as JSON, and the daemon's counters as a Prometheus textfile for node_exporter's
     textfile collector (O(prometheus_file)), so that one scrape collects the pool with the diagnose role's C(healer_*)
     metrics.
-author: healer.pooled_ssh maintainers
+author: healer.pooled_ssh maintainers (@healer)
 version_added: 0.1.0
 requirements:
   - enable in C(callbacks_enabled) (ansible.cfg) or C(ANSIBLE_CALLBACKS_ENABLED=healer.pooled_ssh.pool_stats)
@@ -53,6 +53,7 @@ options:
 
 import json
 import os
+from typing import Any
 
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
@@ -87,11 +88,11 @@ class CallbackModule(CallbackBase):
     CALLBACK_NAME = "healer.pooled_ssh.pool_stats"
     CALLBACK_NEEDS_ENABLED = True
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._before: dict = {}
+        self._before: dict[str, Any] = {}
 
-    def _read(self) -> dict:
+    def _read(self) -> dict[str, Any]:
         """The daemon's ``stats`` reply, or empty statistics with ``running`` false when none answers."""
         client = PoolClient(pool_dir_path(self.get_option("pool_dir")), spawn=False)
         try:
@@ -104,10 +105,10 @@ class CallbackModule(CallbackBase):
         reply["running"] = True
         return reply
 
-    def v2_playbook_on_start(self, playbook) -> None:
+    def v2_playbook_on_start(self, playbook: Any) -> None:
         self._before = self._read()
 
-    def v2_playbook_on_stats(self, stats) -> None:
+    def v2_playbook_on_stats(self, stats: Any) -> None:
         after = self._read()
         data = delta(self._before, after)
         self._display.banner("POOLED SSH")

@@ -16,7 +16,7 @@ description:
   - The short name C(ansible_connection=pooled_ssh) works when this plugin's directory is on
     C(connection_plugins) (a play's C(collections) keyword does not apply to connection plugins), for example
     C(ANSIBLE_CONNECTION_PLUGINS=~/.ansible/collections/ansible_collections/healer/pooled_ssh/plugins/connection).
-author: healer.pooled_ssh maintainers
+author: healer.pooled_ssh maintainers (@healer)
 version_added: 0.1.0
 requirements:
   - paramiko >= 3.4.0 on the controller

@@ -1,7 +1,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The checks of healer_diagnose.
 
-A check is a function ``check(ctx) -> dict`` returning ``state``, ``summary``, ``values``,
+A check is a function ``check(ctx) -> dict`` returning ``state``, ``summary``, ``measured``,
 ``perfdata`` (a list of items) and optionally ``metrics`` (``(name, value, labels)`` tuples).
 It reads the host only through ``ctx.system``. It raises :class:`Skip` when it cannot run
 here; any other exception is turned into ``unknown`` by the runner.
@@ -15,7 +15,7 @@ import json
 import re
 import socket
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_procfs import (
     certificate_not_after,
@@ -95,14 +95,18 @@ class Context:
         )
 
 
+# A metric a check adds: (name, value, labels).
+MetricItem = Tuple[str, float, Dict[str, str]]
+
+
 def _result(
     state: str,
     summary: str,
     values: Dict[str, Any],
     perf: Optional[List[str]] = None,
-    metrics: Optional[List[Tuple[str, float, Dict[str, str]]]] = None,
+    metrics: Optional[List[MetricItem]] = None,
 ) -> Dict[str, Any]:
-    return {"state": state, "summary": summary, "values": values, "perfdata": perf or [], "metrics": metrics or []}
+    return {"state": state, "summary": summary, "measured": values, "perfdata": perf or [], "metrics": metrics or []}
 
 
 def human_bytes(count: float) -> str:
@@ -139,7 +143,7 @@ def check_filesystem(ctx: Context) -> Dict[str, Any]:
         missing = [p for p in wanted if p not in visible]
     else:
         selected = real_filesystems(mounts, opts.get("exclude_fstypes") or (), opts.get("exclude_mountpoints") or ())
-    entries = []
+    entries: List[Dict[str, Any]] = []
     perf = []
     problems = []
     for point in missing:
@@ -323,7 +327,7 @@ def check_cpu(ctx: Context) -> Dict[str, Any]:
         ctx.perf("iowait", iowait, "%", "iowait", minimum=0, maximum=100),
         ctx.perf("steal", steal, "%", "steal", minimum=0, maximum=100),
     ]
-    metrics = [
+    metrics: List[MetricItem] = [
         ("cpu_busy_ratio", ratios["busy"], {}),
         ("cpu_iowait_ratio", ratios["iowait"], {}),
         ("cpu_steal_ratio", ratios["steal"], {}),
@@ -508,9 +512,9 @@ def check_services(ctx: Context) -> Dict[str, Any]:
 
 
 # -- ports -------------------------------------------------------------------------------------
-def listening_ports(system: System) -> Optional[set]:
+def listening_ports(system: System) -> Optional[Set[int]]:
     """TCP ports in LISTEN state in this network namespace (IPv4 and IPv6)."""
-    ports = set()
+    ports: Set[int] = set()
     found = False
     for name in ("proc/net/tcp", "proc/net/tcp6"):
         try:
@@ -518,18 +522,18 @@ def listening_ports(system: System) -> Optional[set]:
         except OSError:
             continue
         found = True
-        ports.update(port for _, port in parse_listening_ports(text))
+        ports.update(port for _address, port in parse_listening_ports(text))
     return ports if found else None
 
 
 def check_ports(ctx: Context) -> Dict[str, Any]:
     """Ports listening locally (``{port}``) or accepting connections (``{host, port}``)."""
     targets = ctx.options["ports"]
-    listening: Optional[set] = None
+    listening: Optional[Set[int]] = None
     results = []
     states = []
     perf = []
-    metrics = []
+    metrics: List[MetricItem] = []
     for target in targets:
         port = target["port"]
         host = target.get("host")
@@ -599,7 +603,7 @@ def check_http(ctx: Context) -> Dict[str, Any]:
     url = opts["url"]
     labels = {"url": url}
     values: Dict[str, Any] = {"url": url}
-    metrics: List[Tuple[str, float, Dict[str, str]]] = []
+    metrics: List[MetricItem] = []
     try:
         status, body, seconds = ctx.system.http_get(
             url,
@@ -723,7 +727,7 @@ def check_time_sync(ctx: Context) -> Dict[str, Any]:
         synced = answer.stdout.strip() == "yes"
         offset = None
         values.update(source="timedatectl", synced=synced, offset_seconds=None)
-    perf = []
+    perf: List[str] = []
     if not synced:
         if uptime < grace:
             return _result(OK, f"clock not synchronised yet (uptime {uptime:.0f} s < {grace} s)", values, perf)

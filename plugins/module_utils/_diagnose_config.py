@@ -170,7 +170,7 @@ def _number(value: Any, name: str, positive: bool = True) -> float:
         number = float(value)
     except ValueError:
         raise ParamError(f"{name}: expected a number, got {value!r}") from None
-    if positive and not number > 0:
+    if positive and number <= 0:
         raise ParamError(f"{name}: must be greater than 0, got {value!r}")
     return number
 
@@ -203,7 +203,7 @@ def _port(value: Any, name: str) -> Dict[str, Any]:
             raise ParamError(f"{name}: unknown key {unknown[0]!r} (expected port and optional host)")
         if "port" not in value:
             raise ParamError(f"{name}: port is required")
-        target = {"port": _port_number(value["port"], name + ".port")}
+        target: Dict[str, Any] = {"port": _port_number(value["port"], name + ".port")}
         if value.get("host") is not None:
             if not isinstance(value["host"], str) or not value["host"]:
                 raise ParamError(f"{name}.host: expected a host name or address")
@@ -298,7 +298,7 @@ def check_options(check: str, raw: Any, name: str) -> Dict[str, Any]:
             raise ParamError(f"{name}.{key}: unknown option (expected one of: {allowed})")
         if raw[key] is not None:
             result[key] = _option(schema[key][0], raw[key], name if shorthand else f"{name}.{key}")
-    for key, (_, default) in schema.items():
+    for key, (_kind, default) in schema.items():
         if key not in result and default is not None:
             result[key] = default
     required = REQUIRED.get(check)

@@ -143,7 +143,7 @@ def collect_pressure(system: System, metrics: Metrics) -> None:
 
 
 def collect_filefd(system: System, metrics: Metrics) -> None:
-    allocated, _, maximum = parse_file_nr(system.read_text("proc/sys/fs/file-nr"))
+    allocated, _unused, maximum = parse_file_nr(system.read_text("proc/sys/fs/file-nr"))
     metrics.add("node_filefd_allocated", allocated)
     metrics.add("node_filefd_maximum", maximum)
 

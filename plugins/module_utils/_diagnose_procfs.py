@@ -204,7 +204,9 @@ def parse_mountinfo(text: str) -> List[Dict[str, Any]]:
     return mounts
 
 
-def real_filesystems(mounts: List[Dict[str, Any]], exclude_fstypes: Any = (), exclude_mountpoints: Any = ()):
+def real_filesystems(
+    mounts: List[Dict[str, Any]], exclude_fstypes: Any = (), exclude_mountpoints: Any = ()
+) -> List[Dict[str, Any]]:
     """Mounts that hold data: pseudo filesystems dropped, except an overlay on ``/`` (containers).
 
     A mount point mounted over several times keeps its last (visible) entry.
@@ -285,7 +287,7 @@ def parse_listening_ports(text: str) -> List[Tuple[str, int]]:
         parts = line.split()
         if len(parts) < 4 or parts[3] != _TCP_LISTEN:
             continue
-        address, _, port = parts[1].rpartition(":")
+        address, _sep, port = parts[1].rpartition(":")
         listening.append((address, int(port, 16)))
     return listening
 
@@ -299,7 +301,7 @@ def parse_psi(text: str) -> Dict[str, Dict[str, float]]:
             continue
         fields = {}
         for item in parts[1:]:
-            key, _, value = item.partition("=")
+            key, _sep, value = item.partition("=")
             fields[key] = float(value)
         if "total" in fields:
             fields["total"] = fields["total"] / 1e6
@@ -325,15 +327,15 @@ def certificate_not_after(der: bytes) -> datetime.datetime:
     The standard library only decodes certificates it has validated; this reads the expiry of
     any certificate so an expired or self-signed one is still reported with its date.
     """
-    _, start, _ = _der_read(der, 0)  # Certificate SEQUENCE
-    _, pos, _ = _der_read(der, start)  # tbsCertificate SEQUENCE
-    tag, _, end = _der_read(der, pos)
+    start = _der_read(der, 0)[1]  # Certificate SEQUENCE: into its content
+    pos = _der_read(der, start)[1]  # tbsCertificate SEQUENCE
+    tag, _content, end = _der_read(der, pos)
     if tag == 0xA0:  # [0] version
         pos = end
-    for _ in range(3):  # serialNumber, signature, issuer
-        _, _, pos = _der_read(der, pos)
-    _, pos, _ = _der_read(der, pos)  # validity SEQUENCE
-    _, _, pos = _der_read(der, pos)  # notBefore
+    for _field in range(3):  # serialNumber, signature, issuer: skip each
+        pos = _der_read(der, pos)[2]
+    pos = _der_read(der, pos)[1]  # validity SEQUENCE
+    pos = _der_read(der, pos)[2]  # notBefore
     tag, start, end = _der_read(der, pos)  # notAfter
     text = der[start:end].decode("ascii")
     if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ

@@ -36,7 +36,7 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_thresh
 
 
 def _outcome(state: str, summary: str) -> Dict[str, Any]:
-    return {"state": state, "summary": summary, "values": {}, "perfdata": [], "metrics": []}
+    return {"state": state, "summary": summary, "measured": {}, "perfdata": [], "metrics": []}
 
 
 def execute(job: Job, system: System, previous: Dict[str, Any]) -> Dict[str, Any]:
@@ -96,7 +96,7 @@ def _finish(job: Job, outcome: Dict[str, Any], duration: float) -> Dict[str, Any
         "application": job.application,
         "state": outcome["state"],
         "summary": outcome["summary"],
-        "values": outcome.get("values", {}),
+        "measured": outcome.get("measured", {}),
         "thresholds": {key: (t.text if t is not None else None) for key, t in sorted(job.thresholds.items())},
         "perfdata": " ".join(outcome.get("perfdata") or []),
         "duration_seconds": round(duration, 4),

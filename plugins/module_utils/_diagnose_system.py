@@ -146,7 +146,8 @@ class System:
     def run(self, argv: List[str], timeout: float) -> CommandResult:
         """Run a read-only command with a deadline; ``subprocess.TimeoutExpired`` propagates."""
         env = dict(os.environ, LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
-        proc = subprocess.run(
+        # AnsibleModule.run_command has no timeout, and a check's command must not outlive its deadline.
+        proc = subprocess.run(  # pylint: disable=ansible-bad-function
             argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -198,7 +199,7 @@ class System:
 
     def resolve(self, name: str) -> List[str]:
         infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
-        return sorted({info[4][0] for info in infos})
+        return sorted({str(info[4][0]) for info in infos})
 
     def http_get(
         self,

@@ -14,7 +14,7 @@ description:
     systemd units, listening or connectable ports, an HTTP endpoint, log errors) on the managed
     host, and collects metrics with Prometheus node_exporter names and base units.
   - Each check returns a C(state) (V(ok), V(warning), V(critical), V(unknown) or V(skipped)),
-    a one-line C(summary), the C(values) it measured, its C(thresholds) and Nagios C(perfdata).
+    a one-line C(summary), what it C(measured), its C(thresholds) and Nagios C(perfdata).
     The host's C(health) is the worst state, in the order ok < unknown < warning < critical;
     skipped checks do not count.
   - A check that cannot run on this host (no systemd, no permission, a file absent) is
@@ -28,7 +28,7 @@ description:
   - Reads C(/proc), C(/sys) and runs C(systemctl), C(journalctl) and C(timedatectl) read-only;
     it never changes the host and so never reports C(changed). Python 3.8+ standard library only.
 author:
-  - healer.pooled_ssh maintainers
+  - healer.pooled_ssh maintainers (@healer)
 options:
   checks:
     description:
@@ -168,11 +168,15 @@ notes:
     blocked (for example in C(statvfs) on an unreachable NFS server) until the module exits.
   - "The services check, and log_errors in journal mode, need systemd as the init system
     (C(/run/systemd/system) exists); elsewhere, in most containers, they are skipped."
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 seealso:
   - name: Nagios plugins threshold and range format
     description: The range syntax used by O(thresholds).
@@ -277,7 +281,7 @@ checks:
     summary:
       description: One line; for skipped and unknown checks, the reason.
       type: str
-    values:
+    measured:
       description: What the check measured (percentages, seconds, counts, per-item details).
       type: dict
     thresholds:
@@ -295,7 +299,7 @@ checks:
       application: null
       state: ok
       summary: "memory 41.9% used (3.2 GiB of 7.6 GiB, 4.4 GiB available); no swap"
-      values: {used_percent: 41.9, total_bytes: 8164421632, available_bytes: 4743229440}
+      measured: {used_percent: 41.9, total_bytes: 8164421632, available_bytes: 4743229440}
       thresholds: {warning: "90", critical: "95", swap_warning: "80", swap_critical: "90"}
       perfdata: "'memory'=41.9%;90;95;0;100"
       duration_seconds: 0.0004

@@ -16,7 +16,7 @@ description:
     the connection starts a new daemon.
   - It never starts a daemon. When none runs there is nothing to flush or stop, and it reports no change.
   - To read the pool without changing it, use M(healer.pooled_ssh.pool_info).
-author: healer.pooled_ssh maintainers
+author: healer.pooled_ssh maintainers (@healer)
 extends_documentation_fragment:
   - healer.pooled_ssh.controller
 options:

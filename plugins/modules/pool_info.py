@@ -13,9 +13,10 @@ description:
     per inventory host) and its live transports. It changes nothing and always returns C(changed=false).
   - To close transports or stop the daemon, use M(healer.pooled_ssh.pool).
   - When no daemon runs, returns C(running=false) and empty statistics; it never starts one.
-author: healer.pooled_ssh maintainers
+author: healer.pooled_ssh maintainers (@healer)
 extends_documentation_fragment:
   - healer.pooled_ssh.controller
+  - ansible.builtin.action_common_attributes
 options:
   flush:
     description:

@@ -100,7 +100,7 @@ class EchoServer:
     def _accept(self) -> None:
         while True:
             try:
-                conn, _ = self._listener.accept()
+                conn, _addr = self._listener.accept()
             except OSError:
                 return
             self._conns.append(conn)
@@ -276,7 +276,7 @@ def test_extra_config_and_set_config(make_fleet: Callable[..., Fleet]) -> None:
     with contextlib.closing(connect(host, fleet)) as client:
         transport = client.get_transport()
         assert transport is not None
-        chans = [transport.open_session(timeout=10) for _ in range(3)]
+        chans = [transport.open_session(timeout=10) for _i in range(3)]
         for chan in chans:
             chan.close()
 
@@ -547,9 +547,9 @@ def test_proxy_latency_delays_round_trips_and_keeps_order(proxy_to_echo: FaultPr
 
 
 def test_proxy_handles_50_concurrent_connections(proxy_to_echo: FaultProxy) -> None:
-    socks = [proxied_client(proxy_to_echo) for _ in range(50)]
+    socks = [proxied_client(proxy_to_echo) for _i in range(50)]
     try:
-        payloads = [os.urandom(64 * 1024) for _ in socks]
+        payloads = [os.urandom(64 * 1024) for _sock in socks]
         errors: List[BaseException] = []
 
         def exchange(sock: socket.socket, data: bytes) -> None:
@@ -562,7 +562,7 @@ def test_proxy_handles_50_concurrent_connections(proxy_to_echo: FaultProxy) -> N
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=exchange, args=(s, p)) for s, p in zip(socks, payloads)]
+        threads = [threading.Thread(target=exchange, args=(s, p)) for s, p in zip(socks, payloads, strict=True)]
         for t in threads:
             t.start()
         for t in threads:
@@ -579,7 +579,7 @@ def _transfer(address: Tuple[str, int], size: int) -> float:
     block = b"\0" * (1024 * 1024)
     start = time.monotonic()
     with socket.create_connection(address, timeout=30) as sock:
-        for _ in range(size // len(block)):
+        for _block in range(size // len(block)):
             sock.sendall(block)
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b""  # the sink closes after reading everything

@@ -89,6 +89,7 @@ def fleet1(make_fleet):
     return fleet
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "no-pipelining"])
 def test_sudo_with_a_password(fleet1, make_runner, sudoers, tmp_path, pool_dir, collections_root, pipelining):
     sudoers(_password_rule(fleet1.user))
@@ -177,6 +178,7 @@ def test_su_wrong_and_missing_password(fleet1, make_runner, tmp_path, pool_dir):
     assert res.get("failed") and "Missing su password" in res["msg"], res
 
 
+@pytest.mark.compat
 def test_become_uses_the_same_pooled_transport(fleet1, make_runner, sudoers, tmp_path, pool_dir, collections_root):
     sudoers(_password_rule(fleet1.user))
     inventory = fleet1.write_inventory(tmp_path / "inventory.yml",

@@ -33,7 +33,7 @@ def test_bench_quick_prints_the_table_with_one_login_per_host() -> None:
     for line in proc.stdout.splitlines():
         if line.startswith("| ") and not line.startswith("| connection"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[0]] = dict(zip(columns, cells))
+            rows[cells[0]] = dict(zip(columns, cells, strict=False))
     pooled = rows.get("pooled_ssh cold")
     assert pooled is not None, proc.stdout
     assert pooled["logins/run"] == str(HOSTS), proc.stdout

@@ -123,7 +123,7 @@ def parse_prometheus(text: str) -> Dict[str, Dict[str, Any]]:
         name, labels_text, value = match.group(1), match.group(2) or "", match.group(7)
         assert _VALUE.match(value), f"{where}: bad value"
         labels = re.findall(_LABEL, labels_text)
-        assert len({k for k, _ in labels}) == len(labels), f"{where}: repeated label"
+        assert len({k for k, _value in labels}) == len(labels), f"{where}: repeated label"
         family_name = name
         if name not in families:
             base = re.sub(r"_(sum|count|bucket)$", "", name)
@@ -163,6 +163,7 @@ def test_prometheus_parser_rejects_what_node_exporter_rejects():
 # --------------------------------------------------------------------------- the role
 
 
+@pytest.mark.compat
 def test_role_reports_every_host_and_check_through_the_pool(fleet, runner, tmp_path, collections_root, pool_dir):
     report = tmp_path / "report"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={

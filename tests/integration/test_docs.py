@@ -20,7 +20,7 @@ PLUGINS = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "name"), PLUGINS, ids=[n for _, n in PLUGINS])
+@pytest.mark.parametrize(("kind", "name"), PLUGINS, ids=[n for _kind, n in PLUGINS])
 def test_ansible_doc_renders(kind, name, make_runner, tmp_path):
     runner = make_runner(tmp_path / "known_hosts")
     text = runner.run([runner.executable("ansible-doc"), "-t", kind, name])

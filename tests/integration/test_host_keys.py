@@ -55,7 +55,7 @@ def test_auto_add_with_ten_forks_records_each_host_once(make_fleet, make_runner,
     inventory = fleet.write_inventory(tmp_path / "inventory.yml",
                                       group_vars={"ansible_pooled_ssh_host_key_auto_add": True})
     runner = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "10"})
-    for _ in range(2):
+    for _run in range(2):
         result = runner.playbook(PLAY, inventory)
         assert result.rc == 0, result.output_tail()
     lines = fleet.known_hosts.read_text().splitlines()

@@ -1,4 +1,6 @@
-"""The role's molecule scenario (extensions/molecule/default) and ansible-lint, as users run them.
+"""The role's molecule scenario (extensions/molecule/default), as users run it.
+
+(ansible-lint on the whole collection, production profile, is a gate of ``./run lint``.)
 
 ``molecule test`` runs from extensions/ (the directory holding molecule/<scenario>/) with the
 molecule of this interpreter's venv: create starts real sshd hosts on loopback, converge and
@@ -91,6 +93,7 @@ def test_molecule_test_passes(tmp_path):
                 capture_output=True,
                 text=True,
                 timeout=900,
+                check=False,
             )
         finally:
             # Whatever happened, nothing create started may outlive the test (a no-op after destroy).
@@ -106,24 +109,3 @@ def test_molecule_test_passes(tmp_path):
     assert re.search(r"Idempotence completed successfully|idempotence: Executed: Successful", output), tail
     assert not (ephemeral / "fleet.json").exists(), "destroy left the fleet's state behind"
     assert orphaned_fleet_listeners() - before == set(), "destroy left sshd daemons running"
-
-
-def test_ansible_lint_passes_on_the_whole_collection(tmp_path, collections_root):
-    # A custom ANSIBLE_COLLECTIONS_PATH (the checkout as healer.pooled_ssh) and --offline keep
-    # ansible-lint from installing the collection into a .ansible/ cache inside the checkout.
-    env = clean_env(tmp_path, ANSIBLE_COLLECTIONS_PATH=str(collections_root))
-    with no_cache_left_in_checkout():
-        proc = subprocess.run(
-            # No paths: the whole collection (galaxy.yml, plugins' EXAMPLES, the role, molecule,
-            # playbooks) on the production profile.
-            [tool("ansible-lint"), "--offline"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    output = ANSI.sub("", proc.stdout + proc.stderr)
-    assert proc.returncode == 0, f"ansible-lint failed ({proc.returncode}):\n{output[-6000:]}"
-    assert "0 failure(s), 0 warning(s)" in output, output[-3000:]

@@ -224,7 +224,7 @@ def test_paramiko_inventory_works_unchanged(make_fleet, make_runner, tmp_path, p
     assert second.rc == 0, second.output_tail()
     assert all(second.recap()[h]["ok"] == 5 for h in ("old-key", "old-pass", "old-paramiko")), second.recap()
     after = [h.accepted_count() for h in fleet]
-    assert [a - b for a, b in zip(after, before)] == [1, 1, 1], (before, after)  # one pooled login per host
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1], (before, after)  # one login per host
     key_host, pass_host, _legacy = fleet.hosts
     assert key_host.log_text().count("Accepted publickey") == after[0]
     assert re.search(r"Accepted password for", pass_host.log_text())

@@ -24,7 +24,7 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_procfs
     parse_uptime,
     real_filesystems,
 )
-from diagnose_fakes import FIXTURES
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import FIXTURES
 
 
 def text(tree, relative):
@@ -172,8 +172,8 @@ def test_net_dev():
 
 
 def test_listening_ports_ignore_other_states():
-    assert sorted(p for _, p in parse_listening_ports(text("host", "proc/net/tcp"))) == [22, 5432]
-    assert [p for _, p in parse_listening_ports(text("host", "proc/net/tcp6"))] == [80]
+    assert sorted(p for _address, p in parse_listening_ports(text("host", "proc/net/tcp"))) == [22, 5432]
+    assert [p for _address, p in parse_listening_ports(text("host", "proc/net/tcp6"))] == [80]
 
 
 def test_psi_totals_in_seconds():

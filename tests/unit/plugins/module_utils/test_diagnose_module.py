@@ -37,8 +37,7 @@ def run_module(capsys, **args):
 
 def test_runs_on_this_machine_in_check_mode(capsys):
     # fail_on never: this machine's real load or uptime may legitimately be critical.
-    code, result = run_module(capsys, checks=["memory", "load", "uptime"], fail_on="never",
-                              _ansible_check_mode=True)
+    code, result = run_module(capsys, checks=["memory", "load", "uptime"], fail_on="never", _ansible_check_mode=True)
     assert code == 0
     assert result["changed"] is False and "failed" not in result
     assert set(result["checks"]) == {"memory", "load", "uptime"}

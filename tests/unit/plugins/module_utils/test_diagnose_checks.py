@@ -32,7 +32,14 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_checks
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_config import Job
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_runner import execute
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_system import CommandResult, Skip
-from diagnose_fakes import FIXTURES, SYNCED, UNSYNCED, FixtureSystem, command, context
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import (
+    FIXTURES,
+    SYNCED,
+    UNSYNCED,
+    FixtureSystem,
+    command,
+    context,
+)
 
 DER_2026 = (FIXTURES / "certs" / "utctime.der").read_bytes()  # notAfter 2026-12-23T18:10:13Z
 
@@ -48,7 +55,7 @@ def test_filesystem_host_all_ok():
     result = check_filesystem(context(FixtureSystem("host"), "filesystem"))
     assert result["state"] == "ok"
     assert result["summary"] == "5 filesystems ok, fullest / 84.2% used"
-    by_point = {e["mountpoint"]: e for e in result["values"]["filesystems"]}
+    by_point = {e["mountpoint"]: e for e in result["measured"]["filesystems"]}
     assert by_point["/"]["used_percent"] == 84.21 and by_point["/"]["inodes_used_percent"] == 50.0
     assert by_point["/boot"]["used_percent"] == 42.11 and by_point["/boot"]["inodes_used_percent"] == 2.34
     assert by_point["/run"]["used_percent"] == 0.15
@@ -75,13 +82,13 @@ def test_filesystem_listed_mountpoints_and_missing_one():
     result = check_filesystem(context(FixtureSystem("host"), "filesystem", options={"mountpoints": ["/boot", "/nfs"]}))
     assert result["state"] == "critical"
     assert result["summary"] == "/nfs not mounted (critical)"
-    assert [e["mountpoint"] for e in result["values"]["filesystems"]] == ["/nfs", "/boot"]
+    assert [e["mountpoint"] for e in result["measured"]["filesystems"]] == ["/nfs", "/boot"]
 
 
 def test_filesystem_container_overlay_root():
     result = check_filesystem(context(FixtureSystem("container"), "filesystem"))
     assert result["state"] == "ok"
-    entries = result["values"]["filesystems"]
+    entries = result["measured"]["filesystems"]
     assert entries[0]["mountpoint"] == "/" and entries[0]["fstype"] == "overlay"
     assert entries[0]["used_percent"] == 88.89
 
@@ -105,8 +112,8 @@ def test_filesystem_statvfs_error_is_unknown_for_that_mount():
 def test_memory_host():
     result = check_memory(context(FixtureSystem("host"), "memory"))
     assert result["state"] == "ok"
-    assert result["values"]["used_percent"] == 50.0 and result["values"]["swap_used_percent"] == 25.0
-    assert result["values"]["scope"] == "host"
+    assert result["measured"]["used_percent"] == 50.0 and result["measured"]["swap_used_percent"] == 25.0
+    assert result["measured"]["scope"] == "host"
     assert result["summary"] == "memory 50.0% used (7.8 GiB of 15.6 GiB, 7.8 GiB available); swap 25.0% used"
     assert result["perfdata"] == ["'memory'=50%;90;95;0;100", "'swap'=25%;80;90;0;100"]
 
@@ -126,13 +133,13 @@ def test_memory_no_swap_is_ok():
     result = check_memory(context(FixtureSystem("noswap"), "memory", thresholds={"swap_warning": 0}))
     assert result["state"] == "ok"
     assert result["summary"].endswith("; no swap")
-    assert result["values"]["swap_used_percent"] is None
+    assert result["measured"]["swap_used_percent"] is None
     assert result["perfdata"] == ["'memory'=50%;90;95;0;100"]
 
 
 def test_memory_container_uses_the_cgroup_limit():
     result = check_memory(context(FixtureSystem("container"), "memory"))
-    values = result["values"]
+    values = result["measured"]
     assert values["scope"] == "cgroup"
     # working set 469762048 - 46137344 inactive_file = 423624704 of 536870912
     assert values["cgroup"] == {
@@ -147,12 +154,12 @@ def test_memory_container_uses_the_cgroup_limit():
 
 
 def test_memory_unlimited_cgroup_is_the_host():
-    assert check_memory(context(FixtureSystem("host"), "memory"))["values"]["scope"] == "host"
+    assert check_memory(context(FixtureSystem("host"), "memory"))["measured"]["scope"] == "host"
 
 
 def test_memory_estimated_without_memavailable():
     result = check_memory(context(FixtureSystem("nopsi"), "memory"))
-    assert result["values"]["available_estimated"] is True and result["values"]["used_percent"] == 45.68
+    assert result["measured"]["available_estimated"] is True and result["measured"]["used_percent"] == 45.68
 
 
 # -- oom_kills ---------------------------------------------------------------------------------
@@ -193,20 +200,20 @@ def test_memory_estimated_without_memavailable():
 )
 def test_oom_kills(previous, state, new, reset, summary):
     result = check_oom_kills(context(FixtureSystem("host"), "oom_kills", previous=previous))
-    assert (result["state"], result["values"]["new"], result["values"]["reset"], result["summary"]) == (
+    assert (result["state"], result["measured"]["new"], result["measured"]["reset"], result["summary"]) == (
         state,
         new,
         reset,
         summary,
     )
-    assert result["values"]["oom_kill_total"] == 3 and result["values"]["boot_time"] == 1700000000
+    assert result["measured"]["oom_kill_total"] == 3 and result["measured"]["boot_time"] == 1700000000
 
 
 def test_oom_kills_counter_backwards_fixture():
     result = check_oom_kills(
         context(FixtureSystem("backwards"), "oom_kills", previous={"oom_kill": 5, "boot_time": 1700000000})
     )
-    assert result["values"]["reset"] is True and result["values"]["new"] == 1
+    assert result["measured"]["reset"] is True and result["measured"]["new"] == 1
     assert result["state"] == "warning"
     tolerant = check_oom_kills(
         context(FixtureSystem("backwards"), "oom_kills", previous={"oom_kill": 5}, thresholds={"warning": 1})
@@ -226,7 +233,7 @@ def test_cpu_two_samples():
     result = check_cpu(context(system, "cpu", options={"interval": 0.25}))
     assert system.sleeps == [0.25]
     assert result["state"] == "ok"
-    assert result["values"] == {
+    assert result["measured"] == {
         "busy_percent": 45.0,
         "iowait_percent": 5.0,
         "steal_percent": 2.5,
@@ -257,8 +264,8 @@ def test_cpu_thresholds(thresholds, state):
 
 def test_cpu_counters_going_backwards():
     result = check_cpu(context(FixtureSystem("backwards"), "cpu"))
-    assert result["values"]["busy_percent"] == 28.57
-    assert result["values"]["iowait_percent"] == 0.0 and result["values"]["steal_percent"] == 0.0
+    assert result["measured"]["busy_percent"] == 28.57
+    assert result["measured"]["iowait_percent"] == 0.0 and result["measured"]["steal_percent"] == 0.0
 
 
 def test_cpu_without_elapsed_time_is_unknown(tmp_path):
@@ -275,9 +282,9 @@ def test_cpu_without_elapsed_time_is_unknown(tmp_path):
 )
 def test_load_per_usable_cpu(cpus, per_cpu, state):
     result = check_load(context(FixtureSystem("host", cpus=cpus), "load"))
-    assert result["values"]["load5_per_cpu"] == per_cpu
+    assert result["measured"]["load5_per_cpu"] == per_cpu
     assert result["state"] == state
-    assert result["values"]["load1"] == 3.2 and result["values"]["load15"] == 5.0
+    assert result["measured"]["load1"] == 3.2 and result["measured"]["load15"] == 5.0
 
 
 def test_load_summary_and_perfdata():
@@ -289,7 +296,7 @@ def test_load_summary_and_perfdata():
 # -- processes ---------------------------------------------------------------------------------
 def test_processes_host():
     result = check_processes(context(FixtureSystem("host"), "processes"))
-    values = result["values"]
+    values = result["measured"]
     assert values["processes"] == 7 and values["threads"] == 10
     assert values["states"] == {"S": 5, "R": 1, "Z": 1}
     assert values["zombies"] == 1 and values["pid_max"] == 1000 and values["pids_percent"] == 1.0
@@ -309,16 +316,16 @@ def test_processes_zombie_and_pid_thresholds():
 def test_processes_named():
     names = ["nginx", "python3", "very-long-process-name", "my (odd) proc", "postgres"]
     result = check_processes(context(FixtureSystem("host"), "processes", options={"names": names}, scope="application"))
-    assert result["values"]["named"] == {
+    assert result["measured"]["named"] == {
         "nginx": 1,
         "python3": 1,
         "very-long-process-name": 1,
         "my (odd) proc": 1,
         "postgres": 0,
     }
-    assert result["values"]["missing"] == ["postgres"]
+    assert result["measured"]["missing"] == ["postgres"]
     assert result["state"] == "critical"
-    assert "zombies" not in result["values"]  # application scope: only the named processes
+    assert "zombies" not in result["measured"]  # application scope: only the named processes
     assert result["summary"] == "nginx 1, python3 1, very-long-process-name 1, my (odd) proc 1, postgres missing"
     ok = check_processes(context(FixtureSystem("host"), "processes", options=["nginx"], scope="application"))
     assert ok["state"] == "ok"
@@ -327,7 +334,7 @@ def test_processes_named():
 # -- file_descriptors --------------------------------------------------------------------------
 def test_file_descriptors():
     result = check_file_descriptors(context(FixtureSystem("host"), "file_descriptors"))
-    assert result["values"] == {"allocated": 10000, "unused": 0, "maximum": 100000, "used_percent": 10.0}
+    assert result["measured"] == {"allocated": 10000, "unused": 0, "maximum": 100000, "used_percent": 10.0}
     assert result["state"] == "ok"
     assert result["summary"] == "10000 of 100000 file handles in use (10.00%)"
     assert (
@@ -367,7 +374,7 @@ def test_services_failed_units_warn():
     system = FixtureSystem("host", commands={"systemctl": systemctl(FAILED)})
     result = check_services(context(system, "services"))
     assert result["state"] == "warning"
-    assert result["values"]["failed_units"] == ["nginx.service", "cron.service"]
+    assert result["measured"]["failed_units"] == ["nginx.service", "cron.service"]
     assert result["summary"] == "2 failed units: nginx.service, cron.service"
     argv, timeout = system.calls[0]
     assert argv[1:] == ["list-units", "--state=failed", "--no-legend", "--plain", "--no-pager"]
@@ -389,7 +396,7 @@ def test_services_named_unit(answer, state):
     system = FixtureSystem("host", commands={"systemctl": systemctl("", answer)})
     result = check_services(context(system, "services", options=["nginx.service"], scope="application"))
     assert result["state"] == state
-    assert result["values"] == {"units": {"nginx.service": answer.strip()}}
+    assert result["measured"] == {"units": {"nginx.service": answer.strip()}}
     assert [c[0][1] for c in system.calls] == ["is-active"]  # application scope: no failed-unit listing
 
 
@@ -417,7 +424,7 @@ def test_parse_failed_units_plain_and_bulleted():
 def test_ports_listening():
     result = check_ports(context(FixtureSystem("host"), "ports", options=[22, 80, "5432", 443]))
     assert result["state"] == "critical"
-    assert [p["listening"] for p in result["values"]["ports"]] == [True, True, True, False]
+    assert [p["listening"] for p in result["measured"]["ports"]] == [True, True, True, False]
     assert result["summary"] == "22 listening, 80 listening, 5432 listening, 443 not listening (critical)"
 
 
@@ -435,7 +442,7 @@ def test_ports_connect():
     system.connect_fn = connect
     targets = [{"host": h, "port": 5432} for h in ("db", "slow", "slower", "down", "hang")]
     result = check_ports(context(system, "ports", options={"ports": targets}))
-    states = [p["state"] for p in result["values"]["ports"]]
+    states = [p["state"] for p in result["measured"]["ports"]]
     assert states == ["ok", "warning", "critical", "critical", "critical"]
     assert result["summary"] == (
         "db:5432 connected in 0.002 s, slow:5432 connected in 2.000 s (warning), "
@@ -466,9 +473,9 @@ def test_http_ok_with_certificate():
         context(system, "http", options={"url": "https://app.example:8443/health", "body_match": '"status": "ok"'})
     )
     assert result["state"] == "ok"
-    assert result["values"]["cert_days_left"] == 30.02
-    assert result["values"]["cert_not_after"] == "2026-12-23T18:10:13Z"
-    assert result["values"]["body_matched"] is True
+    assert result["measured"]["cert_days_left"] == 30.02
+    assert result["measured"]["cert_not_after"] == "2026-12-23T18:10:13Z"
+    assert result["measured"]["body_matched"] is True
     assert result["summary"] == "https://app.example:8443/health 200 in 0.100 s, certificate expires in 30.0 days"
     assert result["perfdata"] == ["'time'=0.1s;2;5;0", "'cert_days'=30.02;14:;7:"]
     labels = {"url": "https://app.example:8443/health"}
@@ -556,7 +563,7 @@ def test_dns():
     system.resolve_fn = resolve
     result = check_dns(context(system, "dns", options=["example.com", "missing.invalid"]))
     assert result["state"] == "critical"
-    assert result["values"]["names"][0] == {
+    assert result["measured"]["names"][0] == {
         "name": "example.com",
         "addresses": ["192.0.2.1", "2001:db8::1"],
         "seconds": 0.0,
@@ -603,7 +610,7 @@ def test_time_sync_unsynced_after_grace_warns():
 def test_time_sync_falls_back_to_timedatectl():
     system = FixtureSystem("host", commands={"timedatectl": command("yes\n")})
     result = check_time_sync(context(system, "time_sync"))
-    assert result["state"] == "ok" and result["values"]["source"] == "timedatectl"
+    assert result["state"] == "ok" and result["measured"]["source"] == "timedatectl"
     assert system.calls[0][0][1:] == ["show", "-p", "NTPSynchronized", "--value"]
 
 
@@ -617,7 +624,7 @@ def test_uptime_host():
     result = check_uptime(context(FixtureSystem("host"), "uptime"))
     assert result["state"] == "ok"
     assert result["summary"] == "up 1d 0h 0m"
-    assert result["values"]["boot_time"] == 1700000000 and result["values"]["reboot_required"] is False
+    assert result["measured"]["boot_time"] == 1700000000 and result["measured"]["reboot_required"] is False
     assert result["perfdata"] == ["'uptime'=86400.5s;600:;;0"]
 
 
@@ -630,8 +637,8 @@ def test_uptime_recent_boot_and_reboot_required(tmp_path):
     result = check_uptime(context(FixtureSystem("x", root=tmp_path), "uptime"))
     assert result["state"] == "warning"
     assert result["summary"] == "up 9m 59s (warning), reboot required"
-    assert result["values"]["reboot_required_packages"] == ["libc6", "linux-image-6.1.0"]
-    assert result["values"]["boot_time"] is None  # no /proc/stat in this tree
+    assert result["measured"]["reboot_required_packages"] == ["libc6", "linux-image-6.1.0"]
+    assert result["measured"]["boot_time"] is None  # no /proc/stat in this tree
     (tmp_path / "proc" / "uptime").write_text("600 100.0\n")
     assert (
         check_uptime(context(FixtureSystem("x", root=tmp_path), "uptime", thresholds={"warning": None}))["state"]
@@ -642,8 +649,8 @@ def test_uptime_recent_boot_and_reboot_required(tmp_path):
 # -- log_errors --------------------------------------------------------------------------------
 def test_log_errors_file_mode():
     result = check_log_errors(context(FixtureSystem("host"), "log_errors", options={"path": "/var/log/app.log"}))
-    assert result["values"]["count"] == 3
-    assert result["values"]["last"][-1] == "2024-01-01 10:00:05 FATAL giving up"
+    assert result["measured"]["count"] == 3
+    assert result["measured"]["last"][-1] == "2024-01-01 10:00:05 FATAL giving up"
     assert result["state"] == "ok"
     assert result["summary"] == "3 error lines in the last 1.0 MiB of /var/log/app.log"
     custom = check_log_errors(
@@ -654,7 +661,7 @@ def test_log_errors_file_mode():
             thresholds={"warning": 0},
         )
     )
-    assert custom["values"]["count"] == 1 and custom["state"] == "warning"
+    assert custom["measured"]["count"] == 1 and custom["state"] == "warning"
 
 
 def test_log_errors_file_absent_is_skipped():
@@ -667,9 +674,9 @@ def test_log_errors_journal():
     lines.append(json.dumps({"MESSAGE": list(b"binary \xff message"), "PRIORITY": "3"}))
     system = FixtureSystem("host", commands={"journalctl": command("\n".join(lines) + "\n")})
     result = check_log_errors(context(system, "log_errors", options={"unit": "nginx.service", "since": "10 min ago"}))
-    assert result["values"]["count"] == 13
+    assert result["measured"]["count"] == 13
     assert result["state"] == "warning"
-    assert result["values"]["last"][-1] == "binary \ufffd message"
+    assert result["measured"]["last"][-1] == "binary \ufffd message"
     assert result["summary"] == "13 error lines since 10 min ago in nginx.service"
     argv = system.calls[0][0]
     assert argv[1:] == [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_metrics import Metrics, collect
-from diagnose_fakes import SYNCED, FixtureSystem
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import SYNCED, FixtureSystem
 
 
 def gather(system):
@@ -79,7 +79,7 @@ def test_host_metrics():
 
 
 def test_every_sample_is_a_label_dict_and_a_number():
-    metrics, _ = gather(FixtureSystem("host", adjtimex=SYNCED))
+    metrics, _skipped = gather(FixtureSystem("host", adjtimex=SYNCED))
     for name, samples in metrics.items():
         assert name.replace("_", "").isalnum()
         for sample in samples:
@@ -109,7 +109,7 @@ def test_psi_disabled_on_the_command_line(tmp_path):
         return original(relative)
 
     system.read_text = read_text
-    _, skipped = gather(system)
+    _metrics, skipped = gather(system)
     assert skipped["pressure"] == "no PSI: reading /proc/pressure/cpu failed: Operation not supported"
 
 
@@ -129,7 +129,7 @@ def test_container_metrics():
 
 def test_counters_going_backwards_are_returned_raw():
     """The module reports counters as read; the caller detects the reset (lower value or new boot time)."""
-    metrics, _ = gather(FixtureSystem("backwards"))
+    metrics, _skipped = gather(FixtureSystem("backwards"))
     assert value(metrics, "node_network_receive_bytes_total", device="eth0") == 1000
     assert value(metrics, "node_vmstat_oom_kill") == 1
 

@@ -12,7 +12,12 @@ from ansible_collections.healer.pooled_ssh.plugins.module_utils._diagnose_runner
     diagnose,
     should_fail,
 )
-from diagnose_fakes import SYNCED, UNSYNCED, FixtureSystem, command
+from ansible_collections.healer.pooled_ssh.tests.unit.plugins.module_utils.diagnose_fakes import (
+    SYNCED,
+    UNSYNCED,
+    FixtureSystem,
+    command,
+)
 
 
 def host_system(**kwargs):
@@ -30,7 +35,7 @@ def blocking_check(monkeypatch):
     def hang(ctx):
         started.set()
         release.wait(30)
-        return {"state": "ok", "summary": "late", "values": {}, "perfdata": []}
+        return {"state": "ok", "summary": "late", "measured": {}, "perfdata": []}
 
     monkeypatch.setitem(_diagnose_checks.CHECK_FUNCTIONS, "load", hang)
     yield started
@@ -61,7 +66,7 @@ def test_default_run_on_the_host_fixture():
         "application",
         "state",
         "summary",
-        "values",
+        "measured",
         "thresholds",
         "perfdata",
         "duration_seconds",
@@ -83,7 +88,7 @@ def test_container_without_systemd():
     assert checks["services"]["state"] == "skipped"
     assert checks["services"]["summary"].startswith("skipped: no systemd")
     assert checks["time_sync"]["state"] == "warning"
-    assert checks["memory"]["values"]["scope"] == "cgroup"
+    assert checks["memory"]["measured"]["scope"] == "cgroup"
     assert result["health"] == "warning" and result["failed"] is False
     assert result["counts"]["skipped"] == 1
     assert "services" not in {s["labels"]["name"] for s in result["metrics"]["healer_check_state"]}
@@ -229,7 +234,7 @@ def test_plan_can_be_given():
 def test_previous_counters_round_trip():
     """The ``counters`` of one run, passed back as ``previous``, count only new OOM kills."""
     first = diagnose({"checks": ["oom_kills"], "metrics": False}, host_system())
-    assert first["checks"]["oom_kills"]["values"]["new"] is None
+    assert first["checks"]["oom_kills"]["measured"]["new"] is None
     previous = dict(first["counters"], oom_kill=1)  # as if 2 kills happened since
     second = diagnose({"checks": ["oom_kills"], "previous": previous}, host_system())
     check = second["checks"]["oom_kills"]
