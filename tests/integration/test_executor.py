@@ -12,7 +12,7 @@ from typing import Any, Dict
 import pytest
 from harness import pool
 
-MODULES = Path(__file__).resolve().parents[1] / "unit" / "plugin_utils" / "executor" / "modules"
+MODULES = Path(__file__).resolve().parents[1] / "unit" / "plugins" / "plugin_utils" / "executor" / "modules"
 
 PLAYBOOK = """
 - hosts: fleet

@@ -173,7 +173,7 @@ def test_9_daemon_frozen_past_client_alive_replaces_dead_transports(make_fleet, 
 def test_12_known_hosts_oddities_and_concurrent_adds(make_fleet, make_runner, tmp_path, pool_dir):
     """#12: a @cert-authority line, a @revoked key, a hashed entry, lines we cannot use, and three
     unknown hosts auto-added at once: no crash, the revoked key refused, each new key recorded once,
-    nothing lost. (Twenty concurrent writers: tests/unit/plugin_utils/test_known_hosts.py.)"""
+    nothing lost. (Twenty concurrent writers: tests/unit/plugins/plugin_utils/test_known_hosts.py.)"""
     fleet = make_fleet(count=5)
     hashed, revoked = fleet.hosts[0], fleet.hosts[1]
     hashed_file = tmp_path / "hashed"

@@ -24,7 +24,7 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import 
 
 HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
-REPO = HERE.parents[3]
+REPO = HERE.parents[4]
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 Result = Tuple[int, bytes, bytes]
 
