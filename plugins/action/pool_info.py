@@ -7,12 +7,13 @@ import os
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
-    PoolClient,
-    PoolFailure,
-    PoolUnavailable,
-    pool_dir_path,
-)
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
+
+_client = load("_client")
+PoolClient = _client.PoolClient
+PoolFailure = _client.PoolFailure
+PoolUnavailable = _client.PoolUnavailable
+pool_dir_path = _client.pool_dir_path
 
 ARGUMENT_SPEC = {
     "pool_dir": {"type": "path"},

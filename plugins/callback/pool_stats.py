@@ -40,13 +40,17 @@ import json
 import os
 
 from ansible.plugins.callback import CallbackBase
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import (
-    PoolClient,
-    PoolFailure,
-    PoolUnavailable,
-    pool_dir_path,
-)
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._stats import TABLE_COLUMNS, delta, render_table
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
+
+_client = load("_client")
+PoolClient = _client.PoolClient
+PoolFailure = _client.PoolFailure
+PoolUnavailable = _client.PoolUnavailable
+pool_dir_path = _client.pool_dir_path
+_stats = load("_stats")
+TABLE_COLUMNS = _stats.TABLE_COLUMNS
+delta = _stats.delta
+render_table = _stats.render_table
 
 
 class CallbackModule(CallbackBase):

@@ -320,7 +320,7 @@ options:
       - Seconds allowed for opening a new transport (TCP connect, negotiation and authentication each), and for
         privilege escalation to show its prompt or success marker once the command started (then the task fails with
         C(timed out waiting for privilege escalation prompt)).
-      - Default 10; the origin's C(SSH_POOL_CONNECTION_TIMEOUT_MS) (O(timeout_ms)) applies when this is unset.
+      - Default 10; the C(SSH_POOL_CONNECTION_TIMEOUT_MS) environment name (O(timeout_ms)) applies when this is unset.
     type: int
     ini:
       - section: defaults
@@ -343,7 +343,7 @@ options:
     cli:
       - name: timeout
   timeout_ms:
-    description: O(timeout) in milliseconds, under the origin's name. Used only when O(timeout) is unset.
+    description: O(timeout) in milliseconds, under its C(SSH_POOL_*) environment name. Used only when O(timeout) is unset.
     type: float
     env:
       - name: SSH_POOL_CONNECTION_TIMEOUT_MS
@@ -449,15 +449,17 @@ from ansible.utils.display import Display
 try:
     # Through Python's own importer, which keeps bytecode caches: every task's worker imports
     # this code afresh, and Ansible's collection loader would compile it from source each time.
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._private import load as _load
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
 
     _client = _load("_client")
     _options = _load("_options")
+    _errors = _load("errors")
 except ImportError as e:  # pragma: no cover - reported on use, not at load
     IMPORT_ERROR: Exception | None = e
 else:
     IMPORT_ERROR = None
-    PoolClient, PoolFailure, PoolUnavailable = _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable
+    PoolClient, PoolFailure, PoolUnavailable = _client.PoolClient, _errors.PoolFailure, _errors.PoolUnavailable
+    ErrorKind = _errors.ErrorKind
     pool_dir_path = _client.pool_dir_path
     OptionError, connection_spec = _options.OptionError, _options.connection_spec
     daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
@@ -507,9 +509,18 @@ def _preload_option_definitions() -> None:
 
 _preload_option_definitions()
 
-#: Kinds of daemon errors that mean "this host cannot be reached" (UNREACHABLE), not "this task failed".
-UNREACHABLE_KINDS = {"connect", "hostkey", "exhausted", "unknown_outcome", "daemon_lost", "timeout", "shutdown",
-                     "protocol"}
+
+
+def _ansible_errors() -> dict:
+    """The one table from a pool error's kind to what Ansible reports: a failed login, an UNREACHABLE
+    host (the kind says whether it is one), or a failed task."""
+    if IMPORT_ERROR is not None:
+        return {}
+    return {kind: AnsibleAuthenticationFailure if kind is ErrorKind.AUTH
+            else AnsibleConnectionFailure if kind.unreachable else AnsibleError for kind in ErrorKind}
+
+
+ANSIBLE_ERRORS = _ansible_errors()
 
 
 def _in_worker() -> bool:
@@ -569,6 +580,16 @@ class Connection(ConnectionBase):
             raise AnsibleError(f"pooled_ssh option for {self._host}: {e}") from None
         return {"conn": self._spec, "pool": self._pool}
 
+    def _bind(self) -> dict:
+        """Give the client this host's spec and settings (sent to the daemon once per socket)."""
+        request = self._request()
+        assert self._client is not None
+        try:
+            self._client.bind(request["conn"], request["pool"])
+        except PoolFailure as e:
+            raise self._failure(e) from None
+        return request
+
     def _new_client(self, spawn: bool = True) -> PoolClient:
         try:
             pool_dir, idle_exit = daemon_settings(self.get_option)
@@ -583,13 +604,9 @@ class Connection(ConnectionBase):
     def _failure(self, e: Exception) -> Exception:
         """Map a pool error to what Ansible reports: UNREACHABLE for the host, or a failed task."""
         if isinstance(e, PoolUnavailable):
-            return AnsibleConnectionFailure(f"pooled_ssh: {e}")
-        assert isinstance(e, PoolFailure)
-        if e.kind == "auth":
-            return AnsibleAuthenticationFailure(str(e))
-        if e.kind in UNREACHABLE_KINDS:
-            return AnsibleConnectionFailure(str(e))
-        return AnsibleError(str(e))
+            return ANSIBLE_ERRORS[e.kind](f"pooled_ssh: {e}")
+        kind = e.kind if isinstance(e, PoolFailure) else ErrorKind.INTERNAL
+        return ANSIBLE_ERRORS[kind](str(e))
 
     def _open_early(self) -> None:
         """In a task's worker, open the pool socket on a thread as soon as the options are known.
@@ -643,10 +660,8 @@ class Connection(ConnectionBase):
         become = self.become if sudoable else None
         awaiting_prompt = bool(become and become.expect_prompt())
         awaiting_success = bool(become and become.success)
-        request = self._request()
-        message = dict(request, cmd=cmd, command_timeout=self.get_option("command_timeout"),
-                       pty=bool(self.get_option("pty") and sudoable and not in_data),
-                       term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
+        request = self._bind()
+        message = self._exec_message(cmd, in_data, sudoable)
         ready = not (awaiting_prompt or awaiting_success)
         # Escalation must show its prompt or success marker within the connection timeout.
         escalation_timeout = float(request["conn"]["timeout"])
@@ -681,7 +696,7 @@ class Connection(ConnectionBase):
                 self._client.recv_timeout = None if ready or deadline is None else max(
                     0.001, deadline - time.monotonic())
         except PoolFailure as e:
-            if e.kind == "recv_timeout" and not ready and become is not None:
+            if e.kind is ErrorKind.RECV_TIMEOUT and not ready and become is not None:
                 raise AnsibleError(
                     f"{become.name}: timed out waiting for privilege escalation prompt after "
                     f"{escalation_timeout:g}s (timeout); received: {to_text(pending[-200:], errors='replace')!r}"
@@ -701,6 +716,11 @@ class Connection(ConnectionBase):
                 raise AnsibleError(f"Missing {become.name} password")
             out.append(pending)
         return rc, b"".join(out), b"".join(err)
+
+    def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict:
+        return dict(cmd=cmd, command_timeout=self.get_option("command_timeout"),
+                    pty=bool(self.get_option("pty") and sudoable and not in_data),
+                    term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
 
     def _examine_become(self, pending: bytes, awaiting_prompt: bool, become) -> tuple[bytes, bool, bool]:
         """The ssh plugin's escalation state machine: prompt, then success marker, then module data."""
@@ -742,12 +762,13 @@ class Connection(ConnectionBase):
         self._connect()
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self._host)
         local = os.path.abspath(to_text(out_path, errors="surrogate_or_strict"))
-        self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"))
+        self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"), umask=_client.current_umask())
 
-    def _transfer(self, op: str, local: str, remote: str) -> None:
+    def _transfer(self, op: str, local: str, remote: str, **fields) -> None:
         assert self._client is not None
         try:
-            reply = self._client.call(dict(self._request(), op=op, local=local, remote=remote))
+            self._bind()
+            reply = self._client.call({"op": op, "local": local, "remote": remote, **fields})
         except (PoolFailure, PoolUnavailable) as e:
             raise self._failure(e) from None
         display.vvv(f"POOL {'reused' if reply.get('hit') else 'created'} transport {reply.get('transport')}",

@@ -52,7 +52,7 @@ options:
     description:
       - Seconds an unused transport stays open. Default 60. Set it above the time one task takes to sweep
         the fleet, or each task pays a handshake again.
-      - The origin's C(SSH_POOL_IDLE_TIMEOUT_MS) (O(idle_timeout_ms)) applies when this is unset.
+      - The C(SSH_POOL_IDLE_TIMEOUT_MS) environment name (O(idle_timeout_ms)) applies when this is unset.
     type: float
     env:
       - name: ANSIBLE_POOLED_SSH_IDLE_TIMEOUT
@@ -62,7 +62,7 @@ options:
     vars:
       - name: ansible_pooled_ssh_idle_timeout
   idle_timeout_ms:
-    description: O(idle_timeout) in milliseconds, under the origin's name.
+    description: O(idle_timeout) in milliseconds, under its C(SSH_POOL_*) environment name.
     type: float
     env:
       - name: SSH_POOL_IDLE_TIMEOUT_MS
@@ -92,7 +92,7 @@ options:
   health_check_interval:
     description:
       - Seconds between health checks of an idle transport (a keepalive request that must be answered in time).
-        Default 30; the origin's C(SSH_POOL_HEALTH_CHECK_INTERVAL_MS) applies when this is unset.
+        Default 30; the C(SSH_POOL_HEALTH_CHECK_INTERVAL_MS) environment name applies when this is unset.
     type: float
     env:
       - name: ANSIBLE_POOLED_SSH_HEALTH_CHECK_INTERVAL
@@ -102,7 +102,7 @@ options:
     vars:
       - name: ansible_pooled_ssh_health_check_interval
   health_check_interval_ms:
-    description: O(health_check_interval) in milliseconds, under the origin's name.
+    description: O(health_check_interval) in milliseconds, under its C(SSH_POOL_*) environment name.
     type: float
     env:
       - name: SSH_POOL_HEALTH_CHECK_INTERVAL_MS
@@ -110,7 +110,7 @@ options:
     description:
       - Seconds between keepalives on a transport that is running commands. A transport that leaves
         O(keepalive_max_missed) of them unanswered is closed, and its commands fail with "outcome unknown".
-        Default 10; the origin's C(SSH_KEEPALIVE_INTERVAL) (milliseconds) applies when this is unset.
+        Default 10; the C(SSH_KEEPALIVE_INTERVAL) environment name (milliseconds) applies when this is unset.
     type: float
     env:
       - name: ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL
@@ -120,7 +120,7 @@ options:
     vars:
       - name: ansible_pooled_ssh_keepalive_interval
   keepalive_interval_ms:
-    description: O(keepalive_interval) in milliseconds, under the origin's name.
+    description: O(keepalive_interval) in milliseconds, under its C(SSH_KEEPALIVE_INTERVAL) environment name.
     type: float
     env:
       - name: SSH_KEEPALIVE_INTERVAL

@@ -9,7 +9,7 @@ version_added: 0.1.0
 description:
   - Runs on the controller (an action plugin; no module is sent to any host) and talks to the
     C(healer.pooled_ssh.pooled_ssh) pool daemon of O(pool_dir).
-  - Returns the daemon's statistics (the origin's counters overall and per inventory host) and its live
+  - Returns the daemon's statistics (the healer service's counters, overall and per inventory host) and its live
     transports. With O(flush) closes one host's transports (or all); with O(stop) stops the daemon.
   - When no daemon runs, returns C(running=false) and empty statistics; it never starts one.
 author: healer.pooled_ssh maintainers
@@ -68,7 +68,7 @@ daemon:
   sample: {pid: 4242, protocol: 1, uptime: 12.5, clients: 0, requests: 40, threads: 9, paramiko: "5.1.0"}
 stats:
   description:
-    - The origin's counters C(poolHits), C(poolMisses), C(activeConnections), C(idleConnections),
+    - The healer service's counters C(poolHits), C(poolMisses), C(activeConnections), C(idleConnections),
       C(totalConnections), C(healthCheckFailures), C(healthChecksPassed) and the pool's own (C(closedIdle),
       C(closedDead), C(evicted), C(exhausted), C(waits), C(waitSeconds), C(peakConnections), ...).
   returned: always

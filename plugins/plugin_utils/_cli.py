@@ -13,8 +13,14 @@ import os
 import sys
 from typing import List, Optional
 
-from ._client import PoolClient, PoolFailure, PoolUnavailable, pool_dir_path
-from ._stats import prometheus, render_table
+from .bootstrap import load
+
+# One import name (healer_pooled_ssh) whether run by pip's console script or with python -m.
+_client = load("_client")
+_stats = load("_stats")
+PoolClient, PoolFailure, PoolUnavailable, pool_dir_path = (
+    _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable, _client.pool_dir_path)
+prometheus, render_table = _stats.prometheus, _stats.render_table
 
 
 def _pool_dir(args: argparse.Namespace) -> str:

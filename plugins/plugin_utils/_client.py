@@ -16,7 +16,10 @@ import sys
 import time
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from . import _protocol as proto
+from .errors import ErrorKind, PoolFailure, PoolUnavailable
+from .wire import frames as proto
+from .wire import messages as msgs
+from .wire.fields import Malformed
 
 #: Where the pool lives unless configured otherwise.
 DEFAULT_POOL_DIR = "~/.ansible/pooled_ssh"
@@ -30,8 +33,8 @@ HELLO_TIMEOUT = 10.0
 #: Longest path a UNIX socket address can hold on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
 
-# Launches the daemon in a fresh interpreter: _private.py imports this directory as a package
-# under a private name, whatever the collection's install layout is.
+# Launches the daemon in a fresh interpreter: bootstrap.py imports this directory as the package
+# healer_pooled_ssh, whatever the collection's install layout is.
 _BOOT = (
     "import importlib.util, sys\n"
     "spec = importlib.util.spec_from_file_location('_pooled_ssh_private', sys.argv[1])\n"
@@ -41,16 +44,7 @@ _BOOT = (
 )
 
 
-class PoolUnavailable(Exception):
-    """The daemon cannot be reached or started; the message says why and what to do."""
-
-
-class PoolFailure(Exception):
-    """The daemon reported an error for one request."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+__all__ = ["PoolClient", "PoolFailure", "PoolUnavailable"]
 
 
 def pool_dir_path(configured: Optional[str]) -> str:
@@ -99,7 +93,7 @@ def _connect(path: str) -> socket.socket:
 
 
 def _boot_file() -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_private.py")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
 
 def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
@@ -174,8 +168,30 @@ def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "i
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def current_umask() -> int:
+    """This process's umask, sent with a fetch so the file gets the mode ``ssh`` would give it.
+
+    Read from /proc (``os.umask`` can only be read by setting it, which races other threads).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class PoolClient:
-    """One worker's conversation with the daemon, over one socket reused for every request."""
+    """One worker's conversation with the daemon, over one socket reused for every request.
+
+    The connection spec and pool settings are sent once per socket (``bind``), before the first
+    request that needs them; every request gets an operation id, and replies that answer another
+    (an abandoned) operation are dropped.
+    """
 
     def __init__(self, pool_dir: str, idle_exit: float = 60.0, log_level: str = "info", spawn: bool = True) -> None:
         self.pool_dir = pool_dir
@@ -184,37 +200,44 @@ class PoolClient:
         self.spawn = spawn
         self._sock: Optional[socket.socket] = None
         self._pid = 0
+        self._next_id = 0
+        self._op: Optional[int] = None
+        self._bind: Optional[Dict[str, Any]] = None
+        self._bound: Optional[socket.socket] = None
         self.daemon_pid: Optional[int] = None
         #: Seconds to wait for the daemon's next reply (None: no limit). The plugin sets it while awaiting a
         #: become prompt; when it expires the request is abandoned (kind "recv_timeout").
         self.recv_timeout: Optional[float] = None
 
+    def _hello(self, sock: socket.socket) -> None:
+        path = os.path.join(self.pool_dir, proto.socket_name())
+        try:
+            # Whatever listens on the socket must say hello in time: a process of another
+            # version (or a wedged one) is refused, never waited on forever.
+            sock.settimeout(HELLO_TIMEOUT)
+            proto.send_frame(sock, {"op": msgs.Op.HELLO.value, "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
+            reply, _ = proto.recv_frame(sock)
+            sock.settimeout(None)
+        except (OSError, proto.ProtocolError) as e:
+            sock.close()
+            detail = f"no answer within {HELLO_TIMEOUT:g}s" if isinstance(e, socket.timeout) else str(e)
+            raise PoolUnavailable(f"the process listening on {path} is not a pool daemon of protocol "
+                                  f"{proto.PROTOCOL_VERSION} ({detail}): stop that process, or set pool_dir "
+                                  "to another directory") from None
+        if reply.get("t") != msgs.Reply.HELLO.value or reply.get("version") != proto.PROTOCOL_VERSION:
+            sock.close()
+            got = reply.get("msg") if reply.get("t") == "error" else f"protocol {str(reply.get('version'))[:20]}"
+            raise PoolUnavailable(f"the pool daemon on {path} refused us or speaks another protocol ({got}; "
+                                  f"we speak {proto.PROTOCOL_VERSION}): stop that process, or set pool_dir "
+                                  "to another directory")
+        self.daemon_pid = reply.get("pid")
+
     def _socket(self) -> socket.socket:
         # A socket inherited across fork() is shared with the parent: open our own.
         if self._sock is None or self._pid != os.getpid():
             sock = connect_or_spawn(self.pool_dir, self.idle_exit, self.log_level, self.spawn)
-            path = os.path.join(self.pool_dir, proto.socket_name())
-            try:
-                # Whatever listens on the socket must say hello in time: a process of another
-                # version (or a wedged one) is refused, never waited on forever.
-                sock.settimeout(HELLO_TIMEOUT)
-                proto.send_frame(sock, {"op": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
-                reply, _ = proto.recv_frame(sock)
-                sock.settimeout(None)
-            except (OSError, proto.ProtocolError) as e:
-                sock.close()
-                detail = f"no answer within {HELLO_TIMEOUT:g}s" if isinstance(e, socket.timeout) else str(e)
-                raise PoolUnavailable(f"the process listening on {path} is not a pool daemon of protocol "
-                                      f"{proto.PROTOCOL_VERSION} ({detail}): stop that process, or set pool_dir "
-                                      "to another directory") from None
-            if reply.get("t") != "hello" or reply.get("version") != proto.PROTOCOL_VERSION:
-                sock.close()
-                got = reply.get("msg") if reply.get("t") == "error" else f"protocol {str(reply.get('version'))[:20]}"
-                raise PoolUnavailable(f"the pool daemon on {path} refused us or speaks another protocol ({got}; "
-                                      f"we speak {proto.PROTOCOL_VERSION}): stop that process, or set pool_dir "
-                                      "to another directory")
-            self.daemon_pid = reply.get("pid")
-            self._sock, self._pid = sock, os.getpid()
+            self._hello(sock)
+            self._sock, self._pid, self._bound = sock, os.getpid(), None
         return self._sock
 
     def open(self) -> None:
@@ -226,29 +249,71 @@ class PoolClient:
             with contextlib.suppress(OSError):
                 self._sock.close()
         self._sock = None
+        self._bound = None
+        self._op = None
+
+    def bind(self, spec: Dict[str, Any], settings: Dict[str, Any]) -> None:
+        """Set the connection spec and pool settings of later requests (checked here first)."""
+        message = {"conn": spec, "pool": settings}
+        try:
+            msgs.Bind.from_wire(message)
+        except Malformed as e:
+            raise PoolFailure(ErrorKind.PROTOCOL, f"malformed bind request: {e}") from None
+        if message != self._bind:
+            self._bind, self._bound = message, None
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _ensure_bound(self, sock: socket.socket) -> None:
+        if self._bound is sock:
+            return
+        if self._bind is None:
+            raise PoolFailure(ErrorKind.PROTOCOL, "no connection spec bound before this request")
+        op_id = self._new_id()
+        proto.send_frame(sock, dict(self._bind, op=msgs.Op.BIND.value, id=op_id))
+        self._reply_to(sock, op_id)
+        self._bound = sock
 
     def call(self, message: Dict[str, Any], payload: bytes = b"") -> Dict[str, Any]:
         """Send one request and return its single reply (raising on an error reply)."""
-        sock = self._send(message, payload)
-        reply, _ = self._recv(sock)
-        if reply.get("t") == "error":
+        sock, op_id = self._send(message, payload)
+        return self._reply_to(sock, op_id)
+
+    def _reply_to(self, sock: socket.socket, op_id: int) -> Dict[str, Any]:
+        """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body)."""
+        reply, _ = self._recv(sock, op_id)
+        if reply.get("t") == msgs.Reply.ERROR.value:
             raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
+        reply.pop("re", None)
         return reply
 
-    def _send(self, message: Dict[str, Any], payload: bytes = b"") -> socket.socket:
+    def _send(self, message: Dict[str, Any], payload: bytes = b"") -> Tuple[socket.socket, int]:
         """Send a request; a daemon that died since our last request is restarted once."""
+        op, _ = msgs.envelope(message)
         for attempt in (1, 2):
             sock = self._socket()
             try:
-                proto.send_frame(sock, message, payload)
-                return sock
+                if op in msgs.BOUND_OPS:
+                    self._ensure_bound(sock)
+                op_id = self._new_id()
+                proto.send_frame(sock, dict(message, id=op_id), payload)
+                return sock, op_id
             except OSError:
                 self.close()
                 if attempt == 2:
                     raise PoolUnavailable(f"lost the pool daemon in {self.pool_dir}") from None
         raise AssertionError("unreachable")
 
-    def _recv(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
+    def _recv(self, sock: socket.socket, op_id: int) -> Tuple[Dict[str, Any], bytes]:
+        """The next reply to ``op_id``; replies to other (abandoned) operations are dropped."""
+        while True:
+            reply, data = self._recv_any(sock)
+            if reply.get("re") == op_id or (reply.get("re") is None and reply.get("t") == msgs.Reply.ERROR.value):
+                return reply, data
+
+    def _recv_any(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
         timeout = self.recv_timeout
         if timeout is not None:
             sock.settimeout(timeout)
@@ -257,10 +322,10 @@ class PoolClient:
         except socket.timeout:
             # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
             self.close()
-            raise PoolFailure("recv_timeout", f"no reply from the pool daemon within {timeout:g}s") from None
+            raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {timeout:g}s") from None
         except (OSError, proto.ProtocolError) as e:
             self.close()
-            raise PoolFailure("daemon_lost", f"the pool daemon went away mid-request ({e}); "
+            raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon went away mid-request ({e}); "
                               "the operation's outcome is unknown") from None
         finally:
             if timeout is not None and self._sock is sock:
@@ -275,29 +340,38 @@ class PoolClient:
         """
         first = stdin[: proto.CHUNK]
         rest = stdin[proto.CHUNK :]
-        sock = self._send(dict(message, op="exec", eof=eof and not rest), first)
+        sock, op_id = self._send(dict(message, op=msgs.Op.EXEC.value, eof=eof and not rest), first)
+        self._op = op_id
+        try:
+            yield from self._exec_replies(sock, op_id, rest, eof)
+        finally:
+            self._op = None
+
+    def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool) -> Iterator[Tuple[str, Any]]:
         while True:
-            reply, data = self._recv(sock)
+            reply, data = self._recv(sock, op_id)
             kind = reply.get("t")
-            if kind == "started":
+            if kind == msgs.Reply.STARTED.value:
                 if rest:
                     self.send_stdin(rest, eof=eof)
                     rest = b""
                 yield "started", reply
-            elif kind in ("out", "err"):
+            elif kind in (msgs.Reply.OUT.value, msgs.Reply.ERR.value):
                 yield kind, data
-            elif kind == "exit":
+            elif kind == msgs.Reply.EXIT.value:
                 yield "exit", int(reply["rc"])
                 return
-            elif kind == "error":
+            elif kind == msgs.Reply.ERROR.value:
                 raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
             else:
                 self.close()
-                raise PoolFailure("protocol", f"unexpected reply {kind!r} from the pool daemon")
+                raise PoolFailure(ErrorKind.PROTOCOL, f"unexpected reply {kind!r} from the pool daemon")
 
     def send_stdin(self, data: bytes, eof: bool = False) -> None:
-        assert self._sock is not None
+        """More input for the running command (named by its operation id)."""
+        if self._sock is None or self._op is None:
+            raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
         for start in range(0, len(data), proto.CHUNK):
-            proto.send_frame(self._sock, {"op": "stdin"}, data[start : start + proto.CHUNK])
+            proto.send_frame(self._sock, {"op": msgs.Op.STDIN.value, "id": self._op}, data[start : start + proto.CHUNK])
         if eof:
-            proto.send_frame(self._sock, {"op": "eof"})
+            proto.send_frame(self._sock, {"op": msgs.Op.EOF.value, "id": self._op})

@@ -8,8 +8,9 @@ worker with another ``HOME`` or ``SSH_AUTH_SOCK``.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _ssh_config
 
@@ -18,7 +19,8 @@ GetOption = Callable[[str], Any]
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts",)
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 
-#: Pool timings in seconds, each with the origin's millisecond alias and its default.
+#: Pool timings in seconds, each with its millisecond alias (the unit of the ``SSH_POOL_*`` environment names)
+#: and its default.
 SECONDS_WITH_MS_ALIAS = {
     "idle_timeout": 60.0,
     "health_check_interval": 30.0,
@@ -40,7 +42,8 @@ def _optional(get_option: GetOption, name: str) -> Any:
 
 
 def seconds(get_option: GetOption, name: str) -> float:
-    """The option in seconds; its ``<name>_ms`` alias (the origin's unit) when it is unset."""
+    """The option in seconds; its ``<name>_ms`` alias (milliseconds, as the ``SSH_POOL_*`` environment names)
+    when it is unset."""
     value = get_option(name)
     if value is None:
         ms = get_option(f"{name}_ms")
@@ -113,28 +116,16 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     password = get_option("password")
     key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
-    proxy_command = get_option("proxy_command") or None
-    jump_spec = _optional(get_option, "proxy_jump") or None
-    if proxy_command and jump_spec:
-        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
-    if not proxy_command and not jump_spec:
-        # ssh_config fills the proxy only when the inventory sets neither.
-        jump_spec = found.get("proxyjump")
-        proxy_command = None if jump_spec else found.get("proxycommand")
-    if proxy_command:
-        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
-            proxy_command = proxy_command.replace(token, value)
-    try:
-        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
-    except _ssh_config.JumpSpecError as e:
-        raise OptionError(f"proxy_jump: {e}") from None
+    proxy_command, hops = _proxy(get_option, found, config_file, addr, port, user)
+    key_path = os.path.abspath(os.path.expanduser(key_file)) if key_file else None
     spec: Dict[str, Any] = {
         "host": inventory_host,
         "addr": addr,
         "port": port,
         "user": user,
         "password": password,
-        "private_key_file": os.path.abspath(os.path.expanduser(key_file)) if key_file else None,
+        "private_key_file": key_path,
+        "key_fingerprint": key_fingerprint(key_path),
         "private_key_passphrase": get_option("private_key_passphrase"),
         "look_for_keys": bool(get_option("look_for_keys")),
         "default_key_files": [os.path.expanduser(k) for k in DEFAULT_KEYS],
@@ -154,6 +145,41 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     if hops:
         spec["proxy_jump"] = hops
     return spec
+
+
+def key_fingerprint(path: Optional[str]) -> Optional[str]:
+    """sha256 of a key file's bytes, part of the pool key: a key rewritten at the same path is
+    another identity. Read here, in the worker, as the user; None when there is no such file."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _proxy(get_option: GetOption, found: Dict[str, Any], config_file: Optional[str], addr: str, port: int,
+           user: str) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+    """The proxy command (its tokens filled in) or the jump hops, from the inventory or else ssh_config."""
+    proxy_command = get_option("proxy_command") or None
+    jump_spec = _optional(get_option, "proxy_jump") or None
+    if proxy_command and jump_spec:
+        raise OptionError("proxy_command and proxy_jump are both set: use one of them")
+    if not proxy_command and not jump_spec:
+        # ssh_config fills the proxy only when the inventory sets neither.
+        jump_spec = found.get("proxyjump")
+        proxy_command = None if jump_spec else found.get("proxycommand")
+    if proxy_command:
+        for token, value in (("%h", addr), ("%p", str(port)), ("%r", user)):
+            proxy_command = proxy_command.replace(token, value)
+    try:
+        hops = _ssh_config.resolve_hops(_ssh_config.parse_jump(jump_spec), config_file, user)
+    except _ssh_config.JumpSpecError as e:
+        raise OptionError(f"proxy_jump: {e}") from None
+    for hop in hops:
+        hop["key_fingerprint"] = key_fingerprint(hop.get("private_key_file"))
+    return proxy_command, hops
 
 
 def _local_user(environ: Mapping[str, str]) -> str:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.frames import PROTOCOL_VERSION, socket_name
 from harness import pool
 from harness.sshd import generate_key, is_root, needs_root
 
@@ -148,21 +149,21 @@ try:
     s.connect(sys.argv[1])
 except OSError as e:
     print("connect-failed", e.errno); sys.exit(0)
-hello = json.dumps({"op": "hello", "version": 1}).encode()
+hello = json.dumps({"op": "hello", "version": VERSION}).encode()
 try:
-    s.sendall(b"HPS\\x01" + struct.pack("!II", len(hello), 0) + hello)
+    s.sendall(b"HPS" + bytes([VERSION]) + struct.pack("!II", len(hello), 0) + hello)
     data = s.recv(100)
 except OSError:
     data = b""
 print("closed" if not data else "reply %d" % len(data))
-"""
+""".replace("VERSION", str(PROTOCOL_VERSION))
 
 
 def test_another_uid_is_refused(fleet, runner, tmp_path, pool_dir):
     needs_root("switching to another uid needs root")
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=fleet.hosts[:1])
     assert runner.playbook(PLAY, inventory).rc == 0
-    sock = str(Path(pool_dir) / "pool-v1.sock")
+    sock = str(Path(pool_dir) / socket_name())
     import pwd
 
     user = pwd.getpwnam(fleet.user)
@@ -198,7 +199,7 @@ def test_pool_dir_with_wrong_mode_is_refused(fleet, runner, tmp_path, pool_dir):
         os.chmod(pool_dir, 0o700)
     assert result.recap()["host1"]["unreachable"] == 1
     assert f"pool directory {pool_dir} has mode 0755" in result.stdout
-    assert not (Path(pool_dir) / "pool-v1.sock").exists()
+    assert not (Path(pool_dir) / socket_name()).exists()
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: chown to another user")

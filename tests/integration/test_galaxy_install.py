@@ -39,7 +39,7 @@ def test_built_tarball_holds_no_tests_or_caches(built: Path) -> None:
     with tarfile.open(built) as tar:
         names = tar.getnames()
     assert "plugins/connection/pooled_ssh.py" in names
-    assert "plugins/plugin_utils/_daemon.py" in names
+    assert "plugins/plugin_utils/daemon/server.py" in names
     assert "MANIFEST.json" in names
     leaked = [n for n in names if any(bad in n for bad in FORBIDDEN)]
     assert leaked == []

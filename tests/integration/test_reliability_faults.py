@@ -18,12 +18,15 @@ import threading
 from pathlib import Path
 from typing import Dict, List
 
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.frames import PROTOCOL_VERSION, socket_name
 from harness import pool
 from harness.ansible import AnsibleRunner, Result
 from harness.proxy import FaultProxy
 from harness.sshd import descendants_of, wait_until
 
-PROTOCOL_SOCKET = "pool-v1.sock"
+PROTOCOL_SOCKET = socket_name()
+#: A protocol this checkout does not speak.
+OTHER_VERSION = PROTOCOL_VERSION + 1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -372,15 +375,18 @@ def test_a_process_of_another_version_on_the_socket_is_refused(make_fleet, make_
     fleet = make_fleet(count=1)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(fleet)
-    body = json.dumps({"t": "hello", "version": 2, "pid": 1}).encode()
-    fake = FakeDaemon(Path(pool_dir) / PROTOCOL_SOCKET, b"HPS\x02" + struct.pack("!II", len(body), 0) + body)
+    body = json.dumps({"t": "hello", "version": OTHER_VERSION, "pid": 1}).encode()
+    fake = FakeDaemon(Path(pool_dir) / PROTOCOL_SOCKET,
+                      b"HPS" + bytes([OTHER_VERSION]) + struct.pack("!II", len(body), 0) + body)
     try:
         result = runner.playbook(NEXT, inventory, timeout=120)
     finally:
         fake.stop()
     message = unreachable(result, "host1")
-    assert f"the process listening on {pool_dir}/{PROTOCOL_SOCKET} is not a pool daemon of protocol 1" in message
-    assert "protocol version 2 is not 1" in message and "stop that process" in message, message
+    where = f"{pool_dir}/{PROTOCOL_SOCKET}"
+    assert f"the process listening on {where} is not a pool daemon of protocol {PROTOCOL_VERSION}" in message
+    assert f"protocol version {OTHER_VERSION} is not {PROTOCOL_VERSION}" in message, message
+    assert "stop that process" in message, message
     next_task_works(runner, inventory)
 
 

@@ -255,9 +255,10 @@ def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_pa
     with FaultProxy((host.address, host.port)) as proxy:
         fleet.known_hosts.write_text(fleet.known_hosts.read_text() + host.host_key_line().replace(
             f"[{host.address}]:{host.port}", f"[{proxy.address}]:{proxy.port}") + "\n")
-        request = {"op": "put", "conn": _spec(fleet, proxy.address, proxy.port), "pool": {},
-                   "local": str(big_file), "remote": str(target)}
+        spec = _spec(fleet, proxy.address, proxy.port)
+        request = {"op": "put", "local": str(big_file), "remote": str(target)}
         client = PoolClient(str(pool_dir))
+        client.bind(spec, {})
         box: List[BaseException] = []
 
         def put() -> None:
@@ -280,6 +281,7 @@ def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_pa
         assert not target.exists()
         # The pool serves the next transfer (on a new transport) and it arrives whole.
         again = PoolClient(str(pool_dir))
+        again.bind(spec, {})
         try:
             assert again.call(dict(request))["t"] == "done"
         finally:

@@ -39,9 +39,16 @@ class FakeClient:
         self.stdin: List[Tuple[bytes, bool]] = []
         self.calls: List[Dict[str, Any]] = []
         self.closes = 0
+        #: The spec and settings of the latest bind; recorded requests show them as "conn" and "pool".
+        self.bound: Dict[str, Any] = {}
         wire.clients.append(self)
 
+    def bind(self, spec: Dict[str, Any], settings: Dict[str, Any]) -> None:
+        self.bound = {"conn": spec, "pool": settings}
+
     def exec_stream(self, message: Dict[str, Any], stdin: bytes = b"", eof: bool = True) -> Iterator[Frame]:
+        assert self.bound, "exec before bind"
+        message = dict(message, **self.bound)
         self.requests.append((message, stdin, eof))
         assert self.wire.script is not None, "the test set no script"
         return self.wire.script(self, message, stdin, eof)
@@ -50,6 +57,9 @@ class FakeClient:
         self.stdin.append((data, eof))
 
     def call(self, message: Dict[str, Any], payload: bytes = b"") -> Dict[str, Any]:
+        if message.get("op") in ("put", "fetch"):
+            assert self.bound, "transfer before bind"
+            message = dict(message, **self.bound)
         self.calls.append(message)
         if self.wire.call_error is not None:
             raise self.wire.call_error

@@ -16,7 +16,7 @@ from typing import Iterator, List
 
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _protocol as proto
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames as proto
 
 
 @pytest.fixture
@@ -115,8 +115,9 @@ def frame(message: dict, magic: bytes = proto.MAGIC) -> bytes:
 
 @pytest.mark.parametrize(("reply", "expected"), [
     (b"SSH-2.0-OpenSSH_9.2\r\n", "bad magic"),
-    (frame({"t": "hello", "version": 0}, magic=b"HPS\x00"), "protocol version 0 is not 1"),
-    (frame({"t": "hello", "version": 2, "pid": 1}), "speaks another protocol (protocol 2; we speak 1)"),
+    (frame({"t": "hello", "version": 0}, magic=b"HPS\x00"), f"protocol version 0 is not {proto.PROTOCOL_VERSION}"),
+    (frame({"t": "hello", "version": 7, "pid": 1}),
+     f"speaks another protocol (protocol 7; we speak {proto.PROTOCOL_VERSION})"),
     (frame({"t": "error", "kind": "protocol", "msg": "go away"}), "refused us or speaks another protocol (go away"),
     (b"", "no answer within 0.5s"),
 ], ids=["garbage", "other-magic", "other-version-hello", "error", "silent"])

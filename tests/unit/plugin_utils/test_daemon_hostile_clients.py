@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _protocol as proto
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames as proto
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,12 +184,12 @@ def test_oversized_length_headers_are_refused_from_the_header(daemon: RealDaemon
 def test_another_protocol_version_is_refused(daemon: RealDaemon) -> None:
     sock = daemon.raw()
     try:
-        body = json.dumps({"op": "hello", "version": 2}).encode()
-        sock.sendall(header(len(body), 0, magic=b"HPS\x02") + body)
+        body = json.dumps({"op": "hello", "version": 1}).encode()
+        sock.sendall(header(len(body), 0, magic=b"HPS\x01") + body)
         replies = read_replies(sock)
     finally:
         sock.close()
-    assert replies and "protocol version 2 is not 1" in replies[0]["msg"], replies
+    assert replies and f"protocol version 1 is not {proto.PROTOCOL_VERSION}" in replies[0]["msg"], replies
 
 
 # -- frames out of order ------------------------------------------------------------------
@@ -212,12 +212,16 @@ def test_anything_before_hello_is_refused(daemon: RealDaemon, first: dict) -> No
 def test_frames_out_of_order_after_hello_get_errors_and_the_conversation_goes_on(daemon: RealDaemon) -> None:
     sock = daemon.hello()
     try:
-        for op in ("stdin", "eof", "cancel", "hello", "started", "exit", None, 7):
-            proto.send_frame(sock, {"op": op}, b"data")
+        # Input of an operation that is over (or never was) is dropped, never answered as a request.
+        for op_id, op in enumerate(("stdin", "eof", "cancel", "stdin"), start=1):
+            proto.send_frame(sock, {"op": op, "id": op_id}, b"data")
+        for op_id, op in enumerate(("hello", "started", "exit", None, 7), start=10):
+            proto.send_frame(sock, {"op": op, "id": op_id}, b"data")
             reply, _ = proto.recv_frame(sock)
             assert reply["t"] == "error" and reply["kind"] == "protocol" and "unknown op" in reply["msg"], reply
-        proto.send_frame(sock, {"op": "ping"})
-        assert proto.recv_frame(sock)[0] == {"t": "pong"}
+            assert reply["re"] == op_id, reply
+        proto.send_frame(sock, {"op": "ping", "id": 99})
+        assert proto.recv_frame(sock)[0] == {"t": "pong", "re": 99}
     finally:
         sock.close()
 
@@ -275,12 +279,17 @@ def test_exec_with_wrong_field_types_is_refused_and_nothing_runs(daemon: RealDae
     msg, where = case
     sock = daemon.hello()
     try:
-        proto.send_frame(sock, msg)
+        # The spec and settings go in the bind; the command in the exec that follows.
+        proto.send_frame(sock, {"op": "bind", "id": 1, "conn": msg["conn"], "pool": msg["pool"]})
         reply, _ = proto.recv_frame(sock)
+        if where == "cmd":
+            assert reply == {"t": "bound", "re": 1}, reply
+            proto.send_frame(sock, {"op": "exec", "id": 2, "cmd": msg["cmd"]})
+            reply, _ = proto.recv_frame(sock)
         assert reply["t"] == "error" and reply["kind"] == "protocol", (where, reply)
         # The same conversation goes on.
-        proto.send_frame(sock, {"op": "ping"})
-        assert proto.recv_frame(sock)[0] == {"t": "pong"}
+        proto.send_frame(sock, {"op": "ping", "id": 3})
+        assert proto.recv_frame(sock)[0] == {"t": "pong", "re": 3}
     finally:
         sock.close()
 
@@ -301,7 +310,7 @@ def test_a_client_that_stalls_mid_header_blocks_nobody(daemon: RealDaemon) -> No
     stalled = [daemon.raw() for _ in range(5)]
     try:
         for n, sock in enumerate(stalled):
-            sock.sendall(HELLO[: 6] if n % 2 else HELLO + proto.encode({"op": "ping"})[:7])
+            sock.sendall(HELLO[: 6] if n % 2 else HELLO + proto.encode({"op": "ping", "id": 1})[:7])
         # Meanwhile everyone else is served, on new connections and on old ones.
         for _ in range(3):
             daemon.assert_serves()
@@ -318,7 +327,7 @@ def test_a_client_that_stalls_mid_header_blocks_nobody(daemon: RealDaemon) -> No
 
 def storm(daemon: RealDaemon, clients: int = 8) -> None:
     """``clients`` clients at once, each sending a frame of the maximum size (256 KiB JSON + 4 MiB payload)."""
-    body = json.dumps({"op": "no-such-op", "pad": "x" * (proto.MAX_JSON - 64)}).encode()
+    body = json.dumps({"op": "no-such-op", "id": 1, "pad": "x" * (proto.MAX_JSON - 64)}).encode()
     frame = header(len(body), proto.MAX_PAYLOAD) + body + b"\0" * proto.MAX_PAYLOAD
     errors: List[BaseException] = []
 

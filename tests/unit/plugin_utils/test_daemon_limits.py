@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._daemon import check_request
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._pool import PoolError, PoolSettings
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._ssh import HandshakeLimiter
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import PoolSettings
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.limiter import HandshakeLimiter
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.messages import Op, check_request
 
 ADDRESS = ("127.0.0.2", 2222)
 
@@ -102,22 +103,27 @@ GOOD = {"host": "h", "addr": "127.0.0.1", "port": 22, "user": "u", "timeout": 10
 
 
 @pytest.mark.parametrize(("op", "msg", "problem"), [
-    ("exec", {"cmd": "true"}, "conn must be an object"),
-    ("exec", {"cmd": "true", "conn": {"host": "h"}}, "conn.addr is missing"),
-    ("exec", {"cmd": "true", "conn": dict(GOOD, port="22")}, "conn.port must be a port number"),
-    ("exec", {"cmd": "true", "conn": dict(GOOD, port=70000)}, "conn.port must be a port number"),
-    ("exec", {"cmd": "true", "conn": dict(GOOD, addr=["x"])}, "conn.addr has the wrong type"),
-    ("exec", {"cmd": "true", "conn": dict(GOOD, timeout=True)}, "conn.timeout has the wrong type"),
-    ("exec", {"cmd": "true", "conn": dict(GOOD, timeout=1e12)}, "conn.timeout is out of range"),
-    ("exec", {"cmd": ["true"], "conn": GOOD}, "cmd must be a string"),
-    ("exec", {"cmd": "true", "conn": GOOD, "pool": []}, "pool must be an object"),
-    ("put", {"conn": GOOD, "local": "a", "remote": 3}, "local and remote must be strings"),
+    (Op.BIND, {}, "conn must be an object"),
+    (Op.BIND, {"conn": {"host": "h"}}, "conn.addr is missing"),
+    (Op.BIND, {"conn": dict(GOOD, port="22")}, "conn.port must be a port number"),
+    (Op.BIND, {"conn": dict(GOOD, port=70000)}, "conn.port must be a port number"),
+    (Op.BIND, {"conn": dict(GOOD, addr=["x"])}, "conn.addr has the wrong type"),
+    (Op.BIND, {"conn": dict(GOOD, timeout=True)}, "conn.timeout has the wrong type"),
+    (Op.BIND, {"conn": dict(GOOD, timeout=1e12)}, "conn.timeout is out of range"),
+    (Op.BIND, {"conn": dict(GOOD, known_hosts_files=[5])}, "conn.known_hosts_files[0] has the wrong type"),
+    (Op.BIND, {"conn": dict(GOOD, known_hosts_files=[["a"]])}, "conn.known_hosts_files[0] has the wrong type"),
+    (Op.BIND, {"conn": dict(GOOD, known_hosts_files=["a\0b"])}, "conn.known_hosts_files[0] contains a NUL byte"),
+    (Op.BIND, {"conn": dict(GOOD, proxy_jump=[{"host": "b"}])}, "conn.proxy_jump[0].addr is missing"),
+    (Op.EXEC, {"cmd": ["true"]}, "cmd must be a string"),
+    (Op.BIND, {"conn": GOOD, "pool": []}, "pool must be an object"),
+    (Op.PUT, {"local": "a", "remote": 3}, "remote must be a string"),
 ])
-def test_malformed_requests_are_named(op: str, msg: dict, problem: str) -> None:
+def test_malformed_requests_are_named(op: Op, msg: dict, problem: str) -> None:
     assert check_request(op, msg) == problem
 
 
 def test_well_formed_requests_pass() -> None:
-    assert check_request("exec", {"cmd": "true", "conn": GOOD, "pool": {}}) is None
-    assert check_request("fetch", {"conn": GOOD, "local": "a", "remote": "b"}) is None
-    assert check_request("stats", {"anything": object()}) is None
+    assert check_request(Op.BIND, {"conn": GOOD, "pool": {}}) is None
+    assert check_request(Op.EXEC, {"cmd": "true"}) is None
+    assert check_request(Op.FETCH, {"local": "a", "remote": "b"}) is None
+    assert check_request(Op.STATS, {"anything": object()}) is None

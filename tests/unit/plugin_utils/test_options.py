@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
@@ -17,6 +18,8 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import 
     seconds,
     seconds_plain,
 )
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.fields import rules
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.spec import ConnectionSpec
 
 # The plugin's documented defaults (None where the option has no default).
 DEFAULTS: Dict[str, Any] = {
@@ -261,8 +264,22 @@ def test_spec_carries_no_option_it_does_not_know() -> None:
         "host", "addr", "port", "user", "password", "private_key_file", "private_key_passphrase", "look_for_keys",
         "default_key_files", "agent_socket", "host_key_checking", "host_key_auto_add", "record_host_keys",
         "known_hosts_files", "timeout", "banner_timeout", "use_rsa_sha2_algorithms", "proxy_command",
-        "max_handshakes_per_address", "max_auth_attempts",
+        "max_handshakes_per_address", "max_auth_attempts", "key_fingerprint",
     }
+    # Every field is one the daemon's declared spec knows (proxy_jump only when there are hops).
+    assert set(spec) | {"proxy_jump"} == set(rules(ConnectionSpec))
+    assert ConnectionSpec.from_wire(spec).host == "web1"
+
+
+def test_the_key_file_content_is_fingerprinted(tmp_path: Path) -> None:
+    key = tmp_path / "id"
+    key.write_bytes(b"first key")
+    first = connection_spec(options(private_key_file=str(key)), "web1", environ=ENV)["key_fingerprint"]
+    key.write_bytes(b"second key")
+    second = connection_spec(options(private_key_file=str(key)), "web1", environ=ENV)["key_fingerprint"]
+    assert first and second and first != second
+    key.unlink()
+    assert connection_spec(options(private_key_file=str(key)), "web1", environ=ENV)["key_fingerprint"] is None
 
 
 def test_daemon_settings() -> None:

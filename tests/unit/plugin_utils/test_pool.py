@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._pool import (
-    ORIGIN_COUNTERS,
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import (
     Lease,
     Pool,
-    PoolError,
     PoolExhausted,
     PoolKey,
     PoolSettings,
 )
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.stats import SERVICE_COUNTERS
 
 TIMEOUT = 10.0
 
@@ -833,7 +833,7 @@ def test_retiring_transport_finishes_its_running_channels(env: Env) -> None:
 def test_stats_have_the_origin_counters_when_empty(env: Env) -> None:
     stats = env.pool.stats()
     assert stats["hosts"] == {}
-    for name in ORIGIN_COUNTERS:
+    for name in SERVICE_COUNTERS:
         assert stats["total"][name] == 0
 
 
@@ -859,7 +859,7 @@ def test_stats_overall_and_per_host(env: Env) -> None:
         env.pool.report_health(entry, entry.key.host != "web2")
     stats = env.pool.stats()
     web1 = stats["hosts"]["web1"]
-    assert {name: web1[name] for name in ORIGIN_COUNTERS} == {
+    assert {name: web1[name] for name in SERVICE_COUNTERS} == {
         "poolHits": 1,
         "poolMisses": 3,
         "activeConnections": 1,
@@ -869,7 +869,7 @@ def test_stats_overall_and_per_host(env: Env) -> None:
         "healthChecksPassed": 2,
     }
     host2 = stats["hosts"]["web2"]
-    assert {name: host2[name] for name in ORIGIN_COUNTERS} == {
+    assert {name: host2[name] for name in SERVICE_COUNTERS} == {
         "poolHits": 2,
         "poolMisses": 1,
         "activeConnections": 0,
@@ -879,7 +879,7 @@ def test_stats_overall_and_per_host(env: Env) -> None:
         "healthChecksPassed": 0,
     }
     total = stats["total"]
-    assert {name: total[name] for name in ORIGIN_COUNTERS} == {
+    assert {name: total[name] for name in SERVICE_COUNTERS} == {
         "poolHits": 3,
         "poolMisses": 4,
         "activeConnections": 1,

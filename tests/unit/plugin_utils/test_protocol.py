@@ -8,8 +8,10 @@ import threading
 from typing import Iterator, Tuple
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _protocol as proto
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._protocol import (
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import ErrorKind
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames as proto
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import messages as msgs
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.frames import (
     HEADER,
     MAGIC,
     MAX_JSON,
@@ -170,8 +172,7 @@ def test_deeply_nested_json_is_a_protocol_error() -> None:
 
 
 def test_error_reply_and_socket_name() -> None:
-    assert proto.error_reply("auth", "denied", host="h") == {"t": "error", "kind": "auth", "msg": "denied",
-                                                             "host": "h"}
+    assert msgs.error(3, ErrorKind.AUTH, "denied") == {"t": "error", "re": 3, "kind": "auth", "msg": "denied"}
     assert proto.socket_name() == f"pool-v{PROTOCOL_VERSION}.sock"
     assert proto.socket_name(7) == "pool-v7.sock"
 

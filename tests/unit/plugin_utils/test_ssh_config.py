@@ -102,8 +102,11 @@ def test_ssh_config_fills_what_the_inventory_left_unset(config: Path, tmp_path: 
     spec = connection_spec(options(ssh_config_file=str(config)), "web1", environ=ENV)
     assert (spec["addr"], spec["port"], spec["user"]) == ("10.0.0.5", 2201, "webops")
     assert spec["private_key_file"] == str(tmp_path / "id_site")
-    # The jump host's alias is resolved through the same file; its user comes from its own entry.
-    assert spec["proxy_jump"] == [{"host": "gate", "addr": "10.0.0.1", "port": 2022, "user": "gateops"}]
+    # The jump host's alias is resolved through the same file; its user comes from its own entry,
+    # and its key's fingerprint (none: no IdentityFile for the hop) is part of the hop's identity.
+    assert spec["proxy_jump"] == [
+        {"host": "gate", "addr": "10.0.0.1", "port": 2022, "user": "gateops", "key_fingerprint": None}
+    ]
     assert spec["host"] == "web1"
 
 

@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Wire format between Ansible workers and the pool daemon.
+"""Framing between Ansible workers and the pool daemon (the messages inside: :mod:`.messages`).
 
 A frame is a fixed header, a JSON object and an optional binary payload::
 
@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 
 #: Bumped on any incompatible change. It is part of the socket's file name, so a
 #: worker never even reaches a daemon of another version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"HPS" + bytes([PROTOCOL_VERSION])
 HEADER = struct.Struct("!4sII")
 MAX_JSON = 256 * 1024
@@ -117,12 +117,6 @@ def recv_frame(sock: socket.socket) -> Frame:
 
 def send_frame(sock: socket.socket, message: Dict[str, Any], payload: bytes = b"") -> None:
     sock.sendall(encode(message, payload))
-
-
-def error_reply(kind: str, msg: str, **extra: Any) -> Dict[str, Any]:
-    reply: Dict[str, Any] = {"t": "error", "kind": kind, "msg": msg}
-    reply.update(extra)
-    return reply
 
 
 def socket_name(version: Optional[int] = None) -> str:

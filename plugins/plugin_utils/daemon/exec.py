@@ -1,0 +1,155 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The exec operation: lease a transport, open (or claim) a channel, start the command, relay it.
+
+Also the channel-open policy every operation uses (:func:`with_channel`): a refused channel
+teaches the pool the server's MaxSessions and moves on to another slot, a dead transport is
+dropped and replaced; nothing has run yet, so trying again is safe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
+
+import paramiko
+
+from ..errors import ErrorKind, PoolError
+from ..pool import Lease
+from ..ssh.paramiko_text import ParamikoText, classify
+from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
+from ..wire import messages as msgs
+from .relay import relay
+from .spare import claim_spare, prime_spare
+
+if TYPE_CHECKING:
+    from .session import Binding, Session
+
+T = TypeVar("T")
+Opener = Callable[[PooledTransport], T]
+
+
+def _refused(binding: Binding, lease: Lease[PooledTransport], error: BaseException) -> PoolError:
+    # The transport is fine; the server refused this request (no SFTP subsystem...).
+    lease.release()
+    return PoolError(f"{binding.spec.where}: the server refused the request ({error})", kind=ErrorKind.REFUSED)
+
+
+def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTransport], T]:
+    """Lease a transport and open a channel on it, moving on when the server says no."""
+    last: Optional[Exception] = None
+    for _attempt in range(6):
+        lease = binding.lease()
+        try:
+            return lease, opener(lease.conn)
+        except paramiko.ChannelException as e:
+            last = e
+            lease.release(refused=True)
+        except paramiko.SSHException as e:
+            last = e
+            meaning = classify(e)
+            if meaning is ParamikoText.CHANNEL_REFUSED and lease.conn.is_active():
+                lease.release(refused=True)  # a refused channel whose ChannelException another thread took
+            elif meaning is ParamikoText.CHANNEL_TIMEOUT:
+                lease.release(broken=True)  # no answer to a channel open: the transport is not usable
+            elif lease.conn.is_active():
+                raise _refused(binding, lease, e) from None
+            else:
+                lease.release(broken=True)
+        except (EOFError, OSError) as e:
+            last = e
+            if lease.conn.is_active():
+                raise _refused(binding, lease, e) from None
+            lease.release(broken=True)
+    raise PoolError(f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
+                    kind=ErrorKind.CONNECT)
+
+
+def send_exec(chan: paramiko.Channel, cmd: str) -> None:
+    """Send an exec request without waiting for its reply (:func:`exec_accepted` reads it later)."""
+    try:
+        m = paramiko.Message()
+        m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string("exec")
+        m.add_boolean(True)
+        m.add_string(cmd)
+        chan._event_pending()  # type: ignore[attr-defined]
+        chan.transport._send_user_message(m)  # type: ignore[union-attr]
+    except AttributeError:  # pragma: no cover - a Paramiko without these internals: wait as usual
+        chan.exec_command(cmd)
+
+
+def exec_accepted(chan: paramiko.Channel) -> bool:
+    """Whether the server accepted the exec request: False when it refused it or the channel closed first.
+
+    SSH messages are ordered and the server replies before the command's output, so a channel
+    closed with the request unanswered never ran it. A reply slower than CHANNEL_TIMEOUT counts as
+    accepted: the relay's deadlines and keepalives judge the channel from there.
+    """
+    if not chan.event.wait(CHANNEL_TIMEOUT):
+        return True
+    return bool(chan.event_ready)
+
+
+class _Starter:
+    """Opens the command's channel: a spare when there is one, and sends the exec and its input."""
+
+    def __init__(self, req: msgs.Exec, payload: bytes) -> None:
+        self.req, self.payload = req, payload
+        self.use_spare = True
+        self.from_spare: List[bool] = []
+
+    def __call__(self, pt: PooledTransport) -> paramiko.Channel:
+        req = self.req
+        chan = claim_spare(pt) if self.use_spare else None
+        spare = chan is not None
+        if chan is None:
+            chan = pt.open_channel(CHANNEL_TIMEOUT)
+        try:
+            chan.settimeout(CHANNEL_TIMEOUT)
+            if req.pty:
+                chan.get_pty(term=req.term or "vt100", width=req.width, height=req.height)
+            chan.settimeout(None)
+            # The input follows the exec request at once, as OpenSSH does; the reply is read later.
+            send_exec(chan, req.cmd)
+            if self.payload:
+                chan.sendall(self.payload)
+            if req.eof:
+                chan.shutdown_write()
+        except OSError:
+            if not chan.closed:  # closed: the exec was refused; told apart by exec_accepted
+                chan.close()
+                raise
+        except BaseException:
+            chan.close()
+            raise
+        self.from_spare.append(spare)
+        return chan
+
+
+def _start(binding: Binding, starter: _Starter) -> Tuple[Lease[PooledTransport], paramiko.Channel]:
+    for _attempt in range(3):
+        lease, chan = with_channel(binding, starter)
+        if exec_accepted(chan):
+            return lease, chan
+        # Unanswered or refused: the command never ran, so another try is safe.
+        chan.close()
+        alive = lease.conn.is_active()
+        lease.release(broken=not alive)
+        if alive and not starter.from_spare[-1]:
+            raise PoolError(f"{binding.spec.where}: the server refused the request (exec)", kind=ErrorKind.REFUSED)
+        starter.use_spare = False  # a spare the server had closed, or a dead transport: fresh channel
+    raise PoolError(f"{binding.spec.where}: could not start the command", kind=ErrorKind.CONNECT)
+
+
+def run_exec(session: Session, op_id: int, req: msgs.Exec, payload: bytes) -> None:
+    binding = session.bound()
+    lease, chan = _start(binding, _Starter(req, payload))
+    broken = False
+    try:
+        prime_spare(lease)
+        session.send(msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id,
+                                                                          round(lease.waited, 6))))
+        broken = relay(session.sock, chan, lease.conn, op_id, req.command_timeout, binding.spec.where, session.send)
+    finally:
+        chan.close()
+        lease.release(broken=broken)

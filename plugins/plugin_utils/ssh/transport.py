@@ -1,0 +1,107 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A pooled transport: a Paramiko transport and everything the daemon keeps about it.
+
+Every field the daemon needs is declared here; nothing is ever set on Paramiko's objects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, List, Optional, Protocol
+
+import paramiko
+
+#: Give every channel open and request a deadline: Paramiko's own waits have none.
+CHANNEL_TIMEOUT = 30.0
+
+
+class Releasable(Protocol):
+    """A lease held for as long as this transport lives (the bastion's channel slot)."""
+
+    def release(self, *, broken: bool = False, refused: bool = False) -> None: ...
+
+
+@dataclass
+class Spare:
+    """A session channel opened ahead of the next command, and when."""
+
+    channel: paramiko.Channel
+    born: float
+
+
+class PooledTransport:
+    """One authenticated transport held by the pool.
+
+    The settings that pace its keepalives and idle life are those of the request that used it
+    last, kept by the pool with its other bookkeeping (``pool.entries.Entry.settings``).
+    """
+
+    def __init__(self, transport: paramiko.Transport, label: str, via: Optional[Releasable] = None,
+                 host_key_verified: bool = False) -> None:
+        self.transport = transport
+        self.label = label
+        #: The bastion's lease, released when we close (a transport tunnelled through a jump host).
+        self.via = via
+        #: Whether the server's key was checked against known_hosts (False: checking off, or auto-added).
+        self.host_key_verified = host_key_verified
+        self._probe_lock = threading.Lock()
+        self.last_reply = time.monotonic()
+        #: When the daemon last sent a keepalive (maintenance paces them by this).
+        self.last_probe = 0.0
+        #: Why the daemon gave up on this transport (keepalives unanswered...), for error messages.
+        self.lost_reason: Optional[str] = None
+        #: The spare channel (see daemon/spare.py), the event of one being opened, and whether
+        #: the server refused one (then no more spares here). Guarded by ``spare_lock``.
+        self.spare_lock = threading.Lock()
+        self.spare: Optional[Spare] = None
+        self.spare_pending: Optional[threading.Event] = None
+        self.spare_off = False
+
+    def is_active(self) -> bool:
+        return self.transport.is_active()
+
+    def open_channel(self, timeout: float = CHANNEL_TIMEOUT) -> paramiko.Channel:
+        return self.transport.open_session(timeout=timeout)
+
+    def probe(self, timeout: float) -> bool:
+        """A keepalive that needs a reply, bounded by ``timeout``.
+
+        Paramiko's keepalives ask for no reply and its ``global_request`` waits forever,
+        so run it on a helper thread and give up at the deadline.
+        """
+        if not self._probe_lock.acquire(blocking=False):
+            return time.monotonic() - self.last_reply < timeout
+        result: List[Any] = []
+
+        def run() -> None:
+            try:
+                result.append(self.transport.global_request("keepalive@openssh.com", wait=True))
+            except Exception:
+                result.append(None)
+            finally:
+                self._probe_lock.release()
+
+        worker = threading.Thread(target=run, name=f"probe-{self.label}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            return False
+        # Any reply (success or failure) proves the peer is there; None means the transport died.
+        alive = bool(result) and self.transport.is_active()
+        if alive:
+            self.last_reply = time.monotonic()
+        return alive
+
+    def lost_suffix(self) -> str:
+        """" (why)" when the daemon itself gave up on this transport (keepalives), else ""."""
+        return f" ({self.lost_reason})" if self.lost_reason else ""
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            if self.via is not None:
+                via, self.via = self.via, None
+                via.release()
