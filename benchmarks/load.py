@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness.ansible import AnsibleRunner, collections_root, stop_pool  # noqa: E402
+from harness.scale import spread_inventory, under_nofile  # noqa: E402
 from harness.sshd import Fleet, short_tempdir, sshd_version  # noqa: E402
 
 TASKS = """
@@ -175,24 +176,6 @@ def machine() -> Dict[str, str]:
     }
 
 
-def inventory(path: Path, fleet: Fleet, names: int) -> Path:
-    lines: List[str] = []
-    for i in range(names):
-        host = fleet.hosts[i % len(fleet.hosts)]
-        lines.append(f"        h{i:03d}: {{ansible_host: {host.address}, ansible_port: {host.port}}}")
-    path.write_text(
-        "all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
-        f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
-        f"    ansible_python_interpreter: {fleet.python}\n"
-        "  children:\n    fleet:\n      hosts:\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-#: Runs a command under a soft descriptor limit (the hard limit is left alone).
-_UNDER_LIMIT = ("import os, resource, sys; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
-                "resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(sys.argv[1]), hard), hard)); "
-                "os.execv(sys.argv[2], sys.argv[2:])")
-
 SECTION = re.compile(r"<!-- load:(?P<key>[\w-]+) -->\n.*?<!-- /load:(?P=key) -->\n", re.S)
 
 
@@ -222,14 +205,14 @@ class Run:
                                    extra_env={"ANSIBLE_FORKS": str(args.forks),
                                               "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": str(args.idle_timeout),
                                               "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "900"})
-            inv = inventory(work / "inventory.yml", fleet, self.hosts)
+            inv = spread_inventory(work / "inventory.yml", fleet, self.hosts)
             self.sampler = Sampler(pool_dir)
             for n, play in enumerate(self.plays, 1):
                 path = work / f"play{n}.yml"
                 path.write_text(play, encoding="utf-8")
                 argv = [runner.executable("ansible-playbook"), "-i", str(inv), str(path)]
                 if args.nofile:
-                    argv = [sys.executable, "-c", _UNDER_LIMIT, str(args.nofile), *argv]
+                    argv = under_nofile(args.nofile, argv)
                 self.sampler.sample()
                 cpu_before = self.sampler.cpu
                 started = time.monotonic()

@@ -32,6 +32,8 @@ HIGH_WATER = 4 * 1024 * 1024
 #: descriptor signals only input), or for the exit status once the remote sent its end of file.
 POLL = 0.05
 SEND_BLOCK = 32768
+#: Once a worker frame's first bytes arrived, the rest must arrive within this.
+FRAME_TIMEOUT = 30.0
 
 
 class _Relay:
@@ -82,7 +84,7 @@ class _Relay:
     def from_worker(self) -> Optional[bool]:
         """Handle one frame of the worker: None to go on, else the relay's result (worker gone)."""
         try:
-            data, payload = frames.recv_frame(self.sock)
+            data, payload = frames.recv_frame(self.sock, frame_timeout=FRAME_TIMEOUT)
         except (frames.PeerClosed, OSError):
             log.info("worker went away mid-command; closing its channel")
             return False
