@@ -229,6 +229,24 @@ def current_umask() -> int:
     return mask
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the daemon closed this idle connection (readable with nothing to read, or an error)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+class _DaemonGone(Exception):
+    """The daemon closed the connection (or said "shutdown") before its hello: it is leaving."""
+
+
+#: Connections tried when the daemon keeps leaving before the hello (each may start a new one).
+GONE_ATTEMPTS = 3
+
+
 class PoolClient:
     """One worker's conversation with the daemon, over one socket reused for every request.
 
@@ -254,6 +272,7 @@ class PoolClient:
         self.recv_timeout: Optional[float] = None
 
     def _hello(self, sock: socket.socket) -> None:
+        """Say hello; :class:`_DaemonGone` when the daemon is leaving (the caller connects again)."""
         path = os.path.join(self.pool_dir, proto.socket_name())
         try:
             # Whatever listens on the socket must say hello in time: a process of another
@@ -262,12 +281,22 @@ class PoolClient:
             proto.send_frame(sock, {"op": msgs.Op.HELLO.value, "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
             reply, _ = proto.recv_frame(sock)
             sock.settimeout(None)
+        except (proto.PeerClosed, ConnectionResetError, BrokenPipeError):
+            # Closed before any reply: a daemon leaving on its idle timeout drops its backlog.
+            sock.close()
+            raise _DaemonGone() from None
         except (OSError, proto.ProtocolError) as e:
             sock.close()
             detail = f"no answer within {HELLO_TIMEOUT:g}s" if isinstance(e, socket.timeout) else str(e)
             raise PoolUnavailable(f"the process listening on {path} is not a pool daemon of protocol "
                                   f"{proto.PROTOCOL_VERSION} ({detail}): stop that process, or set pool_dir "
                                   "to another directory") from None
+        if reply.get("t") == msgs.Reply.ERROR.value and reply.get("kind") == ErrorKind.SHUTDOWN.value:
+            sock.close()
+            raise _DaemonGone()
+        if reply.get("t") == msgs.Reply.ERROR.value and reply.get("kind") == ErrorKind.BUSY.value:
+            sock.close()
+            raise PoolUnavailable(str(reply.get("msg")))
         if reply.get("t") != msgs.Reply.HELLO.value or reply.get("version") != proto.PROTOCOL_VERSION:
             sock.close()
             got = reply.get("msg") if reply.get("t") == "error" else f"protocol {str(reply.get('version'))[:20]}"
@@ -277,10 +306,21 @@ class PoolClient:
         self.daemon_pid = reply.get("pid")
 
     def _socket(self) -> socket.socket:
+        # The daemon drops workers idle between requests: find that out before sending one.
+        if self._sock is not None and self._pid == os.getpid() and self._op is None and _closed_by_peer(self._sock):
+            self.close()
         # A socket inherited across fork() is shared with the parent: open our own.
         if self._sock is None or self._pid != os.getpid():
-            sock = connect_or_spawn(self.pool_dir, self.idle_exit, self.log_level, self.spawn)
-            self._hello(sock)
+            for attempt in range(GONE_ATTEMPTS):
+                sock = connect_or_spawn(self.pool_dir, self.idle_exit, self.log_level, self.spawn)
+                try:
+                    self._hello(sock)
+                    break
+                except _DaemonGone:
+                    if attempt == GONE_ATTEMPTS - 1:
+                        raise PoolUnavailable(f"the pool daemon in {self.pool_dir} kept closing our connection "
+                                              f"before saying hello ({GONE_ATTEMPTS} tries); see "
+                                              f"{self.pool_dir}/daemon.log") from None
             self._sock, self._pid, self._bound = sock, os.getpid(), None
         return self._sock
 

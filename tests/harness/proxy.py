@@ -1,5 +1,5 @@
-"""Fault injection on loopback: a TCP proxy that can delay, stall, reset, cut and refuse, and
-a tarpit that accepts connections and never speaks.
+"""Fault injection on loopback: a TCP proxy that can delay, stall, reset, cut, refuse and
+swallow the server's replies to one request, and a tarpit that accepts connections and never speaks.
 
 The pool's hardest failures are network ones (a silent peer, a reset, a slow link) and they
 must be reproduced deterministically with real sockets. Everything runs in one selector thread
@@ -76,6 +76,32 @@ class _Conn:
         return self.client, self.upstream
 
 
+class ReplyDrop:
+    """A one-shot fault armed by :meth:`FaultProxy.drop_replies_after`.
+
+    It triggers on the first read of client bytes (client to server) of at least ``min_bytes``
+    once ``when()`` holds: those bytes are forwarded, and from then on whatever the server sends
+    on that connection is read and thrown away, so the client never sees an answer to them.
+    The test then ends the connection with :meth:`FaultProxy.reset_all` (a RST both ways).
+
+    SSH is encrypted, so the proxy cannot see which message a read carries: it sees reads. On
+    loopback one SSH packet that a client writes with one ``send`` arrives in one read, and
+    control messages (channel open/close, window adjust, a keepalive) are under 200 bytes, so a
+    threshold of a few KiB picks out the one packet the test made large on purpose (a command
+    padded with a comment or an environment variable); a pty request, a channel open and
+    their replies go through untouched before it. ``when`` excludes earlier large reads (a file
+    transfer before the command). What was caught is in :attr:`caught` (its size).
+    """
+
+    def __init__(self, min_bytes: int, when: Optional[Callable[[], bool]]) -> None:
+        self.min_bytes = min_bytes
+        self.when = when
+        self.triggered = threading.Event()
+        self.caught = 0
+        self.dropped = 0  # server bytes thrown away
+        self.conn: Optional[_Conn] = None
+
+
 class FaultProxy:
     """TCP proxy from ``listen_addr:port`` to ``target`` with injectable faults.
 
@@ -105,6 +131,7 @@ class FaultProxy:
         self._running = False
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
+        self._reply_drop: Optional[ReplyDrop] = None
 
     # ----------------------------------------------------------------- public control
 
@@ -205,6 +232,18 @@ class FaultProxy:
             return count
 
         return int(self._call(do))  # type: ignore[arg-type]
+
+    def drop_replies_after(self, min_bytes: int, when: Optional[Callable[[], bool]] = None) -> ReplyDrop:
+        """Arm a :class:`ReplyDrop`: the next client read of ``min_bytes`` or more (once ``when()``
+        holds; ``when`` runs on the proxy thread) reaches the server, its answers never come back.
+        Arming again replaces an earlier fault that has not triggered."""
+        fault = ReplyDrop(min_bytes, when)
+
+        def do() -> None:
+            self._reply_drop = fault
+
+        self._call(do)
+        return fault
 
     def refuse_new(self, refuse: bool = True) -> None:
         """Refuse new connections (the port is closed: ECONNREFUSED) or accept them again."""
@@ -421,6 +460,17 @@ class FaultProxy:
             d.eof = True
             self._maybe_shut(d)
             return
+        fault = self._reply_drop
+        if fault is not None:
+            conn = self._conns.get(d.src)
+            if fault.conn is None and conn is not None and d is conn.c2u and len(data) >= fault.min_bytes \
+                    and (fault.when is None or fault.when()):
+                fault.conn, fault.caught = conn, len(data)
+                self._drop_replies(conn)
+                fault.triggered.set()
+            elif fault.conn is not None and conn is fault.conn and d is conn.u2c:
+                fault.dropped += len(data)
+                return
         if self._delay > 0 or d.pending:
             release = max(time.monotonic() + self._delay, d.last_release)
             d.last_release = release
@@ -430,6 +480,14 @@ class FaultProxy:
         else:
             d.outbuf += data
             self._flush(d)
+
+    def _drop_replies(self, conn: _Conn) -> None:
+        """Forget server bytes not yet delivered to the client (latency queues included)."""
+        d = conn.u2c
+        d.pending.clear()
+        d.pending_bytes = 0
+        d.outbuf.clear()
+        self._timed.discard(d)
 
     def _flush(self, d: _Direction) -> None:
         while d.outbuf:

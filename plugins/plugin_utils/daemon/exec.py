@@ -1,9 +1,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The exec operation: lease a transport, open (or claim) a channel, start the command, relay it.
 
-Also the channel-open policy every operation uses (:func:`with_channel`): a refused channel
-teaches the pool the server's MaxSessions and moves on to another slot, a dead transport is
-dropped and replaced; nothing has run yet, so trying again is safe.
+Also the channel-open step every operation uses (:func:`with_channel`). When to try again is
+decided by :mod:`.retry` alone: a command is started again only when it provably did not run.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from ..ssh.paramiko_text import ParamikoText, classify
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
 from ..wire import messages as msgs
 from .relay import relay
+from .retry import ATTEMPTS, Step, Verdict, judge
 from .spare import claim_spare, prime_spare
 
 if TYPE_CHECKING:
@@ -87,18 +87,18 @@ def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) ->
 def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTransport], T]:
     """Lease a transport and open a channel on it, moving on when the server says no."""
     last: Optional[Exception] = None
-    for _attempt in range(6):
+    for _attempt in range(ATTEMPTS[Step.OPEN]):
         lease = binding.lease()
         try:
             return lease, _open_on_same_transport(lease, opener)
         except paramiko.ChannelException as e:
             last = e
-            lease.release(refused=True)
+            _after_open_failure(lease, refused=True)
         except paramiko.SSHException as e:
             last = e
             meaning = classify(e)
             if meaning is ParamikoText.CHANNEL_REFUSED and lease.conn.is_active():
-                lease.release(refused=True)  # a refused channel whose ChannelException another thread took
+                _after_open_failure(lease, refused=True)  # a ChannelException another thread took
             elif meaning is ParamikoText.CHANNEL_TIMEOUT:
                 lease.release(broken=True)  # no answer to a channel open: the transport is not usable
             elif lease.conn.is_active():
@@ -116,6 +116,13 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
             raise
     raise PoolError(f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
                     kind=ErrorKind.CONNECT)
+
+
+def _after_open_failure(lease: Lease[PooledTransport], refused: bool) -> None:
+    verdict = judge(Step.OPEN, alive=lease.conn.is_active(), refused=refused)
+    # RETRY_SAME: the pool learns the server's MaxSessions from the refusal and the next lease
+    # waits for a slot; the transport is never taken for dead because of it.
+    lease.release(refused=verdict is Verdict.RETRY_SAME, broken=verdict is not Verdict.RETRY_SAME)
 
 
 def send_exec(chan: paramiko.Channel, cmd: str) -> None:
@@ -152,6 +159,8 @@ class _Starter:
         self.req, self.payload = req, payload
         self.use_spare = True
         self.from_spare: List[bool] = []
+        #: The exec request went out on the channel last returned (or the one that failed).
+        self.sent = False
 
     def __call__(self, pt: PooledTransport) -> paramiko.Channel:
         req = self.req
@@ -159,25 +168,31 @@ class _Starter:
         spare = chan is not None
         if chan is None:
             chan = pt.open_channel(CHANNEL_TIMEOUT)
+        self.sent = False
         try:
             chan.settimeout(CHANNEL_TIMEOUT)
             if req.pty and not pt.pty_refused:
                 chan = self._pty(pt, chan)
             chan.settimeout(None)
+            if not pt.is_active():
+                # Paramiko drops what is sent on a dead transport: the request would never leave.
+                raise EOFError("the transport died before the command was sent")
             # The input follows the exec request at once, as OpenSSH does; the reply is read later.
             send_exec(chan, req.cmd)
-            if self.payload:
-                chan.sendall(self.payload)
-            if req.eof:
-                chan.shutdown_write()
-        except OSError:
-            if not chan.closed:  # closed: the exec was refused; told apart by exec_accepted
-                chan.close()
-                raise
+            self.sent = True
         except BaseException:
             chan.close()
             raise
         self.from_spare.append(spare)
+        try:
+            if self.payload:
+                chan.sendall(self.payload)
+            if req.eof:
+                chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            # The channel or its transport is gone: whether the command started is for
+            # exec_accepted and the retry policy to tell, never a reason to send it again here.
+            pass
         return chan
 
     def _pty(self, pt: PooledTransport, chan: paramiko.Channel) -> paramiko.Channel:
@@ -200,17 +215,21 @@ class _Starter:
 
 
 def _start(binding: Binding, starter: _Starter) -> Tuple[Lease[PooledTransport], paramiko.Channel]:
-    for _attempt in range(3):
+    for _attempt in range(ATTEMPTS[Step.EXEC_SENT]):
         lease, chan = with_channel(binding, starter)
         if exec_accepted(chan):
             return lease, chan
-        # Unanswered or refused: the command never ran, so another try is safe.
         chan.close()
         alive = lease.conn.is_active()
+        verdict = judge(Step.EXEC_SENT, alive=alive, refused=True, from_spare=starter.from_spare[-1])
         lease.release(broken=not alive)
-        if alive and not starter.from_spare[-1]:
+        if verdict is Verdict.UNKNOWN:
+            raise PoolError(f"{binding.spec.where}: the SSH connection was lost after the command was sent and "
+                            f"before the server answered{lease.conn.lost_suffix()}; its outcome is unknown and it "
+                            "was not re-run: check the host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME)
+        if verdict is Verdict.REFUSED:
             raise PoolError(f"{binding.spec.where}: the server refused the request (exec)", kind=ErrorKind.REFUSED)
-        starter.use_spare = False  # a spare the server had closed, or a dead transport: fresh channel
+        starter.use_spare = False  # a spare the server had closed: a fresh channel
     raise PoolError(f"{binding.spec.where}: could not start the command", kind=ErrorKind.CONNECT)
 
 

@@ -20,6 +20,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import resource
 import signal
 import socket
 import struct
@@ -31,11 +32,13 @@ from typing import IO, Any, Optional
 import paramiko
 
 from .._client import check_pool_dir
+from ..errors import ErrorKind
 from ..pool import Pool
 from ..ssh.connect import Connector
 from ..ssh.paramiko_text import ParamikoLogFilter
 from ..ssh.transport import PooledTransport
 from ..wire import frames
+from ..wire import messages as msgs
 from .jump import JumpOpener
 from .maintenance import Maintainer
 from .session import Session
@@ -46,6 +49,36 @@ LOCK_NAME = f"daemon-v{frames.PROTOCOL_VERSION}.lock"
 PID_NAME = "daemon.pid"
 LOG_NAME = "daemon.log"
 MAX_CLIENTS = 1024
+#: Descriptors kept for everything but transports and clients (log, listener, files, SFTP...).
+FD_RESERVE = 64
+#: Worst case per connected worker: its socket, and a running command's channel pipe (2) and selector.
+FD_PER_CLIENT = 4
+#: accept() errors that say "not now" (descriptors, buffers, memory), not "never".
+TRANSIENT_ACCEPT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Idle transports closed each time accept() runs out of descriptors.
+SHED_ON_EMFILE = 16
+#: How long a second daemon waits for a stopping one to let go of the lock.
+LOCK_WAIT = 10.0
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one (workers often run with 1024); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def budget(limit: int) -> tuple[int, int]:
+    """(clients, transports) the descriptor limit allows, each at least 8."""
+    clients = max(8, min(MAX_CLIENTS, (limit - FD_RESERVE) // (2 * FD_PER_CLIENT)))
+    transports = max(8, limit - FD_RESERVE - FD_PER_CLIENT * clients)
+    return clients, transports
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -72,6 +105,8 @@ class Daemon:
         self.requests = 0
         self._listener: Optional[socket.socket] = None
         self._lock_file: Optional[IO[str]] = None
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_clients, self.pool.max_transports = budget(self.fd_limit)
 
     def client_count(self) -> int:
         with self._clients_lock:
@@ -85,11 +120,17 @@ class Daemon:
     def take_lock(self) -> bool:
         """Exactly one daemon per directory and version: the one holding this lock."""
         self._lock_file = open(os.path.join(self.pool_dir, LOCK_NAME), "a")  # noqa: SIM115 - held for life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        return True
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                # A daemon that serves keeps its socket; one that is leaving removed it first and
+                # lets go of the lock soon: wait for that one, so the worker that started us is served.
+                if os.path.exists(self.socket_path) or time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
 
     def publish(self) -> None:
         """Bind under a temporary name, listen, then link into place (OpenSSH's mux does the same)."""
@@ -115,6 +156,8 @@ class Daemon:
             f.write(f"{os.getpid()}\n")
 
     def serve(self) -> int:
+        self.fd_limit = raise_fd_limit()
+        self.max_clients, self.pool.max_transports = budget(self.fd_limit)
         check_pool_dir(self.pool_dir)
         if not self.take_lock():
             log.info("another daemon holds %s; exiting", LOCK_NAME)
@@ -126,6 +169,8 @@ class Daemon:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         log.info("started pid=%d socket=%s protocol=%d paramiko=%s", os.getpid(), self.socket_path,
                  frames.PROTOCOL_VERSION, paramiko.__version__)
+        log.info("descriptor limit %d: up to %d clients and %d transports", self.fd_limit, self.max_clients,
+                 self.pool.max_transports)
         threading.Thread(target=Maintainer(self).run, name="maintain", daemon=True).start()
         try:
             self._accept_loop()
@@ -146,8 +191,19 @@ class Daemon:
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.ECONNABORTED):
                     continue
+                if e.errno in TRANSIENT_ACCEPT:
+                    shed = self.pool.shed_idle(SHED_ON_EMFILE)
+                    log.warning("accept: %s; closed %d idle transports, going on", os.strerror(e.errno), shed)
+                    self.stopping.wait(0.05)
+                    continue
                 raise
-            self._accept(conn)
+            try:
+                self._accept(conn)
+            except OSError as e:
+                # A thread could not start, or the client left at once: that client only.
+                log.warning("could not take a client: %s", e)
+                with contextlib.suppress(OSError):
+                    conn.close()
 
     def _accept(self, conn: socket.socket) -> None:
         uid = peer_uid(conn)
@@ -156,14 +212,23 @@ class Daemon:
             conn.close()
             return
         with self._clients_lock:
-            if self._clients >= MAX_CLIENTS:
-                conn.close()
-                log.warning("refused a client: %d clients already", MAX_CLIENTS)
-                return
-            self._clients += 1
-            self.last_busy = time.monotonic()
+            busy = self._clients >= self.max_clients
+            if not busy:
+                self._clients += 1
+                self.last_busy = time.monotonic()
+        if busy:
+            log.warning("refused a client: %d clients already", self.max_clients)
+            _answer_and_close(conn, ErrorKind.BUSY,
+                              f"the pool daemon serves {self.max_clients} workers already (what its descriptor "
+                              f"limit of {self.fd_limit} allows): use fewer forks or raise the limit (ulimit -n)")
+            return
         conn.settimeout(None)
-        threading.Thread(target=self._serve_client, args=(conn,), name="client", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve_client, args=(conn,), name="client", daemon=True).start()
+        except BaseException:
+            with self._clients_lock:
+                self._clients -= 1
+            raise
 
     def _serve_client(self, conn: socket.socket) -> None:
         try:
@@ -174,17 +239,47 @@ class Daemon:
                 self.last_busy = time.monotonic()
 
     def shutdown(self) -> None:
-        closed = self.pool.close_all()
-        log.info("stopping: closed %d transports", closed)
+        """Leave so that no worker is lost: unlink the socket first (new workers start the next
+        daemon), answer what waits in the backlog with "shutdown" (they connect again), close the
+        listener, let go of the lock (the next daemon may start), then close the transports."""
         with contextlib.suppress(OSError):
-            if self._listener is not None:
-                self._listener.close()
             # Only remove the socket if it is still ours.
             pid_path = os.path.join(self.pool_dir, PID_NAME)
             with open(pid_path) as f:
                 if f.read().strip() == str(os.getpid()):
-                    os.unlink(pid_path)
                     os.unlink(self.socket_path)
+                    os.unlink(pid_path)
+        if self._listener is not None:
+            self._listener.setblocking(False)
+            answered = 0
+            while True:
+                try:
+                    conn, _ = self._listener.accept()
+                except OSError:
+                    break
+                answered += 1
+                _answer_and_close(conn, ErrorKind.SHUTDOWN, "the pool daemon is stopping: connect again")
+            with contextlib.suppress(OSError):
+                self._listener.close()
+            if answered:
+                log.info("stopping: told %d waiting clients to connect again", answered)
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                self._lock_file.close()
+        closed = self.pool.close_all()
+        log.info("stopping: closed %d transports", closed)
+
+
+def _answer_and_close(conn: socket.socket, kind: ErrorKind, message: str) -> None:
+    """One error frame instead of a reset, so the worker knows what happened."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(True)
+        conn.settimeout(1.0)
+        frames.send_frame(conn, msgs.error(None, kind, message))
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(65536)  # its hello, so that closing does not reset the connection
+    with contextlib.suppress(OSError):
+        conn.close()
 
 
 def setup_logging(pool_dir: str, level: str) -> None:

@@ -35,10 +35,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooled_ssh.daemon")
 
-#: How long a connected worker may stay silent between requests before we drop it.
-CLIENT_IDLE = 3600.0
-#: How long a new client has to say hello: one that connects and stalls is dropped after this.
+#: How long a connected worker may stay silent between requests before we drop it (a worker
+#: finds its connection closed before its next request and opens another).
+CLIENT_IDLE = 120.0
+#: How long a new client has to say hello, all of it: one that connects and stalls (or sends a
+#: byte now and then) is dropped after this.
 HELLO_TIMEOUT = 10.0
+#: Once a frame's first bytes arrived, the rest must arrive within this.
+FRAME_TIMEOUT = 30.0
 #: After an error reply to a broken frame, read (and drop) at most this much of what the client
 #: still sends, for at most DRAIN_SECONDS: closing a socket with unread input resets it, and
 #: the client would lose the error reply that says what was wrong.
@@ -111,8 +115,7 @@ class Session:
 
     def _hello(self) -> bool:
         # A client that connects and says nothing (or half a header) is dropped at a deadline.
-        self.sock.settimeout(HELLO_TIMEOUT)
-        msg, _ = frames.recv_frame(self.sock)
+        msg, _ = frames.recv_frame(self.sock, deadline=time.monotonic() + HELLO_TIMEOUT)
         if msg.get("op") != msgs.Op.HELLO.value or msg.get("version") != frames.PROTOCOL_VERSION:
             self.send(msgs.error(None, ErrorKind.PROTOCOL, f"expected hello for protocol {frames.PROTOCOL_VERSION}, "
                                  f"got op {str(msg.get('op'))[:40]!r} version {str(msg.get('version'))[:20]!r}"))
@@ -124,7 +127,7 @@ class Session:
 
     def _requests(self) -> None:
         while not self.daemon.stopping.is_set():
-            msg, payload = frames.recv_frame(self.sock)
+            msg, payload = frames.recv_frame(self.sock, frame_timeout=FRAME_TIMEOUT)
             self.daemon.requests += 1
             op, op_id = msgs.envelope(msg)
             if op in msgs.STREAM_OPS:

@@ -41,6 +41,9 @@ class Pool(Generic[C]):
         self._keys: Dict[PoolKey, KeyPool[C]] = {}
         self._counters = _stats.Counters()
         self._on_event = on_event or (lambda *a, **k: None)
+        #: Transports held at most over every key; past it, idle ones are closed least recently used
+        #: first to make room (the daemon sets it from its descriptor limit). None: no cap.
+        self.max_transports: Optional[int] = None
 
     # -- acquiring and releasing -------------------------------------------------
 
@@ -163,6 +166,10 @@ class Pool(Generic[C]):
     def _open(self, kp: KeyPool[C], settings: PoolSettings, target: Any, one_off: bool = False) -> Lease[C]:
         """Open a transport for the request; a ``one_off`` (past the limit) serves it alone and closes after."""
         key = kp.key
+        if self.max_transports is not None:
+            excess = self.transport_count() - self.max_transports
+            if excess > 0 and self.shed_idle(excess):
+                self._on_event("shed", key=key.label, over=excess)
         self._on_event("connecting", key=key.label)
         try:
             conn = self._connector.connect(key, target)
@@ -361,6 +368,25 @@ class Pool(Generic[C]):
         for entry in closed:
             self._close(entry, "evicted")
         return count
+
+    def shed_idle(self, count: int) -> int:
+        """Close up to ``count`` idle transports, least recently used first (descriptor pressure)."""
+        with self._cond:
+            idle = sorted((e for kp in self._keys.values() for e in kp.entries if e.in_use == 0),
+                          key=lambda e: e.last_used)[:max(0, count)]
+            for entry in idle:
+                kp = self._keys.get(entry.key)
+                if kp is not None:
+                    kp.entries.remove(entry)
+                    self._counters.of(entry.key)["closedIdle"] += 1
+                    self._forget_if_empty(kp)
+        for entry in idle:
+            self._close(entry, "shed")
+        return len(idle)
+
+    def transport_count(self) -> int:
+        with self._cond:
+            return sum(len(kp.entries) + kp.connecting for kp in self._keys.values())
 
     def entries(self) -> List[Entry[C]]:
         with self._cond:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from typing import Any, Dict, Optional, Tuple
 
 #: Bumped on any incompatible change. It is part of the socket's file name, so a
@@ -93,10 +94,16 @@ def decode(data: bytes) -> Tuple[Frame, bytes]:
     return (message, data[HEADER.size + json_len : end]), data[end:]
 
 
-def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False) -> bytes:
+def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False,
+                  deadline: Optional[float] = None) -> bytes:
     chunks = []
     remaining = size
     while remaining:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("frame not complete in time")
+            sock.settimeout(left)
         chunk = sock.recv(min(remaining, 1024 * 1024))
         if not chunk:
             if at_start and remaining == size:
@@ -107,11 +114,29 @@ def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False) -> 
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> Frame:
-    header = _recv_exactly(sock, HEADER.size, at_start=True)
-    json_len, payload_len = decode_header(header)
-    body = _recv_exactly(sock, json_len)
-    payload = _recv_exactly(sock, payload_len) if payload_len else b""
+def recv_frame(sock: socket.socket, deadline: Optional[float] = None,
+               frame_timeout: Optional[float] = None) -> Frame:
+    """Read one frame. ``deadline`` (monotonic) bounds the whole frame; ``frame_timeout`` bounds
+    the rest of it once its first bytes arrived (the wait for them keeps the socket's timeout).
+    A peer sending one byte at a time cannot keep a read alive past either."""
+    if deadline is None and frame_timeout is None:
+        header = _recv_exactly(sock, HEADER.size, at_start=True)
+        json_len, payload_len = decode_header(header)
+        body = _recv_exactly(sock, json_len)
+        payload = _recv_exactly(sock, payload_len) if payload_len else b""
+        return decode_body(body), payload
+    previous = sock.gettimeout()
+    try:
+        first = _recv_exactly(sock, 1, at_start=True, deadline=deadline)
+        if frame_timeout is not None:
+            rest = time.monotonic() + frame_timeout
+            deadline = rest if deadline is None else min(deadline, rest)
+        header = first + _recv_exactly(sock, HEADER.size - 1, deadline=deadline)
+        json_len, payload_len = decode_header(header)
+        body = _recv_exactly(sock, json_len, deadline=deadline)
+        payload = _recv_exactly(sock, payload_len, deadline=deadline) if payload_len else b""
+    finally:
+        sock.settimeout(previous)
     return decode_body(body), payload
 
 

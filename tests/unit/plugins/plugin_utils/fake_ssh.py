@@ -42,6 +42,8 @@ class FakeServer:
     max_sessions: int = 10
     #: Refuse every exec request (CHANNEL_FAILURE).
     refuse_exec: bool = False
+    #: The connection is cut once an exec request arrived, before its answer went out (it ran).
+    die_after_exec: bool = False
     #: Refuse direct-tcpip (AllowTcpForwarding no).
     refuse_forwarding: bool = False
     #: Every command the server started, with its input.
@@ -79,6 +81,8 @@ class FakeChannel:
         self.command: Optional[str] = None
         self.stdin = b""
         self.stdin_closed = False
+        #: Input the fake command still takes (None: any amount); 0 models one that stopped reading.
+        self.window: Optional[int] = None
         #: The server closes this channel when an exec arrives (a spare it timed out).
         self.stale = False
         self._out = b""
@@ -133,6 +137,10 @@ class FakeChannel:
             self._remote_close()
         elif server.refuse_exec:
             self.event_ready = False
+        elif server.die_after_exec:
+            server.ran.append((cmd, self.stdin))
+            self.transport.die()
+            return
         else:
             self.command = cmd
             self.event_ready = True
@@ -150,6 +158,19 @@ class FakeChannel:
         if self.closed:
             raise OSError("Socket is closed")
         self.stdin += data
+
+    def send_ready(self) -> bool:
+        return not self.closed and (self.window is None or self.window > 0)
+
+    def send(self, data: bytes) -> int:
+        """Like Paramiko's: at most what the window allows (``window``: None for no limit)."""
+        if self.closed:
+            raise OSError("Socket is closed")
+        taken = len(data) if self.window is None else min(len(data), self.window)
+        if self.window is not None:
+            self.window -= taken
+        self.stdin += data[:taken]
+        return taken
 
     def shutdown_write(self) -> None:
         self.stdin_closed = True

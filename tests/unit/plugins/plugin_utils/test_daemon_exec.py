@@ -197,3 +197,54 @@ def test_the_relay_serves_channels_with_descriptors_above_1024(daemon: FakeDaemo
     finally:
         if old is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+def test_an_exec_left_unanswered_by_a_dead_transport_is_unknown_and_never_rerun(worker: Worker,
+                                                                               server: FakeServer) -> None:
+    """The exec request reached the server, which ran it; the connection died before the answer."""
+    server.die_after_exec = True
+    _, _, final = worker.run(2, "echo run >> marker")
+    assert final["t"] == "error" and final["kind"] == "unknown_outcome", final
+    assert "127.0.0.9:2222: the SSH connection was lost after the command was sent" in final["msg"], final
+    assert "not re-run" in final["msg"]
+    assert [c for c, _ in server.ran] == ["echo run >> marker"]
+    assert len(server.transports) == 1  # no second attempt on a fresh transport
+
+
+def test_a_command_that_stops_reading_its_input_still_meets_its_deadline(worker: Worker, server: FakeServer,
+                                                                         daemon: FakeDaemon) -> None:
+    """Input past what the channel takes waits in the daemon; the deadline and the reply still come."""
+    server.handler = lambda cmd, stdin: None
+
+    def running(cmd: str):
+        return next(c for c in server.transports[0].all_channels if c.command == cmd)
+
+    worker.send({"op": "exec", "id": 2, "cmd": "sleep", "eof": False, "command_timeout": 0.3})
+    reply, _ = worker_recv(worker)
+    assert reply["t"] == "started"
+    running("sleep").window = 10
+    for _ in range(3):
+        worker.send({"op": "stdin", "id": 2}, b"x" * 65536)
+    worker.send({"op": "eof", "id": 2})
+    final = worker.replies(2)[-1][0]
+    assert final["kind"] == "timeout" and "did not finish within 0.3s" in final["msg"], final
+    chan = running("sleep")
+    assert chan.stdin == b"x" * 10 and not chan.stdin_closed
+
+
+def test_a_command_that_exits_without_reading_reports_its_own_status(worker: Worker, server: FakeServer) -> None:
+    """sh: interpreter not found, rc 127, input unread: the status is the command's, not a broken pipe."""
+    worker.send({"op": "exec", "id": 2, "cmd": "/nonexistent/python3", "eof": False})
+    reply, _ = worker_recv(worker)
+    assert reply["t"] == "started"
+    chan = next(c for c in server.transports[0].all_channels if c.command == "/nonexistent/python3")
+    chan.window = 0
+    chan.feed(err=b"sh: 1: /nonexistent/python3: not found\n")
+    chan.finish(127)
+    for _ in range(3):
+        worker.send({"op": "stdin", "id": 2}, b"m" * 65536)
+    worker.send({"op": "eof", "id": 2})
+    replies = worker.replies(2)
+    assert b"".join(d for r, d in replies if r["t"] == "err") == b"sh: 1: /nonexistent/python3: not found\n"
+    assert replies[-1][0] == {"t": "exit", "re": 2, "rc": 127}
+    assert worker.run(3, "echo next")[0] == b"next\n"
