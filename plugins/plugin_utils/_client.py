@@ -403,7 +403,7 @@ class PoolClient:
             sock.settimeout(timeout)
         try:
             return proto.recv_frame(sock)
-        except socket.timeout:
+        except TimeoutError:
             # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
             self.close()
             raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {timeout:g}s") from None

@@ -186,7 +186,7 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 conn, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.ECONNABORTED):

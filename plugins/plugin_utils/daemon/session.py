@@ -106,7 +106,7 @@ class Session:
             with contextlib.suppress(OSError):
                 self.send(msgs.error(None, ErrorKind.PROTOCOL, str(e)))
                 _drain_before_close(self.sock)
-        except (OSError, socket.timeout):
+        except (TimeoutError, OSError):
             pass
         except Exception:
             log.exception("unexpected error serving a client")

@@ -102,7 +102,7 @@ def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False,
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise socket.timeout("frame not complete in time")
+                raise TimeoutError("frame not complete in time")
             sock.settimeout(left)
         chunk = sock.recv(min(remaining, 1024 * 1024))
         if not chunk:

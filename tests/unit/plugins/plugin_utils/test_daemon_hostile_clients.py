@@ -116,7 +116,7 @@ def read_replies(sock: socket.socket) -> List[Dict[str, Any]]:
             reply, _ = proto.recv_frame(sock)
         except proto.PeerClosed:
             break
-        except socket.timeout:
+        except TimeoutError:
             break
         replies.append(reply)
     return replies

@@ -309,7 +309,7 @@ def _record_all(path: str, names: List[str], keys: List[str], start: Any, result
         results.put(-1)
         return
     written = 0
-    for name, key in zip(names, keys):
+    for name, key in zip(names, keys, strict=False):
         written += kh.record(path, name, ED_TYPE, key)
     results.put(written)
 
@@ -333,7 +333,7 @@ def _race(path: Path, names: List[str], keys: List[str], threads: int = 20, proc
         try:
             if not thread_start.wait(TIMEOUT):
                 raise TimeoutError("never started")
-            written = sum(kh.record(str(path), n, ED_TYPE, k) for n, k in zip(names, keys))
+            written = sum(kh.record(str(path), n, ED_TYPE, k) for n, k in zip(names, keys, strict=False))
             with lock:
                 thread_results.append(written)
         except BaseException as e:
@@ -381,8 +381,8 @@ def test_concurrent_record_of_twenty_hosts_loses_nothing(tmp_path: Path) -> None
     assert written == 20
     lines = path.read_text().splitlines()
     assert lines[0] == f"existing {EC_TYPE} {EC_KEY}"
-    assert sorted(lines[1:]) == sorted(f"{n} {ED_TYPE} {k}" for n, k in zip(names, keys))
+    assert sorted(lines[1:]) == sorted(f"{n} {ED_TYPE} {k}" for n, k in zip(names, keys, strict=False))
     assert path.read_text().endswith("\n")
     entries = kh.load([str(path)])
-    for name, key in zip(names, keys):
+    for name, key in zip(names, keys, strict=False):
         assert kh.verify(entries, name, ED_TYPE, key).status == "known"
