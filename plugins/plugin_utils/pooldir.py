@@ -131,6 +131,10 @@ def open_pool_dir(path: str, create: bool = True, uid: Optional[int] = None) -> 
                 st = _lstat_at(fd, name)
                 if st is None:
                     raise walk.refuse(f"{os.path.join(shown, name)} vanished while it was created")
+            if not todo and not stat.S_ISLNK(st.st_mode) and st.st_uid != uid:
+                # The pool directory itself is another user's: say that, before what its parent allows.
+                raise PoolDirError(f"pool directory {path} is owned by {_who(st.st_uid)}, not you ({uid}): "
+                                   "set pool_dir to a directory of your own")
             walk.check_parent(fd, shown, st.st_uid)
             here = os.path.join(shown, name)
             if stat.S_ISLNK(st.st_mode):
