@@ -45,8 +45,8 @@ class Maintainer:
         if daemon.client_count() > 0 or not daemon.pool.is_empty():
             daemon.last_busy = now
         elif daemon.idle_exit >= 0 and now - daemon.last_busy >= daemon.idle_exit:
-            log.info("held nothing for %.0fs; exiting", now - daemon.last_busy)
-            daemon.stopping.set()
+            # The accept loop decides: only it takes clients, so only it can know none is arriving.
+            daemon.idle_exit_due.set()
 
     def _health_check(self, entry: Entry[PooledTransport]) -> None:
         settings = entry.settings

@@ -98,6 +98,8 @@ class Daemon:
         self.pool: Pool[PooledTransport] = Pool(self.connector, on_event=self._event)
         jump.attach(self.pool)
         self.stopping = threading.Event()
+        #: Set by maintenance when the daemon has held nothing for idle_exit; the accept loop acts on it.
+        self.idle_exit_due = threading.Event()
         self.started = time.time()
         self._clients = 0
         self._clients_lock = threading.Lock()
@@ -184,6 +186,8 @@ class Daemon:
             raise RuntimeError("serve() before publish()")
         listener.settimeout(0.5)
         while not self.stopping.is_set():
+            if self.idle_exit_due.is_set() and self._leave_if_idle():
+                break
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
@@ -204,6 +208,19 @@ class Daemon:
                 log.warning("could not take a client: %s", e)
                 with contextlib.suppress(OSError):
                     conn.close()
+
+    def _leave_if_idle(self) -> bool:
+        """Stop when still idle. Run by the accept loop, which alone takes clients: no session can
+        start after this check, and workers that connect from now on are answered "shutdown" and
+        connect again (see :meth:`shutdown`), so none is dropped mid-request."""
+        self.idle_exit_due.clear()
+        with self._clients_lock:
+            idle_for = time.monotonic() - self.last_busy
+            if self._clients or not self.pool.is_empty() or idle_for < self.idle_exit:
+                return False
+            self.stopping.set()
+        log.info("held nothing for %.0fs; exiting", idle_for)
+        return True
 
     def _accept(self, conn: socket.socket) -> None:
         uid = peer_uid(conn)
