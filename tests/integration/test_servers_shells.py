@@ -84,6 +84,38 @@ def test_a_noisy_shell_never_locks_the_host_out(make_fleet, make_runner, tmp_pat
           f"{fleet.hosts[0].accepted_count('publickey')} login(s)")
 
 
+@pytest.mark.parametrize("mode", ["pipelining", "no-pipelining", "executor"])
+def test_max_sessions_1_logs_in_once_for_25_copies(make_fleet, make_runner, tmp_path, pool_dir, shared_dir, mode):
+    """sshd refuses a second session, and holds a closed SFTP session's slot until its sftp-server
+    exited: the pool must wait on its one transport (giving back the SFTP session, spare channel or
+    executor it kept), never log in again because of a refusal."""
+    fleet = make_fleet(count=1, extra_config=["MaxSessions 1"])
+    inventory = fleet.write_inventory(tmp_path / "inventory.yml")
+    play = f"""
+- hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: copies
+      ansible.builtin.copy: {{content: "copy {{{{ item }}}}\\n", dest: "{shared_dir}/ms-{{{{ item }}}}.txt"}}
+      loop: "{{{{ range(25) | list }}}}"
+"""
+    env = {"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"} if mode == "executor" else None
+    run = make_runner(fleet, pipelining=mode != "no-pipelining", extra_env=env).playbook(play, inventory,
+                                                                                          timeout=600)
+    daemon_log = (pool_dir / "daemon.log").read_text(encoding="utf-8", errors="replace")
+    assert run.rc == 0, run.output_tail()
+    for i in range(25):
+        assert (shared_dir / f"ms-{i}.txt").read_text(encoding="utf-8") == f"copy {i}\n"
+    # The server did refuse (else this proves nothing), and the pool kept its one login.
+    assert "open FAILED" in daemon_log, daemon_log[-3000:]
+    if mode == "executor":
+        assert "remote executor started" in daemon_log, daemon_log[-3000:]
+    host = fleet.hosts[0]
+    assert host.accepted_count("publickey") == 1, f"{host.log_tail()}\n{daemon_log[-3000:]}"
+    print(f"\nMaxSessions 1 ({mode}): 25/25 copies, {host.accepted_count('publickey')} login(s), "
+          f"{daemon_log.count('open FAILED')} refused channel open(s)")
+
+
 def test_permit_tty_no_non_pipelined_tasks_and_raw_succeed(make_fleet, make_runner, tmp_path, pool_dir):
     """Without pipelining every command of a task may escalate, and the plugin asks for a pty for
     those (as the ssh plugin does); a server that refuses ptys must still run them."""

@@ -16,11 +16,12 @@ import paramiko
 from ..errors import ErrorKind, PoolError
 from ..pool import Lease
 from ..ssh.paramiko_text import ParamikoText, classify
-from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
+from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
 from .relay import relay
 from .retry import ATTEMPTS, Step, Verdict, judge
 from .spare import claim_spare, prime_spare
+from .xrun import close_idle_executors
 
 if TYPE_CHECKING:
     from .session import Binding, Session
@@ -42,11 +43,6 @@ def _refused(binding: Binding, lease: Lease[PooledTransport], error: BaseExcepti
 FREED_SLOT_WAITS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
-def _refusal(pt: PooledTransport, error: BaseException) -> bool:
-    return pt.is_active() and (isinstance(error, paramiko.ChannelException)
-                               or classify(error) is ParamikoText.CHANNEL_REFUSED)
-
-
 def _drop_spare(pt: PooledTransport) -> bool:
     with pt.spare_lock:
         spare, pt.spare = pt.spare, None
@@ -59,15 +55,16 @@ def _drop_spare(pt: PooledTransport) -> bool:
 def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) -> T:
     """Open; when the server refuses and the refusal cannot be its limit (this request is the only
     one using the transport, or what the transport kept open for later holds the sessions: its
-    SFTP session, its spare channel), free what it kept and open again on the same transport
-    after bounded waits. With MaxSessions 1 the transport is then never given up for a refusal."""
+    SFTP session, its spare channel, an idle executor), free what it kept and open again on the
+    same transport after bounded waits. With MaxSessions 1 the transport is then never given up
+    for a refusal."""
     pt = lease.conn
     try:
         return opener(pt)
     except paramiko.SSHException as e:  # ChannelException included
-        if not _refusal(pt, e):
+        if not open_refused(pt, e):
             raise
-        freed = pt.close_idle_sftp() | _drop_spare(pt)
+        freed = pt.close_idle_sftp() | _drop_spare(pt) | close_idle_executors(pt)
         if freed:
             pt.sessions_tight = True
             with pt.spare_lock:
@@ -79,7 +76,7 @@ def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) ->
         try:
             return opener(pt)
         except paramiko.SSHException as e:
-            if not _refusal(pt, e):
+            if not open_refused(pt, e):
                 raise
     return opener(pt)  # refused again: the usual policy decides
 

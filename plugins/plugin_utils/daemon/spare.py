@@ -19,7 +19,7 @@ from typing import Optional
 import paramiko
 
 from ..pool import Lease
-from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, Spare
+from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, Spare, open_refused
 
 #: A spare older than this is closed, not used (the server may time idle channels out).
 SPARE_MAX_AGE = 20.0
@@ -86,8 +86,8 @@ def _open_spare(pt: PooledTransport, ready: threading.Event) -> None:
     try:
         chan = pt.transport.open_session(window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET,
                                          timeout=CHANNEL_TIMEOUT)
-    except paramiko.ChannelException:
-        refused = True  # the server is full: no spares on this transport
+    except paramiko.SSHException as e:
+        refused = open_refused(pt, e)  # the server is full: no spares on this transport
     except Exception:
         pass
     finally:

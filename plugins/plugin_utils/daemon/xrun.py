@@ -20,7 +20,7 @@ import paramiko
 
 from ..errors import ErrorKind, PoolError
 from ..executor.manager import EventKind, Executor, ExecutorError
-from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
+from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
 
 if TYPE_CHECKING:
@@ -67,11 +67,21 @@ def counters() -> Dict[str, int]:
     return asdict(COUNTERS)
 
 
+class _NotNow(str):
+    """Why no executor started this time, not remembered: the next run on the transport tries again."""
+
+
+#: Why no executor runs on a transport whose server allows few sessions: it would hold one for good.
+FEW_SESSIONS = "the server allows too few sessions (MaxSessions) to keep one for an executor"
+
+
 def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
     try:
         chan = pt.open_channel(CHANNEL_TIMEOUT)
     except (paramiko.SSHException, EOFError, OSError) as e:
-        return f"no channel for the executor ({e})"
+        # A refusal on a live transport says the server is full now, not that no executor can run here.
+        why = f"no channel for the executor ({e})"
+        return _NotNow(why) if open_refused(pt, e) else why
     try:
         chan.settimeout(CHANNEL_TIMEOUT)
         chan.exec_command(req.start)
@@ -97,10 +107,26 @@ def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], 
         return None, known
     if known is not None and known.alive:
         return known, ""
-    started = _start(pt, req)
+    started = _start(pt, req) if not pt.sessions_tight else FEW_SESSIONS
+    if isinstance(started, _NotNow):
+        return None, started
     with _lock:
         _executors.setdefault(pt, {})[req.key] = started
     return (None, started) if isinstance(started, str) else (started, "")
+
+
+def close_idle_executors(pt: PooledTransport) -> bool:
+    """Close the transport's executors that run nothing, giving their sessions back to the server
+    (it refused a channel: it allows fewer sessions than the pool thought). Whether any closed."""
+    with _lock:
+        known = dict(_executors.get(pt, {}))
+    freed = False
+    for key, executor in known.items():
+        if isinstance(executor, Executor) and executor.close_if_idle():
+            freed = True
+            with _lock:
+                _executors.get(pt, {}).pop(key, None)
+    return freed
 
 
 def _env(text: str) -> Optional[Dict[str, str]]:

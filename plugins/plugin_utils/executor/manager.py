@@ -111,6 +111,16 @@ class Executor:
     def alive(self) -> bool:
         return self._alive
 
+    def close_if_idle(self) -> bool:
+        """Close the executor when no run is in progress (its channel holds one of the server's
+        sessions, wanted back); False when a run is going on."""
+        with self._lock:
+            if self._pending or not self._alive:
+                return False
+            self._alive = False
+        self.close()
+        return True
+
     # -- wire --
 
     def _write(self, kind: int, rid: int, body: bytes = b"") -> None:
@@ -184,10 +194,10 @@ class Executor:
         Raises :class:`ExecutorError`: ``started=False`` when nothing ran (the caller may take the
         plain path), ``started=True`` when the outcome is unknown (never run it again).
         """
-        if not self._alive:
-            raise ExecutorError("the executor is not running", started=False)
         digest = zip_hash(zip_text)
         with self._lock:
+            if not self._alive:
+                raise ExecutorError("the executor is not running", started=False)
             rid = self._next
             self._next += 1
             pending = self._pending[rid] = _Pending()

@@ -15,8 +15,21 @@ from typing import Any, List, Optional, Protocol
 
 import paramiko
 
+from .paramiko_text import ParamikoText, classify
+
 #: Give every channel open and request a deadline: Paramiko's own waits have none.
 CHANNEL_TIMEOUT = 30.0
+
+
+def open_refused(pt: PooledTransport, error: BaseException) -> bool:
+    """Whether ``error`` is the server refusing a channel open on ``pt`` while ``pt`` lives
+    (MaxSessions, a session slot not yet freed): a reason to wait on ``pt``, never to give it up.
+
+    The refusal is a ChannelException, or only its text when another thread's open took
+    Paramiko's one saved exception of the transport.
+    """
+    return pt.is_active() and (isinstance(error, paramiko.ChannelException)
+                               or classify(error) is ParamikoText.CHANNEL_REFUSED)
 
 
 class Releasable(Protocol):

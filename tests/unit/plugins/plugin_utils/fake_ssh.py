@@ -58,6 +58,12 @@ class FakeServer:
     immediate: Callable[[str], bool] = lambda cmd: False
     #: Give channels' pipes descriptor numbers from this one up (select.select fails from 1024).
     high_fds: Optional[int] = None
+    #: A closed channel keeps its session slot for this many later channel opens (sshd frees an SFTP
+    #: session's slot only once its sftp-server exited).
+    slot_held_opens: int = 0
+    #: A refused channel open raises only Paramiko's text, as when another thread's open took the
+    #: transport's one saved ChannelException.
+    refusal_as_text: bool = False
 
     def transport(self) -> FakeTransport:
         t = FakeTransport(self)
@@ -253,6 +259,9 @@ class FakeTransport:
         self.channels: Dict[int, FakeChannel] = {}
         self.opened = 0
         self.all_channels: List[FakeChannel] = []
+        #: Slots of closed channels not yet freed: how many more opens each holds out.
+        self.held: List[int] = []
+        self.refused = 0
 
     def is_active(self) -> bool:
         return self.active
@@ -260,7 +269,12 @@ class FakeTransport:
     def _new_channel(self) -> FakeChannel:
         if not self.active:
             raise paramiko.SSHException("SSH session not active")
-        if len(self.channels) >= self.server.max_sessions:
+        occupied = len(self.channels) + len(self.held)
+        self.held = [opens - 1 for opens in self.held if opens > 1]
+        if occupied >= self.server.max_sessions:
+            self.refused += 1
+            if self.server.refusal_as_text:
+                raise paramiko.SSHException("Unable to open channel.")
             raise paramiko.ChannelException(paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
                                             "open failed")
         self.opened += 1
@@ -295,7 +309,8 @@ class FakeTransport:
         return paramiko.Message() if self.active else None
 
     def forget(self, chan: FakeChannel) -> None:
-        self.channels.pop(chan.remote_chanid, None)
+        if self.channels.pop(chan.remote_chanid, None) is not None and self.server.slot_held_opens:
+            self.held.append(self.server.slot_held_opens)
 
     def die(self) -> None:
         """The connection is cut: every channel closes with no exit status."""
