@@ -7,7 +7,7 @@ only the SSH wire is fake (fake_ssh.py).
 from __future__ import annotations
 
 import resource
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames
@@ -22,23 +22,6 @@ def worker_recv(worker: Worker) -> Tuple[dict, bytes]:
 @pytest.fixture
 def server() -> FakeServer:
     return FakeServer()
-
-
-@pytest.fixture
-def daemon(server: FakeServer) -> Iterator[FakeDaemon]:
-    d = FakeDaemon(server)
-    yield d
-    d.pool.close_all()
-    for t in server.transports:
-        t.release_fds()
-
-
-@pytest.fixture
-def worker(daemon: FakeDaemon) -> Iterator[Worker]:
-    w = Worker(daemon)
-    w.bind()
-    yield w
-    w.close()
 
 
 def test_a_command_runs_once_and_its_output_and_status_come_back(worker: Worker, server: FakeServer) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import queue
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import paramiko
 import pytest
@@ -79,23 +79,6 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     remote_dir = tmp_path / "remote"
     remote_dir.mkdir()
     return FakeServer(handler=sh, sftp_root=remote_dir)
-
-
-@pytest.fixture
-def daemon(server: FakeServer) -> Iterator[FakeDaemon]:
-    d = FakeDaemon(server)
-    yield d
-    d.pool.close_all()
-    for t in server.transports:
-        t.release_fds()
-
-
-@pytest.fixture
-def worker(daemon: FakeDaemon) -> Iterator[Worker]:
-    w = Worker(daemon)
-    w.bind()
-    yield w
-    w.close()
 
 
 def run_xrun(worker: Worker, op_id: int) -> List[Tuple[Dict[str, Any], bytes]]:
