@@ -628,12 +628,17 @@ class Connection(ConnectionBase):
     def _bind(self) -> dict:
         """Give the client this host's spec and settings (sent to the daemon once per socket)."""
         request = self._request()
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         try:
             self._client.bind(request["conn"], request["pool"])
         except PoolFailure as e:
             raise self._failure(e) from None
         return request
+
+    def _unconnected(self) -> AnsibleError:
+        """A request before ``_connect`` made the client: a bug here, said as such rather than an AttributeError."""
+        return AnsibleError(f"pooled_ssh: a request to {self._host} before its connection was made (a bug in pooled_ssh)")
 
     def _new_client(self, spawn: bool = True) -> PoolClient:
         try:
@@ -700,7 +705,8 @@ class Connection(ConnectionBase):
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         self._connect()
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         display.vvv(f"EXEC {cmd}", host=self._host)
         if in_data and _executor.enabled(self.get_option("remote_executor")):
             done = self._via_executor(cmd, in_data)
@@ -770,7 +776,8 @@ class Connection(ConnectionBase):
     def _via_executor(self, cmd: str, in_data: bytes) -> tuple[int, bytes, bytes] | None:
         """The task through the transport's remote executor, or None: then it goes the plain way."""
         self._bind()
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         try:
             outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")))
         except PoolFailure as e:
@@ -833,7 +840,8 @@ class Connection(ConnectionBase):
         self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"), umask=_client.current_umask())
 
     def _transfer(self, op: str, local: str, remote: str, **fields) -> None:
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         try:
             self._bind()
             reply = self._client.call({"op": op, "local": local, "remote": remote, **fields})

@@ -14,9 +14,8 @@ import socket
 import time
 from typing import Any, Callable, Dict, Optional
 
-import paramiko
-
 from ..errors import ErrorKind
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import PooledTransport
 from ..wire import frames
 from ..wire import messages as msgs

@@ -29,12 +29,12 @@ import threading
 import time
 from typing import IO, Any, Optional
 
-import paramiko
-
 from .._client import check_pool_dir
 from ..errors import ErrorKind
 from ..pool import Pool
 from ..ssh.connect import Connector
+from ..ssh.paramiko_guard import IMPORT_ERROR as PARAMIKO_IMPORT_ERROR
+from ..ssh.paramiko_guard import missing_text, paramiko
 from ..ssh.paramiko_text import ParamikoLogFilter
 from ..ssh.transport import PooledTransport
 from ..wire import frames
@@ -317,6 +317,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=60.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if PARAMIKO_IMPORT_ERROR is not None:  # the worker that started it shows this line (the daemon's stderr)
+        print(missing_text(PARAMIKO_IMPORT_ERROR), file=sys.stderr)
+        return 2
     os.umask(0o077)
     setup_logging(args.dir, args.log_level)
     try:

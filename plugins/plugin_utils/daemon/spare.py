@@ -16,9 +16,8 @@ import threading
 import time
 from typing import Optional
 
-import paramiko
-
 from ..pool import Lease
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, Spare
 
 #: A spare older than this is closed, not used (the server may time idle channels out).

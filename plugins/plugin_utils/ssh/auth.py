@@ -10,10 +10,9 @@ from __future__ import annotations
 import socket
 from typing import List, Optional, Tuple
 
-import paramiko
-
 from ..errors import ErrorKind, PoolError
 from ..wire.spec import ConnectionSpec
+from .paramiko_guard import paramiko
 from .paramiko_text import ParamikoText, classify
 
 

@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-import paramiko
-
 from .. import _host_certs, _known_hosts
 from ..errors import ErrorKind, PoolError
 from ..pool.settings import PoolKey, PoolSettings
@@ -26,6 +24,7 @@ from ..wire.spec import ConnectionSpec
 from . import negotiation
 from .auth import authenticate, fail
 from .limiter import HandshakeLimiter
+from .paramiko_guard import paramiko
 from .paramiko_text import ParamikoText, classify
 from .transport import CHANNEL_TIMEOUT, PooledTransport, Releasable
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, List, Optional, Protocol
 
-import paramiko
+from .paramiko_guard import paramiko
 
 #: Give every channel open and request a deadline: Paramiko's own waits have none.
 CHANNEL_TIMEOUT = 30.0
