@@ -12,7 +12,7 @@ import re
 
 import pytest
 from harness.sshd import DEFAULT_PASSWORD, is_root, set_password
-from test_become import _password_rule, sudoers  # noqa: F401 - the fixture
+from test_become import _password_rule, sudoers  # noqa: F401 - the fixture  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root: sudoers drop-ins and login passwords")
 

@@ -189,7 +189,7 @@ class Daemon:
             if self.idle_exit_due.is_set() and self._leave_if_idle():
                 break
             try:
-                conn, _ = listener.accept()
+                conn, _addr = listener.accept()
             except TimeoutError:
                 continue
             except OSError as e:
@@ -271,7 +271,7 @@ class Daemon:
             answered = 0
             while True:
                 try:
-                    conn, _ = self._listener.accept()
+                    conn, _addr = self._listener.accept()
                 except OSError:
                     break
                 answered += 1

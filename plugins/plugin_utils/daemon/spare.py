@@ -33,7 +33,7 @@ DROPBEAR_FIXED = (2024, 86)
 
 def spares_unsafe(banner: str) -> bool:
     """Whether the server's identification names a server known to break pre-opened channels."""
-    name, _, version = (banner or "").partition("_")
+    name, _sep, version = (banner or "").partition("_")
     if not name.lower().endswith("dropbear"):
         return False
     try:

@@ -330,7 +330,7 @@ class Executor:
             if self.closing and not self.runs:
                 return
             try:
-                readable, _, _ = select.select(list(watch), [], [])
+                readable, _w, _x = select.select(list(watch), [], [])
             except InterruptedError:
                 continue
             for fd in readable:

@@ -229,7 +229,7 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: dict, start: di
     _send_msg(sock, {"t": "ready"})
     while True:
         try:
-            readable, _, _ = select.select([sock, wake_r], [], [])
+            readable, _w, _x = select.select([sock, wake_r], [], [])
         except InterruptedError:
             continue
         if wake_r in readable:

@@ -58,7 +58,8 @@ class Target:
 class Tunnel(Protocol):
     """Opens a channel to the target through its jump host; the lease is held while the transport lives."""
 
-    def __call__(self, target: Target, timeout: float) -> Tuple[Any, Releasable]: ...
+    def __call__(self, target: Target, timeout: float) -> Tuple[Any, Releasable]:
+        """A socket-like channel to ``target`` and the lease that holds its slot."""
 
 
 class _Dropped(Exception):
@@ -100,7 +101,7 @@ class AuthFailures:
     def remember(self, key: PoolKey, message: str) -> None:
         now = self._clock()
         with self._lock:
-            for old in [k for k, (expiry, _) in self._failures.items() if expiry <= now]:
+            for old in [k for k, (expiry, _why) in self._failures.items() if expiry <= now]:
                 del self._failures[old]
             while len(self._failures) >= AUTH_FAILURE_MAX:
                 del self._failures[next(iter(self._failures))]

@@ -22,7 +22,8 @@ CHANNEL_TIMEOUT = 30.0
 class Releasable(Protocol):
     """A lease held for as long as this transport lives (the bastion's channel slot)."""
 
-    def release(self, *, broken: bool = False, refused: bool = False) -> None: ...
+    def release(self, *, broken: bool = False, refused: bool = False) -> None:
+        """Give the slot back; ``broken``: the transport is dead, ``refused``: the server refused a channel."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
@@ -72,7 +73,7 @@ def _check_scalar(name: str, value: Any, rule: Rule, types: Tuple[type, ...]) ->
     if isinstance(value, str) and rule.path and "\0" in value:
         raise Malformed(f"{name} contains a NUL byte")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value != value or (rule.low is not None and value < rule.low) or (
+        if math.isnan(value) or (rule.low is not None and value < rule.low) or (
                 rule.high is not None and value > rule.high):
             raise Malformed(f"{name} {rule.problem or 'is out of range'}")
         if float in types and int not in types:
