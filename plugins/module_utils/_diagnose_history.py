@@ -126,7 +126,7 @@ def append(runs: Iterable[Json], new: Json, keep: int) -> List[Json]:
     return out[-max(int(keep), 1):]
 
 
-def dump(runs: Iterable[Json]) -> str:
+def dump(runs: Iterable[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(run, sort_keys=True, separators=(",", ":")) + "\n" for run in runs)
 
 

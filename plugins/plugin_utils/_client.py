@@ -120,7 +120,7 @@ def _import_path() -> List[str]:
 
 
 def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
-                 python: Optional[str] = None, dir_fd: Optional[int] = None) -> subprocess.Popen:
+                 python: Optional[str] = None, dir_fd: Optional[int] = None) -> subprocess.Popen[bytes]:
     """Start a daemon detached from the caller (own session, no inherited descriptors, a clean environment)."""
     fd = pooldir.open_pool_dir(pool_dir) if dir_fd is None else dir_fd
     try:

@@ -27,7 +27,7 @@ import struct
 import sys
 import threading
 import time
-from typing import IO, Any, Optional
+from typing import IO, Any, List, Optional
 
 from .._client import check_pool_dir
 from ..errors import ErrorKind
@@ -84,7 +84,7 @@ def budget(limit: int) -> tuple[int, int]:
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
 class Daemon:
@@ -311,7 +311,7 @@ def setup_logging(pool_dir: str, level: str) -> None:
     logging.getLogger("paramiko").setLevel(max(logging.INFO, root.level))
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pooled_ssh-daemon")
     parser.add_argument("--dir", required=True)
     parser.add_argument("--idle-exit", type=float, default=60.0)

@@ -84,8 +84,9 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
         chan.close()
         return f"the executor did not start ({e})"
     COUNTERS.started += 1
+    python = hello.get("python")
     log.info("%s: remote executor started (Python %s, pid %s)", pt.label,
-             ".".join(str(v) for v in hello.get("python", [])), hello.get("pid"))  # type: ignore[union-attr]
+             ".".join(str(v) for v in python) if isinstance(python, list) else "?", hello.get("pid"))
     return executor
 
 

@@ -11,6 +11,7 @@ bounded (see ``test_memory_stays_bounded`` for the bound and why).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -264,10 +265,10 @@ def bad_exec(draw: Any) -> Tuple[Dict[str, Any], str]:
         msg["pool"]["health_checks"] = draw(WRONG.filter(lambda v: v is not None and not isinstance(v, bool)))
     elif where == "pool.idle_timeout":  # seconds: any number from 0 up to ten years is valid
         msg["pool"]["idle_timeout"] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not 0 <= v <= 10 * 365 * 86400)))
+            isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0 <= v <= 10 * 365 * 86400)))
     else:  # a count: a whole number from 1
         msg["pool"][where[5:]] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf"))
+            isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)
             or v < 1 or v != int(v) or v > 1_000_000)))
     return msg, where
 

@@ -332,4 +332,3 @@ def test_frames_over_the_limit_stop_the_executor(local: Local) -> None:
     local.executor.channel.write(remote.HEADER.pack(remote.MAX_FRAME + 1, remote.K_RUN, 9))
     assert local.proc.wait() != 0
     assert list(local.remote_tmp.iterdir()) == []
-
