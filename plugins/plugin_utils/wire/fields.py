@@ -47,6 +47,8 @@ class Rule:
 
 def wire(types: Tuple[type, ...], default: Any = None, **rule: Any) -> Any:
     """A dataclass field described by a :class:`Rule` (lists default to empty lists)."""
+    # A field factory: the field() it returns is assigned in the message dataclasses' bodies.
+    # pylint: disable=invalid-field-call
     meta = {"wire": Rule(types=types, **rule)}
     if rule.get("required"):
         return dataclasses.field(metadata=meta)
