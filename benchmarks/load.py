@@ -226,7 +226,7 @@ class Run:
             stats = subprocess.run(
                 [sys.executable, "-m", "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli",
                  "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True, text=True, timeout=60,
-                env=dict(os.environ, PYTHONPATH=str(work / "collections")))
+                env=dict(os.environ, PYTHONPATH=str(work / "collections")), check=False)
             self.total = json.loads(stats.stdout)["total"] if stats.returncode == 0 else {}
         finally:
             if self.sampler is not None:
@@ -243,7 +243,7 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return bool(self.results) and all(rc == 0 and not self.failed_hosts(recap) for _, rc, recap, _, _ in
+        return bool(self.results) and all(rc == 0 and not self.failed_hosts(recap) for _n, rc, recap, _o, _e in
                                           self.results)
 
     def key(self) -> str:
@@ -341,7 +341,7 @@ def write_report(path: Path, sections: List[str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, nargs="+", default=None, help="inventory hosts (one run per value)")
     parser.add_argument("--sshd", type=int, default=4, help="real sshd daemons the hosts are spread over")
     parser.add_argument("--forks", type=int, default=50)

@@ -7,14 +7,14 @@
 Each row runs ``pytest -m compat tests/integration`` from this checkout's ``.venv`` with that
 venv's ``ansible-playbook`` (the workers, hence the pool daemon, run on its Python and Paramiko).
 Prints the table (ansible-core x Python x Paramiko -> result); ``--write`` puts it into
-docs/compatibility.md between the matrix markers. Exit 1 when a row fails, runs no test, or a
+docs/compatibility.md between the matrix markers. ``--only LINE`` runs one row (the others are read
+from their last results), so that the lines can run one at a time. Exit 1 when a row fails, runs no test, or a
 claimed line has no row.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import re
 import subprocess
@@ -48,6 +48,8 @@ class Row:
     skipped: int = 0
     rc: int = 0
     seconds: float = 0.0
+    #: When the row's tests ran (UTC, from its JUnit report): rows can come from different runs.
+    ran: str = ""
 
     @property
     def ok(self) -> bool:
@@ -97,6 +99,7 @@ def read_junit(row: Row) -> None:
         row.skipped += skipped
         row.passed += int(suite.get("tests", 0)) - failed - skipped
         row.seconds += float(suite.get("time", 0))
+        row.ran = (suite.get("timestamp") or "")[:16].replace("T", " ")
 
 
 def run_row(row: Row, pytest_args: Sequence[str]) -> None:
@@ -119,10 +122,12 @@ def run_row(row: Row, pytest_args: Sequence[str]) -> None:
 
 def table(rows: Sequence[Row]) -> str:
     lines = [
-        "| ansible-core | Python | Paramiko | cryptography | integration core (`pytest -m compat`) |",
-        "| --- | --- | --- | --- | --- |",
+        "| ansible-core | Python | Paramiko | cryptography | integration core (`pytest -m compat`) | ran (UTC) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| {r.core} | {r.python} | {r.paramiko} | {r.cryptography} | {r.result} |" for r in rows]
+    lines += [
+        f"| {r.core} | {r.python} | {r.paramiko} | {r.cryptography} | {r.result} | {r.ran or '-'} |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -130,8 +135,8 @@ def write_doc(rows: Sequence[Row]) -> None:
     block = (
         f"{BEGIN}\n"
         "Written by `./run matrix` (the tests marked `compat`: the shared connection test, pool reuse, become,\n"
-        "errors, the daemon and sshd restarts, the diagnose role) on "
-        f"{datetime.date.today().isoformat()}.\n\n{table(rows)}\n{END}"
+        "errors, the daemon and sshd restarts, the diagnose role); each row says when it ran.\n\n"
+        f"{table(rows)}\n{END}"
     )
     text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Compatibility\n\n## Versions tested\n\n"
     if BEGIN in text and END in text:
@@ -149,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--last-results", action="store_true", help="report the last run's results (.tmp/matrix-*.xml), run nothing"
     )
+    parser.add_argument(
+        "--only", metavar="LINE", action="append", default=[],
+        help="run only this line (repeatable); the other rows come from their last results",
+    )  # fmt: skip
     parser.add_argument("rows", nargs="+", metavar="LINE=VENV")
     args = list(sys.argv[1:] if argv is None else argv)
     pytest_args: list[str] = []
@@ -169,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for row in rows:
         read_versions(row)
-        if opts.last_results:
+        if opts.last_results or (opts.only and row.line not in opts.only):
             read_junit(row)
             row.rc = 0 if junit_path(row).is_file() else 5
         else:

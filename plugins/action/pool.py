@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
 
 # One import name for the controller code, so PoolFailure is the class the client raises.
-_client = load("_client")
+if TYPE_CHECKING:  # the module as mypy finds it
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
+else:
+    _client = load("_client")
 PoolClient = _client.PoolClient
 PoolFailure = _client.PoolFailure
 PoolUnavailable = _client.PoolUnavailable
@@ -27,7 +30,7 @@ class State(str, Enum):
     STOPPED = "stopped"
 
 
-ARGUMENT_SPEC = {
+ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "pool_dir": {"type": "path"},
     "state": {"type": "str", "required": True, "choices": [s.value for s in State]},
     "host": {"type": "str"},
@@ -77,7 +80,7 @@ def stop(client: PoolClient, check_mode: bool) -> Dict[str, Any]:
     return {"changed": True, "running": False, "daemon": daemon, "msg": f"stopped daemon pid {daemon['pid']}"}
 
 
-def run_on_pool(client: PoolClient, step: Any) -> Dict[str, Any]:
+def run_on_pool(client: PoolClient, step: Callable[[PoolClient], Dict[str, Any]]) -> Dict[str, Any]:
     """Run ``step(client)``; one-line failures that name the pool directory."""
     try:
         return step(client)
@@ -95,9 +98,9 @@ class ControllerAction(ActionBase):
     _supports_check_mode = True
     ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {}
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
+    def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        result: Dict[str, Any] = super().run(tmp, task_vars)
+        _validation, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
         result.update(self.act(args, bool(self._task.check_mode)))
         return result
 

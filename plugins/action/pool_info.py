@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import TYPE_CHECKING, Any, Callable, Dict
 
 from ansible.errors import AnsibleActionFail
 from ansible_collections.healer.pooled_ssh.plugins.action.pool import (
@@ -16,21 +16,24 @@ from ansible_collections.healer.pooled_ssh.plugins.action.pool import (
 )
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
 
-_client = load("_client")
+if TYPE_CHECKING:  # the module as mypy finds it; at run time under its one import name (bootstrap)
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
+else:
+    _client = load("_client")
 PoolClient = _client.PoolClient
 PoolUnavailable = _client.PoolUnavailable
 
 COLLECTION = "healer.pooled_ssh"
 REMOVED_IN = "1.0.0"
 
-ARGUMENT_SPEC = {
+ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
     "pool_dir": {"type": "path"},
     "flush": {"type": "str"},
     "stop": {"type": "bool", "default": False},
 }
 
 
-def read(client: PoolClient) -> dict:
+def read(client: PoolClient) -> Dict[str, Any]:
     try:
         status = client.call({"op": "status"})
     except PoolUnavailable:
@@ -39,9 +42,9 @@ def read(client: PoolClient) -> dict:
             "transports": status["transports"], "changed": False}
 
 
-def _legacy(change: Callable[[PoolClient], dict]) -> Callable[[PoolClient], dict]:
+def _legacy(change: Callable[[PoolClient], Dict[str, Any]]) -> Callable[[PoolClient], Dict[str, Any]]:
     """The deprecated options' result, as before: the pool as read before the change, and its outcome."""
-    def step(client: PoolClient) -> dict:
+    def step(client: PoolClient) -> Dict[str, Any]:
         out = read(client)
         done = change(client)
         out.update({k: v for k, v in done.items() if k not in ("transports", "running")})
@@ -56,7 +59,7 @@ class ActionModule(ControllerAction):
     def act(self, args: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
         if args["flush"] and args["stop"]:
             raise AnsibleActionFail("flush and stop are both set: use healer.pooled_ssh.pool for each")
-        step: Callable[[PoolClient], dict] = read
+        step: Callable[[PoolClient], Dict[str, Any]] = read
         if args["flush"]:
             self._deprecated("flush", "healer.pooled_ssh.pool with state=flushed and host")
             host = None if args["flush"] == "all" else args["flush"]

@@ -53,17 +53,20 @@ options:
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load
 
-_client = load("_client")
+if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one import name (bootstrap)
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client, _stats
+else:
+    _client = load("_client")
+    _stats = load("_stats")
 PoolClient = _client.PoolClient
 PoolFailure = _client.PoolFailure
 PoolUnavailable = _client.PoolUnavailable
 pool_dir_path = _client.pool_dir_path
-_stats = load("_stats")
 TABLE_COLUMNS = _stats.TABLE_COLUMNS
 delta = _stats.delta
 prometheus = _stats.prometheus

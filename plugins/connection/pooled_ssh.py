@@ -484,30 +484,48 @@ import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from ansible.errors import AnsibleAuthenticationFailure, AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-try:
-    # Through Python's own importer, which keeps bytecode caches: every task's worker imports
-    # this code afresh, and Ansible's collection loader would compile it from source each time.
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
-
-    _client = _load("_client")
-    _options = _load("_options")
-    _errors = _load("errors")
-    _executor = _load("executor.worker")
-except ImportError as e:  # pragma: no cover - reported on use, not at load
-    IMPORT_ERROR: Exception | None = e
+IMPORT_ERROR: Exception | None = None
+if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one import name (bootstrap)
+    from ansible.plugins.become import BecomeBase
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import PoolClient, pool_dir_path
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import (
+        OptionError,
+        connection_spec,
+        daemon_settings,
+        pool_settings,
+    )
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import (
+        ErrorKind,
+        PoolFailure,
+        PoolUnavailable,
+    )
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import worker as _executor
 else:
-    IMPORT_ERROR = None
-    PoolClient, PoolFailure, PoolUnavailable = _client.PoolClient, _errors.PoolFailure, _errors.PoolUnavailable
-    ErrorKind = _errors.ErrorKind
-    pool_dir_path = _client.pool_dir_path
-    OptionError, connection_spec = _options.OptionError, _options.connection_spec
-    daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
+    try:
+        # Through Python's own importer, which keeps bytecode caches: every task's worker imports
+        # this code afresh, and Ansible's collection loader would compile it from source each time.
+        from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
+
+        _client = _load("_client")
+        _options = _load("_options")
+        _errors = _load("errors")
+        _executor = _load("executor.worker")
+    except ImportError as e:  # pragma: no cover - reported on use, not at load
+        IMPORT_ERROR = e
+    else:
+        PoolClient, PoolFailure, PoolUnavailable = _client.PoolClient, _errors.PoolFailure, _errors.PoolUnavailable
+        ErrorKind = _errors.ErrorKind
+        pool_dir_path = _client.pool_dir_path
+        OptionError, connection_spec = _options.OptionError, _options.connection_spec
+        daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
 
 display = Display()
 
@@ -532,12 +550,11 @@ def _preload_option_definitions() -> None:
         if (__name__ != "ansible_collections.healer.pooled_ssh.plugins.connection.pooled_ssh"
                 or any(C.config.has_configuration_definition("connection", n) for n in names)):
             return
-        import yaml
+        from ansible.module_utils.common.yaml import yaml_load  # the C loader when there is one
         from ansible_collections.healer.pooled_ssh.plugins.doc_fragments.pool import ModuleDocFragment
 
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        options = yaml.load(DOCUMENTATION, Loader=loader)["options"]
-        fragment = yaml.load(ModuleDocFragment.DOCUMENTATION, Loader=loader)
+        options = yaml_load(DOCUMENTATION)["options"]
+        fragment = yaml_load(ModuleDocFragment.DOCUMENTATION)
         try:
             from ansible.utils.plugin_docs import add_collection_to_versions_and_dates
         except ImportError:  # pragma: no cover
@@ -556,7 +573,7 @@ _preload_option_definitions()
 
 
 
-def _ansible_errors() -> dict:
+def _ansible_errors() -> dict[ErrorKind, type[Exception]]:
     """The one table from a pool error's kind to what Ansible reports: a failed login, an UNREACHABLE
     host (the kind says whether it is one), or a failed task."""
     if IMPORT_ERROR is not None:
@@ -596,14 +613,15 @@ class Connection(ConnectionBase):
 
     transport = "healer.pooled_ssh.pooled_ssh"
     has_pipelining = True
+    _connected: bool  # ConnectionBase's
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: PoolClient | None = None
         #: Opens the client's socket (and starts the daemon if needed) while the worker builds the module.
         self._opening: threading.Thread | None = None
-        self._spec: dict | None = None
-        self._pool: dict | None = None
+        self._spec: dict[str, Any] | None = None
+        self._pool: dict[str, Any] | None = None
         self._become_password_sent = False
 
     # -- helpers -----------------------------------------------------------------
@@ -614,7 +632,7 @@ class Connection(ConnectionBase):
         delegate = getattr(self._play_context, "delegate_to", None)
         return str(delegate or self.get_option("inventory_name") or self.get_option("remote_addr"))
 
-    def _request(self) -> dict:
+    def _request(self) -> dict[str, Any]:
         if IMPORT_ERROR is not None:
             raise AnsibleError(f"pooled_ssh cannot load its controller code: {IMPORT_ERROR}") from IMPORT_ERROR
         try:
@@ -625,15 +643,20 @@ class Connection(ConnectionBase):
             raise AnsibleError(f"pooled_ssh option for {self._host}: {e}") from None
         return {"conn": self._spec, "pool": self._pool}
 
-    def _bind(self) -> dict:
+    def _bind(self) -> dict[str, Any]:
         """Give the client this host's spec and settings (sent to the daemon once per socket)."""
         request = self._request()
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         try:
             self._client.bind(request["conn"], request["pool"])
         except PoolFailure as e:
             raise self._failure(e) from None
         return request
+
+    def _unconnected(self) -> AnsibleError:
+        """A request before ``_connect`` made the client: a bug here, said as such rather than an AttributeError."""
+        return AnsibleError(f"pooled_ssh: a request to {self._host} before its connection was made (a bug in pooled_ssh)")
 
     def _new_client(self, spawn: bool = True) -> PoolClient:
         try:
@@ -677,7 +700,12 @@ class Connection(ConnectionBase):
 
     # -- ConnectionBase ----------------------------------------------------------
 
-    def set_options(self, task_keys=None, var_options=None, direct=None) -> None:
+    def set_options(
+        self,
+        task_keys: dict[str, Any] | None = None,
+        var_options: dict[str, Any] | None = None,
+        direct: dict[str, Any] | None = None,
+    ) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
         self._open_early()
 
@@ -700,7 +728,8 @@ class Connection(ConnectionBase):
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         self._connect()
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         display.vvv(f"EXEC {cmd}", host=self._host)
         if in_data and _executor.enabled(self.get_option("remote_executor")):
             done = self._via_executor(cmd, in_data)
@@ -770,7 +799,8 @@ class Connection(ConnectionBase):
     def _via_executor(self, cmd: str, in_data: bytes) -> tuple[int, bytes, bytes] | None:
         """The task through the transport's remote executor, or None: then it goes the plain way."""
         self._bind()
-        assert self._client is not None
+        if self._client is None:
+            raise self._unconnected()
         try:
             outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")))
         except PoolFailure as e:
@@ -785,18 +815,20 @@ class Connection(ConnectionBase):
                     f"{info.get('transport')}", host=self._host)
         return outcome.result
 
-    def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict:
+    def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict[str, Any]:
         return dict(cmd=cmd, command_timeout=self.get_option("command_timeout"),
                     pty=bool(self.get_option("pty") and sudoable and not in_data),
                     term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
 
-    def _examine_become(self, pending: bytes, awaiting_prompt: bool, become) -> tuple[bytes, bool, bool]:
+    def _examine_become(self, pending: bytes, awaiting_prompt: bool, become: BecomeBase) -> tuple[bytes, bool, bool]:
         """The ssh plugin's escalation state machine: prompt, then success marker, then module data."""
         if awaiting_prompt and become.check_password_prompt(pending):
             password = become.get_option("become_pass")
             if not password:
                 raise AnsibleError(f"Missing {become.name} password")
             display.debug("pooled_ssh: sending become password")
+            if self._client is None:
+                raise self._unconnected()
             self._client.send_stdin(to_bytes(password, errors="surrogate_or_strict") + b"\n")
             self._become_password_sent = True
             return b"", False, False
@@ -832,8 +864,9 @@ class Connection(ConnectionBase):
         local = os.path.abspath(to_text(out_path, errors="surrogate_or_strict"))
         self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"), umask=_client.current_umask())
 
-    def _transfer(self, op: str, local: str, remote: str, **fields) -> None:
-        assert self._client is not None
+    def _transfer(self, op: str, local: str, remote: str, **fields: Any) -> None:
+        if self._client is None:
+            raise self._unconnected()
         try:
             self._bind()
             reply = self._client.call({"op": op, "local": local, "remote": remote, **fields})
@@ -869,4 +902,3 @@ class Connection(ConnectionBase):
             self._client.close()
             self._client = None
         self._connected = False
-

@@ -126,7 +126,7 @@ def append(runs: Iterable[Json], new: Json, keep: int) -> List[Json]:
     return out[-max(int(keep), 1):]
 
 
-def dump(runs: Iterable[Json]) -> str:
+def dump(runs: Iterable[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(run, sort_keys=True, separators=(",", ":")) + "\n" for run in runs)
 
 
@@ -154,8 +154,8 @@ def chart(runs: Sequence[Mapping[str, Any]], host: str, key: str, title: str, un
         if number is not None:
             values.append((index, number, str(run.get("generated_at", ""))))
     # Every charted figure is >= 0: the axis starts at 0, so that a flat line reads as flat.
-    low = min([v for _, v, _ in values] + [0.0])
-    high = max([v for _, v, _ in values] + [1.0 if unit == "ratio" else low])
+    low = min([v for _at, v, _label in values] + [0.0])
+    high = max([v for _at, v, _label in values] + [1.0 if unit == "ratio" else low])
     span = (high - low) or 1.0
     slots = max(len(runs) - 1, 1)
     points = []

@@ -8,7 +8,6 @@ the controller only (never sent to a host) and imports neither Ansible nor Param
 
 from __future__ import annotations
 
-import numbers
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,10 +28,6 @@ ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 STALE_REASON = "no diagnosis in this run: the host was unreachable or failed before it"
 
 Json = Dict[str, Any]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Number)
 
 
 def iso(seconds: float) -> str:
@@ -161,7 +156,7 @@ def rates(previous: Mapping[str, Any], counters: Mapping[str, Any],
         if per_device:
             out[f"network_{direction}_bytes_per_second"] = per_device
     oom_now, oom_before = counters.get("oom_kill"), pc.get("oom_kill")
-    if _is_number(oom_now) and _is_number(oom_before):
+    if isinstance(oom_now, (int, float)) and isinstance(oom_before, (int, float)):
         if oom_now < oom_before:
             resets.append("oom_kill counter went backwards")
         else:

@@ -19,6 +19,7 @@ description:
 author: healer.pooled_ssh maintainers (@healer)
 extends_documentation_fragment:
   - healer.pooled_ssh.controller
+  - ansible.builtin.action_common_attributes
 options:
   state:
     description:

@@ -11,13 +11,16 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .bootstrap import load
 
 # One import name (healer_pooled_ssh) whether run by pip's console script or with python -m.
-_client = load("_client")
-_stats = load("_stats")
+if TYPE_CHECKING:  # the modules as mypy finds them
+    from . import _client, _stats
+else:
+    _client = load("_client")
+    _stats = load("_stats")
 PoolClient, PoolFailure, PoolUnavailable, pool_dir_path = (
     _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable, _client.pool_dir_path)
 prometheus, render_table = _stats.prometheus, _stats.render_table

@@ -120,7 +120,7 @@ def _import_path() -> List[str]:
 
 
 def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
-                 python: Optional[str] = None, dir_fd: Optional[int] = None) -> subprocess.Popen:
+                 python: Optional[str] = None, dir_fd: Optional[int] = None) -> subprocess.Popen[bytes]:
     """Start a daemon detached from the caller (own session, no inherited descriptors, a clean environment)."""
     fd = pooldir.open_pool_dir(pool_dir) if dir_fd is None else dir_fd
     try:
@@ -279,7 +279,7 @@ class PoolClient:
             # version (or a wedged one) is refused, never waited on forever.
             sock.settimeout(HELLO_TIMEOUT)
             proto.send_frame(sock, {"op": msgs.Op.HELLO.value, "version": proto.PROTOCOL_VERSION, "pid": os.getpid()})
-            reply, _ = proto.recv_frame(sock)
+            reply, _payload = proto.recv_frame(sock)
             sock.settimeout(None)
         except (proto.PeerClosed, ConnectionResetError, BrokenPipeError):
             # Closed before any reply: a daemon leaving on its idle timeout drops its backlog.
@@ -367,7 +367,7 @@ class PoolClient:
 
     def _reply_to(self, sock: socket.socket, op_id: int) -> Dict[str, Any]:
         """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body)."""
-        reply, _ = self._recv(sock, op_id)
+        reply, _payload = self._recv(sock, op_id)
         if reply.get("t") == msgs.Reply.ERROR.value:
             raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
         reply.pop("re", None)
@@ -375,7 +375,7 @@ class PoolClient:
 
     def _send(self, message: Dict[str, Any], payload: bytes = b"") -> Tuple[socket.socket, int]:
         """Send a request; a daemon that died since our last request is restarted once."""
-        op, _ = msgs.envelope(message)
+        op, _op_id = msgs.envelope(message)
         for attempt in (1, 2):
             sock = self._socket()
             try:

@@ -167,7 +167,7 @@ def parse(blob: bytes) -> HostCertificate:
         raise CertificateError(f"{cert_type} certificates are not supported")
     r.string()  # nonce
     start = r.pos
-    for _ in range(_KEY_FIELDS[key_type]):
+    for _field in range(_KEY_FIELDS[key_type]):
         r.string()
     key = _string(key_type.encode()) + blob[start:r.pos]
     serial = r.uint64()

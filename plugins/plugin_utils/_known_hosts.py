@@ -86,7 +86,7 @@ def parse(text: str, path: str = "<string>") -> List[KnownHost]:
 
 def _match_hashed(pattern: str, name: str) -> bool:
     try:
-        _, magic, salt, digest = pattern.split("|")
+        _empty, magic, salt, digest = pattern.split("|")
         if magic != "1":
             return False
         mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()

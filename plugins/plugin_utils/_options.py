@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import shlex
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from . import _ssh_config
 
@@ -249,7 +249,7 @@ def _describe(char: str) -> str:
     return f"the character {char!r}"
 
 
-def _check_name(option: str, value: str, source: str, refused: frozenset, what: str) -> None:
+def _check_name(option: str, value: str, source: str, refused: FrozenSet[str], what: str) -> None:
     """Refuse what OpenSSH refuses before it runs a ProxyCommand: a value read as an option or as shell."""
     where = f" (from {source})" if source else ""
     if not value:

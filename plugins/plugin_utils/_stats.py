@@ -56,8 +56,8 @@ def _cell(value: Any) -> str:
 def render_table(data: Dict[str, Any], columns: Sequence[Tuple[str, str]] = CLI_COLUMNS) -> str:
     rows: List[Tuple[str, Dict[str, Any]]] = sorted((data.get("hosts") or {}).items())
     rows.append(("TOTAL", data.get("total") or {}))
-    width = max([len(name) for name, _ in rows] + [4])
-    lines = [f"{'host':<{width}}  " + "  ".join(heading for heading, _ in columns)]
+    width = max([len(name) for name, _values in rows] + [4])
+    lines = [f"{'host':<{width}}  " + "  ".join(heading for heading, _key in columns)]
     for name, values in rows:
         lines.append(f"{name:<{width}}  " + "  ".join(
             f"{_cell(values.get(counter, 0)):>{len(heading)}}" for heading, counter in columns))

@@ -44,5 +44,6 @@ def load(module: str) -> ModuleType:
 def boot(argv: list[str]) -> int:
     """The daemon's entry point. paramiko imports ``invoke`` only for ssh_config's ``Match exec``,
     which the daemon never evaluates (the workers read ssh_config): hiding it saves ~0.1 s per start."""
-    sys.modules.setdefault("invoke", None)  # type: ignore[assignment,arg-type]
-    return load("daemon.server").main(argv)
+    # None in sys.modules makes the import fail (documented Python); typeshed types the values as modules only.
+    sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+    return int(load("daemon.server").main(argv))

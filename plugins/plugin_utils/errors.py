@@ -62,7 +62,7 @@ class ErrorKind(str, Enum):
         return cls.INTERNAL
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 class PoolError(Exception):

@@ -343,7 +343,7 @@ class FaultProxy:
 
     def _accept(self) -> None:
         assert self._listener is not None
-        for _ in range(64):  # bounded per wake-up
+        for _round in range(64):  # bounded per wake-up
             try:
                 client, _addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -511,7 +511,7 @@ class FaultProxy:
         now = time.monotonic()
         for d in list(self._timed):
             while d.pending and d.pending[0][0] <= now:
-                _, data = d.pending.popleft()
+                _unused, data = d.pending.popleft()
                 d.pending_bytes -= len(data)
                 d.outbuf += data
             if not d.pending:
@@ -601,14 +601,14 @@ class Tarpit:
 
     def _loop(self) -> None:
         while self._running:
-            for key, _ in self._sel.select(None):
+            for key, _unused in self._sel.select(None):
                 sock = key.fileobj
                 if sock is self._wake_r:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(4096)
                     continue
                 if sock is self._listener:
-                    for _ in range(64):
+                    for _round in range(64):
                         try:
                             client, _addr = self._listener.accept()
                         except OSError:

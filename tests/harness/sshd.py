@@ -273,7 +273,7 @@ def descendants_of(pid: int) -> List[int]:
     result: List[int] = []
     frontier = [pid]
     seen = {pid}
-    for _ in range(64):  # bounded depth
+    for _round in range(64):  # bounded depth
         if not frontier:
             break
         nxt = []
@@ -500,7 +500,7 @@ class SshdHost:
         fixed_port = self.port != 0
         attempts = 5
         last_error = ""
-        for _ in range(attempts):
+        for _round in range(attempts):
             if not fixed_port:
                 self.port = free_port(self.address)
             self.write_config()

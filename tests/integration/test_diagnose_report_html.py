@@ -127,7 +127,7 @@ class RequestTrap:
     def _serve(self) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _addr = self.sock.accept()
             except OSError:
                 return
             with conn:
@@ -155,7 +155,8 @@ def browse(page: Path, profile: Path, proxy_port: int, *args: str) -> subprocess
     ]
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["HOME"] = str(profile)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, stdin=subprocess.DEVNULL,
+                          check=False)
     assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-3000:]}"
     return proc
 
@@ -202,9 +203,9 @@ def test_report_html_in_a_headless_browser(fleet, runner, tmp_path, pool_dir):
     page = Page()
     page.feed(dom)
     assert page.references == [], "the page refers to nothing outside itself"
-    assert sorted(host for host, _ in page.rows) == HOSTS
+    assert sorted(host for host, _unused in page.rows) == HOSTS
     assert page.rows[0] == ("host3", "critical"), f"the critical host first: {page.rows}"
-    assert all(health != "critical" for _, health in page.rows[1:]), page.rows
+    assert all(health != "critical" for _unused, health in page.rows[1:]), page.rows
     for host in HOSTS:
         assert sorted(page.cells[host]) == sorted(CHECKS), (host, page.cells[host])
     assert page.cells["host3"]["filesystem"] == "critical"

@@ -24,7 +24,7 @@ class Echo:
 
     def _accept(self) -> None:
         try:
-            conn, _ = self.listener.accept()
+            conn, _addr = self.listener.accept()
         except OSError:
             return
         self.conns.append(conn)

@@ -52,7 +52,7 @@ def test_pool_info_changes_nothing(make_fleet, make_runner, tmp_path, pool_dir, 
     runner = make_runner(fleet, extra_env=LONG_LIVED)
     inventory = _warm(runner, fleet, tmp_path)
     before = _transports(collections_root, pool_dir)
-    assert [h for h, _, _ in before] == ["host1", "host2"]
+    assert [h for h, _unused, _unused2 in before] == ["host1", "host2"]
     info = _local(runner, tmp_path, inventory, "healer.pooled_ssh.pool_info:")
     assert info["changed"] is False and info["running"] is True
     assert sorted((t["host"], t["key"], t["id"]) for t in info["transports"]) == before
@@ -79,7 +79,7 @@ def test_pool_flushes_one_host_in_check_mode_then_for_real(make_fleet, make_runn
 
     done = _local(runner, tmp_path, inventory, task)
     assert done["changed"] is True and done["closed"] == 1 and done["running"] is True, done
-    assert [h for h, _, _ in _transports(collections_root, pool_dir)] == ["host2"]
+    assert [h for h, _unused, _unused2 in _transports(collections_root, pool_dir)] == ["host2"]
 
     again = _local(runner, tmp_path, inventory, task)
     assert again["changed"] is False and again["closed"] == 0, again
@@ -129,7 +129,7 @@ def test_pool_info_old_options_still_work_and_warn(make_fleet, make_runner, tmp_
     flushed = _local(runner, tmp_path, inventory, "healer.pooled_ssh.pool_info: {flush: host1}")
     assert flushed["changed"] is True and flushed["closed"] == 1, flushed
     assert "[DEPRECATION WARNING]" in flushed["_output"] and "healer.pooled_ssh.pool" in flushed["_output"]
-    assert [h for h, _, _ in _transports(collections_root, pool_dir)] == ["host2"]
+    assert [h for h, _unused, _unused2 in _transports(collections_root, pool_dir)] == ["host2"]
     pid = pool.daemon_pid(pool_dir)
     stopped = _local(runner, tmp_path, inventory, "healer.pooled_ssh.pool_info: {stop: true}")
     assert stopped["changed"] is True and stopped["running"] is False

@@ -37,7 +37,7 @@ QUICK = """
 
 def wait_for(path: Path, what: str, thread: threading.Thread) -> None:
     """Bounded poll for a file the holding playbook creates (it fails the test if the playbook ends first)."""
-    for _ in range(3000):
+    for _round in range(3000):
         if path.exists():
             return
         assert thread.is_alive(), f"the holding playbook ended before {what}"

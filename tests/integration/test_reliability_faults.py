@@ -345,7 +345,7 @@ class FakeDaemon:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                conn, _ = self.listener.accept()
+                conn, _addr = self.listener.accept()
             except OSError:
                 continue
             self.conns.append(conn)

@@ -51,7 +51,7 @@ def test_100_workers_around_idle_exits_all_served(pool_dir):
             client.close()
 
     def wave() -> List[threading.Thread]:
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(PER_WAVE)]
+        threads = [threading.Thread(target=worker, daemon=True) for _round in range(PER_WAVE)]
         for thread in threads:
             thread.start()
         return threads

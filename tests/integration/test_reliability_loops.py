@@ -12,7 +12,7 @@ import re
 
 import pytest
 from harness.sshd import DEFAULT_PASSWORD, is_root, set_password
-from test_become import _password_rule, sudoers  # noqa: F401 - the fixture
+from test_become import _password_rule, sudoers  # noqa: F401 - the fixture  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root: sudoers drop-ins and login passwords")
 
@@ -36,8 +36,13 @@ PLAY = f"""
 """
 
 
-def test_200_raw_items_alternating_sudo_and_20_with_stdin(make_fleet, make_runner, sudoers, tmp_path,  # noqa: F811
-                                                           pool_dir):
+def test_200_raw_items_alternating_sudo_and_20_with_stdin(
+    make_fleet,
+    make_runner,
+    sudoers,  # noqa: F811 - the fixture imported above
+    tmp_path,
+    pool_dir,
+):
     fleet = make_fleet(count=1)
     set_password(fleet.user, DEFAULT_PASSWORD)
     sudoers(_password_rule(fleet.user))

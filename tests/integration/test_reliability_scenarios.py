@@ -219,7 +219,7 @@ def sha256(path: Path) -> str:
 def big_file(tmp_path: Path) -> Path:
     path = tmp_path / "big.bin"
     with path.open("wb") as fh:
-        for _ in range(BIG_MIB):
+        for _round in range(BIG_MIB):
             fh.write(os.urandom(1 << 20))
     return path
 

@@ -8,9 +8,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-import paramiko
-
 from ..pool import PoolKey
+from ..ssh.paramiko_guard import paramiko
 from ..wire import frames
 from ..wire import messages as msgs
 from . import xrun

@@ -11,10 +11,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
-import paramiko
-
 from ..errors import ErrorKind, PoolError
 from ..pool import Lease
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.paramiko_text import ParamikoText, classify
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs

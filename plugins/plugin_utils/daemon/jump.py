@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Optional, Tuple
 
-import paramiko
-
 from ..errors import ErrorKind, PoolError
 from ..pool import Lease, Pool
 from ..ssh.connect import Target
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import PooledTransport
 
 log = logging.getLogger("pooled_ssh.daemon")

@@ -14,9 +14,8 @@ import socket
 import time
 from typing import Any, Callable, Dict, Optional
 
-import paramiko
-
 from ..errors import ErrorKind
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import PooledTransport
 from ..wire import frames
 from ..wire import messages as msgs
@@ -139,7 +138,7 @@ def relay(sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_i
             wait = 1.0 if watching_chan and not r.pending else POLL
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
-            ready = {key.fileobj for key, _ in selector.select(wait)} if (watching_chan or watching_sock) else set()
+            ready = {key.fileobj for key, _ev in selector.select(wait)} if (watching_chan or watching_sock) else set()
             if not ready and not (watching_chan or watching_sock):
                 time.sleep(wait)  # nothing to watch until the window opens or the status comes
             r.forward_output()

@@ -27,14 +27,14 @@ import struct
 import sys
 import threading
 import time
-from typing import IO, Any, Optional
-
-import paramiko
+from typing import IO, Any, List, Optional
 
 from .._client import check_pool_dir
 from ..errors import ErrorKind
 from ..pool import Pool
 from ..ssh.connect import Connector
+from ..ssh.paramiko_guard import IMPORT_ERROR as PARAMIKO_IMPORT_ERROR
+from ..ssh.paramiko_guard import missing_text, paramiko
 from ..ssh.paramiko_text import ParamikoLogFilter
 from ..ssh.transport import PooledTransport
 from ..wire import frames
@@ -84,7 +84,7 @@ def budget(limit: int) -> tuple[int, int]:
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
 class Daemon:
@@ -189,7 +189,7 @@ class Daemon:
             if self.idle_exit_due.is_set() and self._leave_if_idle():
                 break
             try:
-                conn, _ = listener.accept()
+                conn, _addr = listener.accept()
             except TimeoutError:
                 continue
             except OSError as e:
@@ -271,7 +271,7 @@ class Daemon:
             answered = 0
             while True:
                 try:
-                    conn, _ = self._listener.accept()
+                    conn, _addr = self._listener.accept()
                 except OSError:
                     break
                 answered += 1
@@ -311,12 +311,15 @@ def setup_logging(pool_dir: str, level: str) -> None:
     logging.getLogger("paramiko").setLevel(max(logging.INFO, root.level))
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pooled_ssh-daemon")
     parser.add_argument("--dir", required=True)
     parser.add_argument("--idle-exit", type=float, default=60.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if PARAMIKO_IMPORT_ERROR is not None:  # the worker that started it shows this line (the daemon's stderr)
+        print(missing_text(PARAMIKO_IMPORT_ERROR), file=sys.stderr)
+        return 2
     os.umask(0o077)
     setup_logging(args.dir, args.log_level)
     try:

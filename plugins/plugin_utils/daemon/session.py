@@ -115,7 +115,7 @@ class Session:
 
     def _hello(self) -> bool:
         # A client that connects and says nothing (or half a header) is dropped at a deadline.
-        msg, _ = frames.recv_frame(self.sock, deadline=time.monotonic() + HELLO_TIMEOUT)
+        msg, _payload = frames.recv_frame(self.sock, deadline=time.monotonic() + HELLO_TIMEOUT)
         if msg.get("op") != msgs.Op.HELLO.value or msg.get("version") != frames.PROTOCOL_VERSION:
             self.send(msgs.error(None, ErrorKind.PROTOCOL, f"expected hello for protocol {frames.PROTOCOL_VERSION}, "
                                  f"got op {str(msg.get('op'))[:40]!r} version {str(msg.get('version'))[:20]!r}"))

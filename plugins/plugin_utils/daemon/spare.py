@@ -16,9 +16,8 @@ import threading
 import time
 from typing import Optional
 
-import paramiko
-
 from ..pool import Lease
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, Spare, open_refused
 
 #: A spare older than this is closed, not used (the server may time idle channels out).
@@ -34,7 +33,7 @@ DROPBEAR_FIXED = (2024, 86)
 
 def spares_unsafe(banner: str) -> bool:
     """Whether the server's identification names a server known to break pre-opened channels."""
-    name, _, version = (banner or "").partition("_")
+    name, _sep, version = (banner or "").partition("_")
     if not name.lower().endswith("dropbear"):
         return False
     try:

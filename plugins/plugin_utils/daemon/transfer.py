@@ -28,10 +28,9 @@ import stat
 from enum import Enum
 from typing import TYPE_CHECKING, Optional, Tuple
 
-import paramiko
-
 from ..errors import ErrorKind, PoolError
 from ..pool import Lease
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
 from ..wire import messages as msgs
 from .exec import with_channel

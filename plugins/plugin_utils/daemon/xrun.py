@@ -16,10 +16,9 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
-import paramiko
-
 from ..errors import ErrorKind, PoolError
 from ..executor.manager import EventKind, Executor, ExecutorError
+from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
 

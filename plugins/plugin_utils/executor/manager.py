@@ -35,11 +35,14 @@ SOURCE = executor_source()
 class ChannelLike(Protocol):
     """What the manager needs of a channel: blocking reads (``b""`` at the end), writes, close."""
 
-    def read(self, size: int) -> bytes: ...
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, blocking; ``b""`` at the end."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> None:
+        """All of ``data``."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the channel."""
 
 
 class EventKind(Enum):

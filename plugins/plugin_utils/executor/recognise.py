@@ -59,7 +59,7 @@ def _inner_of_become(body: str, executable: str, success: str) -> Optional[str]:
     """The command inside a become command: after ``echo <success> ;`` in its last word (nested shells too)."""
     marker = f"echo {success} ; "
     word = body
-    for _ in range(4):
+    for _level in range(4):
         try:
             words = shlex.split(word)
         except ValueError:

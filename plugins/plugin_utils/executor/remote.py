@@ -24,6 +24,7 @@ import socket
 import struct
 import sys
 import zipfile
+from typing import Any, Dict, Iterator, List, Set, Tuple, Union
 
 from .remote_child import CHUNK, _MsgReader, _send_msg, _template_main
 
@@ -103,8 +104,8 @@ class _Template:
         self.sock = sock
         self.reader = _MsgReader(sock)
         self.ready = False
-        self.queued: list = []
-        self.runs: set = set()
+        self.queued: List[Tuple[Dict[str, Any], bytes, List[int]]] = []  # message, zip text, descriptors
+        self.runs: Set[int] = set()
 
 
 class _Run:
@@ -129,12 +130,12 @@ class Executor:
             maxfd = 1024
         umask = os.umask(0o077)
         os.umask(umask)
-        self.start = {"umask": umask, "cwd": os.getcwd(), "maxfd": max(256, min(maxfd, 65536)),
+        self.start: Dict[str, Any] = {"umask": umask, "cwd": os.getcwd(), "maxfd": max(256, min(maxfd, 65536)),
                       "stdio": (sys.stdin, sys.stdout, sys.stderr)}
-        self.payloads: dict = {}  # zip hash -> zip text, oldest first
-        self.trees: dict = {}  # zip hash -> module_utils hash
-        self.templates: dict = {}  # module_utils hash -> _Template
-        self.runs: dict = {}
+        self.payloads: Dict[str, bytes] = {}  # zip hash -> zip text, oldest first
+        self.trees: Dict[str, str] = {}  # zip hash -> module_utils hash
+        self.templates: Dict[str, _Template] = {}  # module_utils hash -> _Template
+        self.runs: Dict[int, _Run] = {}
         self.inbuf = b""
         self.closing = False
 
@@ -143,10 +144,10 @@ class Executor:
     def send(self, kind: int, rid: int, body: bytes = b"") -> None:
         _write_all(1, _frame(kind, rid, body))
 
-    def send_json(self, kind: int, rid: int, obj: dict) -> None:
+    def send_json(self, kind: int, rid: int, obj: Dict[str, Any]) -> None:
         self.send(kind, rid, json.dumps(obj).encode())
 
-    def frames(self):  # type: ignore[no-untyped-def]
+    def frames(self) -> Iterator[Tuple[int, int, bytes]]:
         while len(self.inbuf) >= HEADER.size:
             size, kind, rid = HEADER.unpack_from(self.inbuf)
             if size > MAX_FRAME:
@@ -171,7 +172,7 @@ class Executor:
             old = next(iter(self.payloads))
             total -= len(self.payloads.pop(old))
 
-    def on_run(self, rid: int, req: dict) -> None:
+    def on_run(self, rid: int, req: Dict[str, Any]) -> None:
         zip_hash = req["zip"]
         zip_text = self.payloads.get(zip_hash)
         if zip_text is None:
@@ -321,7 +322,8 @@ class Executor:
     def serve(self) -> None:
         os.set_blocking(0, False)
         while True:
-            watch = {} if self.closing else {0: None}
+            # What each readable descriptor is: stdin (None), a run's output pipe, or a template's socket.
+            watch: Dict[int, Union[_Run, Tuple[str, _Template], None]] = {} if self.closing else {0: None}
             for run in self.runs.values():
                 for fd in run.fds:
                     watch[fd] = run
@@ -330,7 +332,7 @@ class Executor:
             if self.closing and not self.runs:
                 return
             try:
-                readable, _, _ = select.select(list(watch), [], [])
+                readable, _w, _x = select.select(list(watch), [], [])
             except InterruptedError:
                 continue
             for fd in readable:

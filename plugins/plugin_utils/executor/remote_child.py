@@ -16,6 +16,12 @@ import signal
 import socket
 import struct
 import sys
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, TextIO
+
+if TYPE_CHECKING:
+    import io
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 CHUNK = 65536
 #: What a template imports from the payload: the chain the wrapper's loader imports.
@@ -49,7 +55,9 @@ class _TaskFirst:
     """
 
     @staticmethod
-    def find_spec(fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(
+        fullname: str, path: Optional[Sequence[str]] = None, target: Optional[ModuleType] = None
+    ) -> Optional[ModuleSpec]:
         parts = fullname.split(".")
         if parts[0] != "ansible" or len(parts) < 2 or parts[1] == "module_utils":
             return None
@@ -59,19 +67,21 @@ class _TaskFirst:
         return PathFinder.find_spec(fullname, [os.path.join(p, sub) for p in sys.path if p])
 
 
-def _stdio(fd: int, like, reading: bool):  # type: ignore[no-untyped-def]
+def _stdio(fd: int, like: TextIO, reading: bool) -> io.TextIOWrapper:
     """A standard stream on ``fd`` configured as the interpreter configured ``like`` at start."""
     import io
 
     buffered = hasattr(like.buffer, "raw")
     raw = io.FileIO(fd, "rb" if reading else "wb", closefd=False)
-    raw.name = like.name  # type: ignore[misc]
+    raw.name = like.name
     buf = io.BufferedReader(raw) if reading else io.BufferedWriter(raw) if buffered else raw
-    return io.TextIOWrapper(buf, encoding=like.encoding, errors=like.errors, newline="\n",  # type: ignore[arg-type]
-                            line_buffering=like.line_buffering, write_through=not buffered and not reading)
+    return io.TextIOWrapper(buf, encoding=like.encoding, errors=like.errors, newline="\n",
+                            line_buffering=bool(like.line_buffering), write_through=not buffered and not reading)
 
 
-def _child(fds, req: dict, base_env: dict, start: dict, source: bytes) -> None:  # type: ignore[no-untyped-def]
+def _child(
+    fds: Sequence[int], req: Dict[str, Any], base_env: Dict[str, str], start: Dict[str, Any], source: bytes
+) -> None:
     """Become the plain run's ``python3`` reading the wrapper from stdin; never returns."""
     rc = 1
     try:
@@ -94,14 +104,15 @@ def _child(fds, req: dict, base_env: dict, start: dict, source: bytes) -> None: 
 
             time.tzset()
         if "tempfile" in sys.modules:
-            sys.modules["tempfile"].tempdir = None
-        sys.stdin = sys.__stdin__ = _stdio(0, start["stdio"][0], True)
-        sys.stdout = sys.__stdout__ = _stdio(1, start["stdio"][1], False)
-        sys.stderr = sys.__stderr__ = _stdio(2, start["stdio"][2], False)
+            vars(sys.modules["tempfile"])["tempdir"] = None
+        # typeshed marks sys.__stdin__ & co. Final; the child sets them, as a fresh interpreter has them.
+        sys.stdin = sys.__stdin__ = _stdio(0, start["stdio"][0], True)  # type: ignore[misc]
+        sys.stdout = sys.__stdout__ = _stdio(1, start["stdio"][1], False)  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = _stdio(2, start["stdio"][2], False)  # type: ignore[misc]
         sys.argv = [""]
         if hasattr(sys, "orig_argv"):
             sys.orig_argv = sys.orig_argv[:1]
-        sys.meta_path.insert(0, _TaskFirst)  # type: ignore[arg-type]
+        sys.meta_path.insert(0, _TaskFirst())
         import builtins
         import importlib.machinery
         import types
@@ -149,7 +160,7 @@ def _finish(rc: int = 0) -> int:
             shutdown()
     import atexit
 
-    atexit._run_exitfuncs()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -161,7 +172,7 @@ def _finish(rc: int = 0) -> int:
 # -- templates ------------------------------------------------------------------------------------
 
 
-def _send_msg(sock: socket.socket, obj: dict, fds=()) -> None:  # type: ignore[no-untyped-def]
+def _send_msg(sock: socket.socket, obj: Dict[str, Any], fds: Sequence[int] = ()) -> None:
     data = json.dumps(obj).encode()
     data = struct.pack(">I", len(data)) + data
     if fds:
@@ -176,7 +187,7 @@ class _MsgReader:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
-        self.fds: list = []
+        self.fds: List[int] = []
 
     def read(self) -> bool:
         """Take what is there; False at end of stream."""
@@ -189,7 +200,7 @@ class _MsgReader:
         self.buf += data
         return bool(data)
 
-    def messages(self):  # type: ignore[no-untyped-def]
+    def messages(self) -> Iterator[Dict[str, Any]]:
         """Complete messages; one with a ``size`` carries that many raw bytes after it, as ``blob``."""
         while len(self.buf) >= 4:
             (size,) = struct.unpack(">I", self.buf[:4])
@@ -204,7 +215,7 @@ class _MsgReader:
             yield msg
 
 
-def _template_main(sock: socket.socket, zip_path: str, base_env: dict, start: dict) -> None:
+def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str], start: Dict[str, Any]) -> None:
     """A per-payload-tree forker: imports the shared ``module_utils`` once, forks one child per task."""
     import gc
 
@@ -225,11 +236,11 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: dict, start: di
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     reader = _MsgReader(sock)
-    pids: dict = {}
+    pids: Dict[int, int] = {}
     _send_msg(sock, {"t": "ready"})
     while True:
         try:
-            readable, _, _ = select.select([sock, wake_r], [], [])
+            readable, _w, _x = select.select([sock.fileno(), wake_r], [], [])
         except InterruptedError:
             continue
         if wake_r in readable:
@@ -245,7 +256,7 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: dict, start: di
             if rid is not None:
                 _send_msg(sock, {"t": "exit", "id": rid, "rc": _status_rc(status),
                                  "notice": _shell_notice(status).decode()})
-        if sock in readable:
+        if sock.fileno() in readable:
             if not reader.read():
                 os._exit(0)
             for msg in reader.messages():

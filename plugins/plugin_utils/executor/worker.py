@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..wire import frames
 from .manager import bootstrap
@@ -25,7 +25,7 @@ class Outcome:
 
     result: Optional[Tuple[int, bytes, bytes]]
     why: str = ""
-    started: Optional[dict] = None
+    started: Optional[Dict[str, Any]] = None
 
 
 def enabled(value: Any) -> bool:

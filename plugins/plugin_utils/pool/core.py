@@ -107,7 +107,8 @@ class Pool(Generic[C]):
                     self._return_grant(kp, waiter.grant)
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.grant is not None  # the loop above ends only with one of the two set
+        if waiter.grant is None:  # the loop above ends only with one of the two set
+            raise RuntimeError("pool: a waiter left the queue with neither a grant nor an error")
         return waiter.grant
 
     def _return_grant(self, kp: KeyPool[C], grant: Grant[C]) -> None:

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 class Conn(Protocol):
     """What the pool needs of a transport."""
 
-    def is_active(self) -> bool: ...
+    def is_active(self) -> bool:
+        """Whether the transport is still up."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the transport."""
 
 
 C = TypeVar("C", bound=Conn)
@@ -30,7 +32,8 @@ C_co = TypeVar("C_co", bound=Conn, covariant=True)
 class Connector(Protocol[C_co]):
     """Opens a transport for a key; ``target`` is whatever the caller passed to ``acquire``."""
 
-    def connect(self, key: PoolKey, target: Any) -> C_co: ...
+    def connect(self, key: PoolKey, target: Any) -> C_co:
+        """A new, authenticated transport for ``key``."""
 
 
 _ids = itertools.count(1)

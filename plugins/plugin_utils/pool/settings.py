@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from enum import Enum, IntEnum
 from typing import Any, Dict
@@ -87,7 +88,7 @@ class PoolSettings:
             elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"pool setting {name} must be true or false")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 raise ValueError(f"pool setting {name} must be a number")
             elif isinstance(default, int):
                 if value != int(value) or not 1 <= value <= 1_000_000:

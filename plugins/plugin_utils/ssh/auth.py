@@ -10,10 +10,9 @@ from __future__ import annotations
 import socket
 from typing import List, Optional, Tuple
 
-import paramiko
-
 from ..errors import ErrorKind, PoolError
 from ..wire.spec import ConnectionSpec
+from .paramiko_guard import paramiko
 from .paramiko_text import ParamikoText, classify
 
 
@@ -76,7 +75,7 @@ def load_key(path: str, passphrase: Optional[str], spec: ConnectionSpec,
     if not tried:
         raise fail(spec, f"private key {path} is encrypted; set its passphrase with private_key_passphrase "
                    "(no passphrase was given)", "or load the key into an ssh-agent", auth)
-    names = " nor ".join(name for _, name in tried)
+    names = " nor ".join(name for _key, name in tried)
     what = f"neither {names} decrypts it" if len(tried) > 1 else f"{names} does not decrypt it"
     raise fail(spec, f"private key {path} is encrypted and {what}",
                "set private_key_passphrase to the key's passphrase", auth)

@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-import paramiko
-
 from .. import _host_certs, _known_hosts
 from ..errors import ErrorKind, PoolError
 from ..pool.settings import PoolKey, PoolSettings
@@ -26,6 +24,7 @@ from ..wire.spec import ConnectionSpec
 from . import negotiation
 from .auth import authenticate, fail
 from .limiter import HandshakeLimiter
+from .paramiko_guard import paramiko
 from .paramiko_text import ParamikoText, classify
 from .transport import CHANNEL_TIMEOUT, PooledTransport, Releasable
 
@@ -59,7 +58,8 @@ class Target:
 class Tunnel(Protocol):
     """Opens a channel to the target through its jump host; the lease is held while the transport lives."""
 
-    def __call__(self, target: Target, timeout: float) -> Tuple[Any, Releasable]: ...
+    def __call__(self, target: Target, timeout: float) -> Tuple[Any, Releasable]:
+        """A socket-like channel to ``target`` and the lease that holds its slot."""
 
 
 class _Dropped(Exception):
@@ -101,7 +101,7 @@ class AuthFailures:
     def remember(self, key: PoolKey, message: str) -> None:
         now = self._clock()
         with self._lock:
-            for old in [k for k, (expiry, _) in self._failures.items() if expiry <= now]:
+            for old in [k for k, (expiry, _why) in self._failures.items() if expiry <= now]:
                 del self._failures[old]
             while len(self._failures) >= AUTH_FAILURE_MAX:
                 del self._failures[next(iter(self._failures))]

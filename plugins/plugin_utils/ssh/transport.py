@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, List, Optional, Protocol
 
-import paramiko
+from .paramiko_guard import paramiko
 
 from .paramiko_text import ParamikoText, classify
 
@@ -35,7 +35,8 @@ def open_refused(pt: PooledTransport, error: BaseException) -> bool:
 class Releasable(Protocol):
     """A lease held for as long as this transport lives (the bastion's channel slot)."""
 
-    def release(self, *, broken: bool = False, refused: bool = False) -> None: ...
+    def release(self, *, broken: bool = False, refused: bool = False) -> None:
+        """Give the slot back; ``broken``: the transport is dead, ``refused``: the server refused a channel."""
 
 
 @dataclass

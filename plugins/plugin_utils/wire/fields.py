@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
@@ -46,6 +47,8 @@ class Rule:
 
 def wire(types: Tuple[type, ...], default: Any = None, **rule: Any) -> Any:
     """A dataclass field described by a :class:`Rule` (lists default to empty lists)."""
+    # A field factory: the field() it returns is assigned in the message dataclasses' bodies.
+    # pylint: disable=invalid-field-call
     meta = {"wire": Rule(types=types, **rule)}
     if rule.get("required"):
         return dataclasses.field(metadata=meta)
@@ -72,7 +75,7 @@ def _check_scalar(name: str, value: Any, rule: Rule, types: Tuple[type, ...]) ->
     if isinstance(value, str) and rule.path and "\0" in value:
         raise Malformed(f"{name} contains a NUL byte")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value != value or (rule.low is not None and value < rule.low) or (
+        if math.isnan(value) or (rule.low is not None and value < rule.low) or (
                 rule.high is not None and value > rule.high):
             raise Malformed(f"{name} {rule.problem or 'is out of range'}")
         if float in types and int not in types:

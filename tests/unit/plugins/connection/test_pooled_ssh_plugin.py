@@ -333,7 +333,7 @@ def test_one_client_per_connection_object(conn: Any, wire: Wire) -> None:
     conn.exec_command("a")
     conn.exec_command("b")
     assert len(wire.clients) == 1
-    assert [m["cmd"] for m, _, _ in wire.client.requests] == ["a", "b"]
+    assert [m["cmd"] for m, _unused, _unused2 in wire.client.requests] == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -546,7 +546,7 @@ def test_pool_errors_that_make_the_host_unreachable(conn: Any, wire: Wire, kind:
     wire.script = script
     with pytest.raises(AnsibleConnectionFailure) as info:
         conn.exec_command("cmd")
-    assert type(info.value) is expected
+    assert info.type is expected
     assert f"{kind} happened on web1" in str(info.value)
 
 
@@ -554,8 +554,8 @@ def test_exhaustion_message_reaches_the_user(conn: Any, wire: Wire) -> None:
     msg = "Connection pool exhausted for web1:22 (max: 5); waited 60s"
 
     def script(client: FakeClient, message: Dict[str, Any], stdin: bytes, eof: bool) -> Iterator[Frame]:
+        yield from ()  # a generator that raises when it is first iterated
         raise wire.failure("exhausted", msg)
-        yield STARTED  # pragma: no cover - makes this a generator
 
     wire.script = script
     with pytest.raises(AnsibleConnectionFailure, match=r"Connection pool exhausted for web1:22 \(max: 5\)"):
@@ -565,8 +565,8 @@ def test_exhaustion_message_reaches_the_user(conn: Any, wire: Wire) -> None:
 @pytest.mark.parametrize("kind", ["file", "command", "something_new"])
 def test_other_pool_errors_fail_the_task_only(conn: Any, wire: Wire, kind: str) -> None:
     def script(client: FakeClient, message: Dict[str, Any], stdin: bytes, eof: bool) -> Iterator[Frame]:
+        yield from ()  # a generator that raises when it is first iterated
         raise wire.failure(kind, "no such file: /etc/x")
-        yield STARTED  # pragma: no cover - makes this a generator
 
     wire.script = script
     with pytest.raises(AnsibleError, match="no such file") as info:
@@ -576,8 +576,8 @@ def test_other_pool_errors_fail_the_task_only(conn: Any, wire: Wire, kind: str) 
 
 def test_daemon_unavailable_is_unreachable(conn: Any, wire: Wire) -> None:
     def script(client: FakeClient, message: Dict[str, Any], stdin: bytes, eof: bool) -> Iterator[Frame]:
+        yield from ()  # a generator that raises when it is first iterated
         raise wire.unavailable("the pool daemon did not start")
-        yield STARTED  # pragma: no cover - makes this a generator
 
     wire.script = script
     with pytest.raises(AnsibleConnectionFailure, match="pooled_ssh: the pool daemon did not start"):

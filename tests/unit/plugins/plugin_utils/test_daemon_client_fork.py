@@ -64,7 +64,7 @@ def test_a_client_used_after_fork_reconnects_in_the_child(pool_dir: str) -> None
             finally:
                 os._exit(code)
         os.close(write_end)
-        _, status = os.waitpid(child, 0)
+        _unused, status = os.waitpid(child, 0)
         with os.fdopen(read_end, "rb") as fh:
             report = json.loads(fh.read() or b"{}")
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
@@ -93,7 +93,7 @@ class FakeListener:
     def loop(self) -> None:
         while not self.stop.is_set():
             try:
-                conn, _ = self.listener.accept()
+                conn, _addr = self.listener.accept()
             except OSError:
                 continue
             self.conns.append(conn)

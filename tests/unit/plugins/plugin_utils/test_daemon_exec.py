@@ -32,7 +32,7 @@ def test_a_command_runs_once_and_its_output_and_status_come_back(worker: Worker,
 
 def test_input_in_the_request_and_in_stdin_frames_reaches_the_command(worker: Worker, server: FakeServer) -> None:
     worker.send({"op": "exec", "id": 2, "cmd": "cat", "eof": False}, b"first ")
-    reply, _ = worker_recv(worker)
+    reply, _unused = worker_recv(worker)
     assert reply["t"] == "started" and reply["re"] == 2 and reply["hit"] is False
     worker.send({"op": "stdin", "id": 2}, b"second")
     worker.send({"op": "eof", "id": 2})
@@ -50,7 +50,7 @@ def test_the_next_command_takes_the_spare_channel(worker: Worker, server: FakeSe
     assert worker.run(3, "echo 2")[0] == b"2\n"
     # The second command ran on the channel opened ahead of it.
     assert transport.all_channels[1].command == "echo 2"
-    assert [c for c, _ in server.ran] == ["echo 1", "echo 2"]
+    assert [c for c, _unused in server.ran] == ["echo 1", "echo 2"]
 
 
 def test_a_spare_the_server_closed_is_replaced_and_the_command_runs_once(worker: Worker, server: FakeServer,
@@ -60,15 +60,15 @@ def test_a_spare_the_server_closed_is_replaced_and_the_command_runs_once(worker:
     wait_for(lambda: pt.spare is not None, "the spare channel")
     assert pt.spare is not None
     pt.spare.channel.stale = True  # the server timed it out: it closes it when the exec arrives
-    out, _, final = worker.run(3, "echo 2")
+    out, _unused, final = worker.run(3, "echo 2")
     assert (out, final["t"]) == (b"2\n", "exit")
-    assert [c for c, _ in server.ran] == ["echo 1", "echo 2"]
+    assert [c for c, _unused in server.ran] == ["echo 1", "echo 2"]
     assert len(server.transports) == 1  # the same, live transport
 
 
 def test_a_refused_exec_is_reported_and_not_retried(worker: Worker, server: FakeServer) -> None:
     server.refuse_exec = True
-    _, _, final = worker.run(2, "echo never")
+    _unused, _unused2, final = worker.run(2, "echo never")
     assert final["t"] == "error" and final["kind"] == "refused", final
     assert "127.0.0.9:2222: the server refused the request (exec)" in final["msg"]
     assert server.ran == []
@@ -77,14 +77,14 @@ def test_a_refused_exec_is_reported_and_not_retried(worker: Worker, server: Fake
 def test_a_transport_lost_mid_command_is_unknown_outcome_and_never_rerun(worker: Worker, server: FakeServer) -> None:
     server.handler = lambda cmd, stdin: None if cmd == "sleep" else (b"ok", b"", 0)
     worker.send({"op": "exec", "id": 2, "cmd": "sleep"})
-    reply, _ = worker_recv(worker)
+    reply, _unused = worker_recv(worker)
     assert reply["t"] == "started"
     wait_for(lambda: server.ran, "the command to start")
     server.transports[0].die()
     final = worker.replies(2)[-1][0]
     assert final["kind"] == "unknown_outcome" and "connection was lost" in final["msg"], final
     assert "not re-run" in final["msg"]
-    assert [c for c, _ in server.ran] == ["sleep"]
+    assert [c for c, _unused in server.ran] == ["sleep"]
     # The next command gets a new transport.
     assert worker.run(3, "next")[0] == b"ok"
     assert len(server.transports) == 2
@@ -92,7 +92,7 @@ def test_a_transport_lost_mid_command_is_unknown_outcome_and_never_rerun(worker:
 
 def test_a_command_past_its_timeout_is_abandoned_with_a_clear_error(worker: Worker, server: FakeServer) -> None:
     server.handler = lambda cmd, stdin: None
-    _, _, final = worker.run(2, "hang", command_timeout=0.05)
+    _unused, _unused2, final = worker.run(2, "hang", command_timeout=0.05)
     assert final["kind"] == "timeout" and "did not finish within 0.05s" in final["msg"], final
 
 
@@ -103,16 +103,16 @@ def test_late_input_of_a_finished_command_is_dropped_not_read_as_a_request(worke
     worker.send({"op": "stdin", "id": 2}, b"too late")
     worker.send({"op": "eof", "id": 2})
     worker.send({"op": "cancel", "id": 77})
-    out, _, final = worker.run(3, "echo b")
+    out, _unused, final = worker.run(3, "echo b")
     assert (out, final) == (b"b\n", {"t": "exit", "re": 3, "rc": 0})
-    assert [c for c, _ in server.ran] == ["echo a", "echo b"]
+    assert [c for c, _unused in server.ran] == ["echo a", "echo b"]
 
 
 def test_a_request_while_a_command_runs_is_refused_and_the_command_goes_on(worker: Worker) -> None:
     worker.send({"op": "exec", "id": 2, "cmd": "cat", "eof": False})
     assert worker_recv(worker)[0]["t"] == "started"
     worker.send({"op": "ping", "id": 3})
-    reply, _ = worker_recv(worker)
+    reply, _unused = worker_recv(worker)
     assert reply["re"] == 3 and reply["kind"] == "protocol" and "one operation at a time" in reply["msg"], reply
     worker.send({"op": "stdin", "id": 3}, b"not mine")  # input of the refused request: dropped
     worker.send({"op": "stdin", "id": 2}, b"mine")
@@ -150,7 +150,7 @@ def test_a_pty_is_asked_for_with_the_terminal_size(worker: Worker, server: FakeS
 def test_exec_before_bind_is_refused(daemon: FakeDaemon) -> None:
     w = Worker(daemon)
     try:
-        _, _, final = w.run(1, "echo x")
+        _unused, _unused2, final = w.run(1, "echo x")
         assert final["kind"] == "protocol" and "no bind" in final["msg"], final
     finally:
         w.close()
@@ -172,7 +172,7 @@ def test_the_relay_serves_channels_with_descriptors_above_1024(daemon: FakeDaemo
         w = Worker(daemon)
         try:
             w.bind()
-            out, _, final = w.run(2, "echo high")
+            out, _unused, final = w.run(2, "echo high")
             assert server.transports[0].all_channels[0].fileno() >= 2000
             assert (out, final["t"]) == (b"high\n", "exit")
         finally:
@@ -186,11 +186,11 @@ def test_an_exec_left_unanswered_by_a_dead_transport_is_unknown_and_never_rerun(
                                                                                server: FakeServer) -> None:
     """The exec request reached the server, which ran it; the connection died before the answer."""
     server.die_after_exec = True
-    _, _, final = worker.run(2, "echo run >> marker")
+    _unused, _unused2, final = worker.run(2, "echo run >> marker")
     assert final["t"] == "error" and final["kind"] == "unknown_outcome", final
     assert "127.0.0.9:2222: the SSH connection was lost after the command was sent" in final["msg"], final
     assert "not re-run" in final["msg"]
-    assert [c for c, _ in server.ran] == ["echo run >> marker"]
+    assert [c for c, _unused in server.ran] == ["echo run >> marker"]
     assert len(server.transports) == 1  # no second attempt on a fresh transport
 
 
@@ -203,10 +203,10 @@ def test_a_command_that_stops_reading_its_input_still_meets_its_deadline(worker:
         return next(c for c in server.transports[0].all_channels if c.command == cmd)
 
     worker.send({"op": "exec", "id": 2, "cmd": "sleep", "eof": False, "command_timeout": 0.3})
-    reply, _ = worker_recv(worker)
+    reply, _unused = worker_recv(worker)
     assert reply["t"] == "started"
     running("sleep").window = 10
-    for _ in range(3):
+    for _round in range(3):
         worker.send({"op": "stdin", "id": 2}, b"x" * 65536)
     worker.send({"op": "eof", "id": 2})
     final = worker.replies(2)[-1][0]
@@ -218,13 +218,13 @@ def test_a_command_that_stops_reading_its_input_still_meets_its_deadline(worker:
 def test_a_command_that_exits_without_reading_reports_its_own_status(worker: Worker, server: FakeServer) -> None:
     """sh: interpreter not found, rc 127, input unread: the status is the command's, not a broken pipe."""
     worker.send({"op": "exec", "id": 2, "cmd": "/nonexistent/python3", "eof": False})
-    reply, _ = worker_recv(worker)
+    reply, _unused = worker_recv(worker)
     assert reply["t"] == "started"
     chan = next(c for c in server.transports[0].all_channels if c.command == "/nonexistent/python3")
     chan.window = 0
     chan.feed(err=b"sh: 1: /nonexistent/python3: not found\n")
     chan.finish(127)
-    for _ in range(3):
+    for _round in range(3):
         worker.send({"op": "stdin", "id": 2}, b"m" * 65536)
     worker.send({"op": "eof", "id": 2})
     replies = worker.replies(2)

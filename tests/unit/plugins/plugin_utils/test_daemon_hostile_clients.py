@@ -11,6 +11,7 @@ bounded (see ``test_memory_stays_bounded`` for the bound and why).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -74,7 +75,7 @@ class RealDaemon:
     def hello(self) -> socket.socket:
         sock = self.raw()
         proto.send_frame(sock, {"op": "hello", "version": proto.PROTOCOL_VERSION})
-        reply, _ = proto.recv_frame(sock)
+        reply, _unused = proto.recv_frame(sock)
         assert reply["t"] == "hello", reply
         return sock
 
@@ -111,9 +112,9 @@ def daemon() -> Iterator[RealDaemon]:
 def read_replies(sock: socket.socket) -> List[Dict[str, Any]]:
     """Every frame the daemon sends until it closes (or goes quiet): each must be a valid frame."""
     replies = []
-    for _ in range(100):
+    for _round in range(100):
         try:
-            reply, _ = proto.recv_frame(sock)
+            reply, _unused = proto.recv_frame(sock)
         except proto.PeerClosed:
             break
         except TimeoutError:
@@ -217,7 +218,7 @@ def test_frames_out_of_order_after_hello_get_errors_and_the_conversation_goes_on
             proto.send_frame(sock, {"op": op, "id": op_id}, b"data")
         for op_id, op in enumerate(("hello", "started", "exit", None, 7), start=10):
             proto.send_frame(sock, {"op": op, "id": op_id}, b"data")
-            reply, _ = proto.recv_frame(sock)
+            reply, _unused = proto.recv_frame(sock)
             assert reply["t"] == "error" and reply["kind"] == "protocol" and "unknown op" in reply["msg"], reply
             assert reply["re"] == op_id, reply
         proto.send_frame(sock, {"op": "ping", "id": 99})
@@ -264,10 +265,10 @@ def bad_exec(draw: Any) -> Tuple[Dict[str, Any], str]:
         msg["pool"]["health_checks"] = draw(WRONG.filter(lambda v: v is not None and not isinstance(v, bool)))
     elif where == "pool.idle_timeout":  # seconds: any number from 0 up to ten years is valid
         msg["pool"]["idle_timeout"] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not 0 <= v <= 10 * 365 * 86400)))
+            isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0 <= v <= 10 * 365 * 86400)))
     else:  # a count: a whole number from 1
         msg["pool"][where[5:]] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf"))
+            isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)
             or v < 1 or v != int(v) or v > 1_000_000)))
     return msg, where
 
@@ -281,11 +282,11 @@ def test_exec_with_wrong_field_types_is_refused_and_nothing_runs(daemon: RealDae
     try:
         # The spec and settings go in the bind; the command in the exec that follows.
         proto.send_frame(sock, {"op": "bind", "id": 1, "conn": msg["conn"], "pool": msg["pool"]})
-        reply, _ = proto.recv_frame(sock)
+        reply, _unused = proto.recv_frame(sock)
         if where == "cmd":
             assert reply == {"t": "bound", "re": 1}, reply
             proto.send_frame(sock, {"op": "exec", "id": 2, "cmd": msg["cmd"]})
-            reply, _ = proto.recv_frame(sock)
+            reply, _unused = proto.recv_frame(sock)
         assert reply["t"] == "error" and reply["kind"] == "protocol", (where, reply)
         # The same conversation goes on.
         proto.send_frame(sock, {"op": "ping", "id": 3})
@@ -307,12 +308,12 @@ def test_no_transport_was_ever_opened(daemon: RealDaemon) -> None:
 
 
 def test_a_client_that_stalls_mid_header_blocks_nobody(daemon: RealDaemon) -> None:
-    stalled = [daemon.raw() for _ in range(5)]
+    stalled = [daemon.raw() for _round in range(5)]
     try:
         for n, sock in enumerate(stalled):
             sock.sendall(HELLO[: 6] if n % 2 else HELLO + proto.encode({"op": "ping", "id": 1})[:7])
         # Meanwhile everyone else is served, on new connections and on old ones.
-        for _ in range(3):
+        for _round in range(3):
             daemon.assert_serves()
         client = _client.PoolClient(daemon.dir, spawn=False)
         try:
@@ -336,14 +337,14 @@ def storm(daemon: RealDaemon, clients: int = 8) -> None:
             sock = daemon.hello()
             try:
                 sock.sendall(frame)
-                reply, _ = proto.recv_frame(sock)
+                reply, _unused = proto.recv_frame(sock)
                 assert reply["t"] == "error" and "unknown op" in reply["msg"], reply
             finally:
                 sock.close()
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(clients)]
+    threads = [threading.Thread(target=one) for _round in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -367,7 +368,7 @@ LEAK_KIB = 8 * 1024
 
 def test_repeated_storms_of_maximum_frames_do_not_grow_memory(daemon: RealDaemon) -> None:
     after = []
-    for _ in range(4):
+    for _round in range(4):
         storm(daemon)
         after.append(kib(proc_status(daemon.pid)["VmRSS"]))
     print(f"\nRSS after each storm (KiB): {after}")

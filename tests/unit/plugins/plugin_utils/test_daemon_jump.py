@@ -44,8 +44,8 @@ def target(host: str, addr: str, *hops: JumpHop, **spec: Any) -> Target:
 
 def test_targets_behind_one_bastion_share_its_transport(parts, server) -> None:
     opener, pool, connector = parts
-    _, lease1 = opener(target("web1", "10.0.0.1", HOP_A), 5)
-    _, lease2 = opener(target("web2", "10.0.0.2", HOP_A), 5)
+    _unused, lease1 = opener(target("web1", "10.0.0.1", HOP_A), 5)
+    _unused, lease2 = opener(target("web2", "10.0.0.2", HOP_A), 5)
     assert len(server.transports) == 1 and lease1.entry is lease2.entry
     assert server.forwarded == [("10.0.0.1", 22), ("10.0.0.2", 22)]
     assert lease1.entry.key.label == "jump@a:22" and lease1.entry.in_use == 2
@@ -70,8 +70,8 @@ def test_a_chain_reaches_the_last_hop_through_the_ones_before(parts) -> None:
 
 def test_a_bastion_trusted_otherwise_is_another_transport(parts, server) -> None:
     opener, _pool, _connector = parts
-    _, lease1 = opener(target("web1", "10.0.0.1", HOP_A), 5)
-    _, lease2 = opener(target("web2", "10.0.0.2", HOP_A, known_hosts_files=["/other/known_hosts"]), 5)
+    _unused, lease1 = opener(target("web1", "10.0.0.1", HOP_A), 5)
+    _unused, lease2 = opener(target("web2", "10.0.0.2", HOP_A, known_hosts_files=["/other/known_hosts"]), 5)
     assert lease1.entry is not lease2.entry and len(server.transports) == 2
     assert lease1.entry.key.cred != lease2.entry.key.cred
 

@@ -107,7 +107,8 @@ def test_parse_reads_what_ssh_keygen_wrote(keys: Keys, kind: str, bits: Optional
     assert (cert.serial, cert.kind, cert.key_id) == (42, hc.HOST_CERT, "host-id")
     assert cert.principals == ("127.0.0.2", "web1.example.com")
     listing = subprocess.run(["ssh-keygen", "-L", "-f", "-"], input=f"{cert.cert_type} "
-                             f"{base64.b64encode(blob).decode()}\n", capture_output=True, text=True, timeout=60)
+                             f"{base64.b64encode(blob).decode()}\n", capture_output=True, text=True, timeout=60,
+                             check=False)
     assert listing.returncode == 0, listing.stderr
     # ssh-keygen prints local time; compare the span instead.
     assert cert.valid_before - cert.valid_after == 31 * 86400
@@ -319,7 +320,7 @@ def test_verify_offer_falls_back_to_the_plain_key_as_ssh_does(keys: Keys) -> Non
     # An expired certificate: refused, unless the plain key is known too.
     verdict, cert = hc.verify_offer(known(ca_line), NAME, (ADDR,), key_type, key, expired)
     assert verdict.status is kh.Status.UNKNOWN and cert is not None and cert.status is hc.CertStatus.INVALID
-    verdict, _ = hc.verify_offer(known(ca_line, plain_line), NAME, (ADDR,), key_type, key, expired)
+    verdict, _unused = hc.verify_offer(known(ca_line, plain_line), NAME, (ADDR,), key_type, key, expired)
     assert verdict.status is kh.Status.KNOWN
     # A revoked CA: no fallback, even with the plain key known.
     verdict, cert = hc.verify_offer(known(ca_line, plain_line, f"@revoked * {keys.pub('ca')}"), NAME, (ADDR,),

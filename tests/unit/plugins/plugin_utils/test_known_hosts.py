@@ -321,7 +321,7 @@ def _race(path: Path, names: List[str], keys: List[str], threads: int = 20, proc
     results = ctx.Queue()
     # Fork first, while this process has no other threads.
     procs = [ctx.Process(target=_record_all, args=(str(path), names, keys, start, results), daemon=True)
-             for _ in range(processes)]
+             for _round in range(processes)]
     for p in procs:
         p.start()
     thread_start = threading.Event()
@@ -340,14 +340,14 @@ def _race(path: Path, names: List[str], keys: List[str], threads: int = 20, proc
             with lock:
                 errors.append(e)
 
-    workers = [threading.Thread(target=in_thread, daemon=True) for _ in range(threads)]
+    workers = [threading.Thread(target=in_thread, daemon=True) for _round in range(threads)]
     for t in workers:
         t.start()
     start.set()
     thread_start.set()
     process_results = []
     try:
-        for _ in procs:
+        for _round in procs:
             process_results.append(results.get(timeout=TIMEOUT))
     finally:
         for t in workers:
@@ -376,7 +376,7 @@ def test_concurrent_record_of_twenty_hosts_loses_nothing(tmp_path: Path) -> None
     path = tmp_path / "known_hosts"
     path.write_text(f"existing {EC_TYPE} {EC_KEY}")  # no trailing newline, to make it harder
     names = [f"host{i:02d}" for i in range(20)]
-    keys = [new_key("ed25519")[1] for _ in names]
+    keys = [new_key("ed25519")[1] for _round in names]
     written = _race(path, names, keys)
     assert written == 20
     lines = path.read_text().splitlines()

@@ -182,7 +182,7 @@ def test_first_request_is_a_miss_then_hits_reuse_the_transport(env: Env) -> None
     assert first.hit is False
     conn = first.conn
     first.release()
-    for _ in range(3):
+    for _round in range(3):
         lease = acquire(env)
         assert lease.hit is True
         assert lease.conn is conn
@@ -192,8 +192,8 @@ def test_first_request_is_a_miss_then_hits_reuse_the_transport(env: Env) -> None
     assert stats["poolMisses"] == 1
     assert stats["poolHits"] == 3
     assert env.connector.specs == [{"host": "web1"}]
-    assert [name for name, _ in env.events].count("created") == 1
-    assert [name for name, _ in env.events].count("reused") == 3
+    assert [name for name, _unused in env.events].count("created") == 1
+    assert [name for name, _unused in env.events].count("reused") == 3
 
 
 def test_release_is_idempotent(env: Env) -> None:
@@ -240,7 +240,7 @@ def test_key_label() -> None:
 
 def test_max_channels_per_transport_then_a_second_transport(env: Env) -> None:
     settings = cfg(max_channels=10)
-    leases = [acquire(env, settings=settings) for _ in range(10)]
+    leases = [acquire(env, settings=settings) for _round in range(10)]
     assert env.connector.connects == 1
     assert {id(lease.conn) for lease in leases} == {id(leases[0].conn)}
     assert [lease.hit for lease in leases] == [False] + [True] * 9
@@ -278,7 +278,7 @@ def test_requests_pack_the_busiest_transport_then_the_most_recently_used(env: En
 
 def test_never_more_than_max_connections_and_exhaustion_message(env: Env) -> None:
     settings = cfg(max_connections=2, max_channels=1, wait_timeout=0)
-    held = [acquire(env, settings=settings) for _ in range(2)]
+    held = [acquire(env, settings=settings) for _round in range(2)]
     assert env.connector.connects == 2
     with pytest.raises(PoolExhausted) as info:
         acquire(env, settings=settings)
@@ -514,7 +514,7 @@ def test_connect_failure_of_a_single_request(env: Env) -> None:
 
 def test_refused_channel_teaches_the_transport_and_the_key_the_server_limit(env: Env) -> None:
     settings = cfg(max_channels=10)
-    held = [acquire(env, settings=settings) for _ in range(4)]
+    held = [acquire(env, settings=settings) for _round in range(4)]
     refused = acquire(env, settings=settings)
     assert refused.conn is held[0].conn
     refused.release(refused=True)
@@ -641,7 +641,7 @@ def test_use_resets_the_idle_clock(env: Env) -> None:
     env.clock.advance(50)
     assert env.pool.sweep() == ([], [])
     env.clock.advance(10)
-    closed, _ = env.pool.sweep()
+    closed, _unused = env.pool.sweep()
     assert len(closed) == 1
 
 
@@ -677,7 +677,7 @@ def test_health_checks_come_due_at_the_interval(env: Env) -> None:
     env.clock.advance(29)
     assert env.pool.sweep() == ([], [])
     env.clock.advance(1)
-    _, due = env.pool.sweep()
+    _unused, due = env.pool.sweep()
     assert [e.id for e in due] == [lease.entry.id]
     env.pool.report_health(due[0], False)
     stats = host_stats(env)
@@ -709,7 +709,7 @@ def test_failed_health_check_of_a_transport_taken_meanwhile_closes_it_on_release
     settings = cfg(idle_timeout=600, health_checks=True, health_check_interval=30)
     acquire(env, settings=settings).release()
     env.clock.advance(30)
-    _, due = env.pool.sweep()
+    _unused, due = env.pool.sweep()
     lease = acquire(env, settings=settings)
     assert lease.entry is due[0]
     env.pool.report_health(due[0], False)
@@ -802,7 +802,7 @@ def test_close_all_during_a_handshake_leaves_no_orphan_transport(env: Env) -> No
 def test_transport_is_recycled_after_max_transport_channels(env: Env) -> None:
     settings = cfg(max_transport_channels=3)
     leases = []
-    for _ in range(3):
+    for _round in range(3):
         lease = acquire(env, settings=settings)
         leases.append(lease)
         lease.release()
@@ -853,7 +853,7 @@ def test_stats_overall_and_per_host(env: Env) -> None:
     acquire(env, web2, settings).release()  # hit
     acquire(env, web2, settings).release()  # hit
     env.clock.advance(30)
-    _, due = env.pool.sweep()
+    _unused, due = env.pool.sweep()
     assert len(due) == 3  # the idle ones: web1/u1 (second), web1/u2, web2
     for entry in due:
         env.pool.report_health(entry, entry.key.host != "web2")
@@ -954,7 +954,7 @@ def test_an_idle_transport_follows_the_settings_of_its_last_user(env: Env) -> No
     acquire(env, settings=cfg(idle_timeout=600)).release()
     acquire(env, settings=short).release()
     env.clock.advance(6)
-    closed, _ = env.pool.sweep()
+    closed, _unused = env.pool.sweep()
     assert len(closed) == 1
 
 

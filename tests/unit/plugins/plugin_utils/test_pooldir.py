@@ -157,7 +157,7 @@ def test_a_socket_is_reached_through_the_descriptor(base: Path) -> None:
         listener.bind(str(base / "pool" / "s.sock"))
         listener.listen(1)
         client.connect(pooldir.fd_path(fd, "s.sock"))
-        peer, _ = listener.accept()
+        peer, _addr = listener.accept()
         peer.close()
     finally:
         client.close()

@@ -48,7 +48,7 @@ def test_a_cut_stream_is_incomplete_and_a_missing_file_has_its_own_status(tmp_pa
 def test_no_marker_is_an_error_not_a_hang():
     reader = MarkerReader("POOLED-SSH-00")
     with pytest.raises(ValueError):
-        for _ in range(20):
+        for _round in range(20):
             reader.feed(b"y" * 65536)
 
 

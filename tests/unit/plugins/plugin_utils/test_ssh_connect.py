@@ -203,7 +203,7 @@ def test_with_host_key_checking_off_nothing_is_verified(listener, script) -> Non
 def test_keys_first_within_the_budget_then_the_password(listener, script, tmp_path) -> None:
     script.password = "secret"
     # Encrypted with the password: the password is also tried as the passphrase.
-    defaults = [key_file(tmp_path, paramiko.RSAKey.generate(1024), passphrase="secret") for _ in range(3)]
+    defaults = [key_file(tmp_path, paramiko.RSAKey.generate(1024), passphrase="secret") for _round in range(3)]
     t = target(listener, password="secret", host_key_checking=False, look_for_keys=True, default_key_files=defaults,
                max_auth_attempts=2)
     pt = connect(Connector(), t)

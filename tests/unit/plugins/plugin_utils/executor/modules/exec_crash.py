@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -25,7 +24,6 @@ def main() -> None:
     sys.stderr.write("Traceback (most recent call last):\n  oops\n")
     sys.stderr.flush()
     os._exit(3)
-    print(json.dumps({}))
 
 
 if __name__ == "__main__":
