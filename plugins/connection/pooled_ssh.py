@@ -703,7 +703,7 @@ class Connection(ConnectionBase):
         assert self._client is not None
         display.vvv(f"EXEC {cmd}", host=self._host)
         if in_data and _executor.enabled(self.get_option("remote_executor")):
-            done = self._via_executor(cmd, in_data)
+            done = self._via_executor(cmd, in_data, become=bool(self.become and sudoable))
             if done is not None:
                 return done
         become = self.become if sudoable else None
@@ -767,12 +767,13 @@ class Connection(ConnectionBase):
             out.append(pending)
         return rc, b"".join(out), b"".join(err)
 
-    def _via_executor(self, cmd: str, in_data: bytes) -> tuple[int, bytes, bytes] | None:
+    def _via_executor(self, cmd: str, in_data: bytes, become: bool) -> tuple[int, bytes, bytes] | None:
         """The task through the transport's remote executor, or None: then it goes the plain way."""
         self._bind()
         assert self._client is not None
         try:
-            outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")))
+            outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")),
+                                     command_timeout=self.get_option("command_timeout"), become=become)
         except PoolFailure as e:
             raise self._failure(e) from None
         except PoolUnavailable as e:

@@ -21,6 +21,7 @@ from ..wire import messages as msgs
 from .relay import relay
 from .retry import ATTEMPTS, Step, Verdict, judge
 from .spare import claim_spare, prime_spare
+from .xrun import release_idle
 
 if TYPE_CHECKING:
     from .session import Binding, Session
@@ -59,15 +60,15 @@ def _drop_spare(pt: PooledTransport) -> bool:
 def _open_on_same_transport(lease: Lease[PooledTransport], opener: Opener[T]) -> T:
     """Open; when the server refuses and the refusal cannot be its limit (this request is the only
     one using the transport, or what the transport kept open for later holds the sessions: its
-    SFTP session, its spare channel), free what it kept and open again on the same transport
-    after bounded waits. With MaxSessions 1 the transport is then never given up for a refusal."""
+    SFTP session, its spare channel, an idle remote executor), free what it kept and open again on
+    the same transport after bounded waits. With MaxSessions 1 the transport is then never given up for a refusal."""
     pt = lease.conn
     try:
         return opener(pt)
     except paramiko.SSHException as e:  # ChannelException included
         if not _refusal(pt, e):
             raise
-        freed = pt.close_idle_sftp() | _drop_spare(pt)
+        freed = pt.close_idle_sftp() | _drop_spare(pt) | release_idle(pt)
         if freed:
             pt.sessions_tight = True
             with pt.spare_lock:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 import paramiko
 
 from ..errors import ErrorKind, PoolError
-from ..executor.manager import EventKind, Executor, ExecutorError
+from ..executor.manager import EventKind, Executor, ExecutorError, ExecutorTimeout
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
 from ..wire import messages as msgs
 
@@ -39,6 +39,8 @@ class ExecutorCounters:
     cache_hits: int = 0
     fallbacks: int = 0
     lost: int = 0
+    #: Runs past their command_timeout: the executor killed them.
+    timeouts: int = 0
 
 
 COUNTERS = ExecutorCounters()
@@ -90,6 +92,26 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
     return executor
 
 
+#: Why a transport gets no more executors once the server refused a channel while one held its session.
+TIGHT = "the server allows too few sessions per connection to keep one for an executor (MaxSessions)"
+
+
+def release_idle(pt: PooledTransport) -> bool:
+    """Close the transport's executors that run nothing, for a channel the server refused: their
+    session may be the one over its MaxSessions. The transport starts none again."""
+    with _lock:
+        known = _executors.get(pt, {})
+        idle = [(key, e) for key, e in known.items() if isinstance(e, Executor) and e.alive and not e.busy]
+        for key, _ in idle:
+            known[key] = TIGHT
+    for _, executor in idle:
+        executor.close()
+    if idle:
+        log.info("%s: a channel was refused: closed %d idle remote executor(s), none again here", pt.label,
+                 len(idle))
+    return bool(idle)
+
+
 def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], str]:
     with _lock:
         known = _executors.setdefault(pt, {}).get(req.key)
@@ -97,6 +119,8 @@ def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], 
         return None, known
     if known is not None and known.alive:
         return known, ""
+    if pt.sessions_tight:
+        return None, TIGHT
     started = _start(pt, req)
     with _lock:
         _executors.setdefault(pt, {})[req.key] = started
@@ -133,7 +157,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                                                                           round(lease.waited, 6))))
         hits = executor.stats.cache_hits
         try:
-            for kind, data in executor.run(head, zip_text, tail, env):
+            for kind, data in executor.run(head, zip_text, tail, env, timeout=req.command_timeout or None):
                 if kind is EventKind.EXIT:
                     COUNTERS.runs += 1
                     COUNTERS.cache_hits += executor.stats.cache_hits - hits
@@ -141,6 +165,13 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                 else:
                     reply = msgs.Reply.OUT if kind is EventKind.OUT else msgs.Reply.ERR
                     session.send(msgs.reply(reply, op_id), data)  # type: ignore[arg-type]
+        except ExecutorTimeout as e:
+            COUNTERS.timeouts += 1
+            log.info("%s: command_timeout of %gs reached; the executor kills the module", binding.spec.where,
+                     e.seconds)
+            raise PoolError(f"{binding.spec.where}: command did not finish within {e.seconds:g}s (command_timeout); "
+                            "the remote executor killed the module and its children",
+                            kind=ErrorKind.KILLED_AT_TIMEOUT) from None
         except ExecutorError as e:
             if not e.started:
                 COUNTERS.fallbacks += 1

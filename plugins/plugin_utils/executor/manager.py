@@ -13,6 +13,7 @@ import json
 import queue
 import shlex
 import threading
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -57,6 +58,14 @@ class ExecutorError(Exception):
     def __init__(self, message: str, started: bool) -> None:
         super().__init__(message)
         self.started = started
+
+
+class ExecutorTimeout(ExecutorError):
+    """The run did not finish within its time limit; the executor killed its process group."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the module did not finish within {seconds:g}s", started=True)
+        self.seconds = seconds
 
 
 def bootstrap(interpreter: str) -> str:
@@ -110,6 +119,12 @@ class Executor:
     @property
     def alive(self) -> bool:
         return self._alive
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is under way (closing the executor now would lose it)."""
+        with self._lock:
+            return bool(self._pending)
 
     # -- wire --
 
@@ -178,11 +193,14 @@ class Executor:
 
     # -- runs --
 
-    def run(self, head: bytes, zip_text: bytes, tail: bytes, env: Dict[str, str]) -> Iterator[Event]:
+    def run(self, head: bytes, zip_text: bytes, tail: bytes, env: Dict[str, str],
+            timeout: Optional[float] = None) -> Iterator[Event]:
         """Run the wrapper ``head + zip_text + tail`` in a fresh child; yield its output then its exit status.
 
         Raises :class:`ExecutorError`: ``started=False`` when nothing ran (the caller may take the
-        plain path), ``started=True`` when the outcome is unknown (never run it again).
+        plain path), ``started=True`` when the outcome is unknown (never run it again);
+        :class:`ExecutorTimeout` when ``timeout`` seconds (None: no limit) passed before the exit
+        status: the run is cancelled, which kills the child's process group, and the executor stays.
         """
         if not self._alive:
             raise ExecutorError("the executor is not running", started=False)
@@ -206,8 +224,13 @@ class Executor:
                 raise ExecutorError("the executor's channel closed before the run was sent", started=False) from None
             self.stats.runs += 1
             self.stats.cache_hits += hit
+            deadline = None if not timeout else time.monotonic() + timeout
             while True:
-                kind, body = pending.events.get()
+                try:
+                    kind, body = pending.events.get(
+                        timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise ExecutorTimeout(timeout or 0.0) from None
                 if kind == remote.K_OUT:
                     yield EventKind.OUT, body
                 elif kind == remote.K_ERR:
