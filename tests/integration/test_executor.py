@@ -255,3 +255,55 @@ def test_max_sessions_1_gives_the_executors_session_back(make_fleet, make_runner
     counters = pool.status(collections_root, pool_dir)["daemon"]["executor"]
     assert counters["started"] == 1 and counters["lost"] == 0
     assert fleet.hosts[0].accepted_count("publickey") == 1  # the transport was never given up
+
+
+VERSIONED_MODULE = '''#!/usr/bin/python
+from __future__ import annotations
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.executor_version import UTILS_VERSION
+
+MODULE_VERSION = {module}
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec={{}})
+    module.exit_json(changed=False, module_version=MODULE_VERSION, utils_version=UTILS_VERSION)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+VERSION_PLAY = """
+- hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: version
+      exec_version:
+"""
+
+
+def test_a_module_or_module_utils_changed_on_the_controller_never_runs_stale(make_fleet, make_runner, tmp_path,
+                                                                            pool_dir, collections_root):
+    """Between two playbooks on the same executor, the module changes, then one of its module_utils: each
+    run reports the versions on the controller at that time (no stale zip, no template of other utils)."""
+    fleet = make_fleet(count=1)
+    library, utils = tmp_path / "library", tmp_path / "module_utils"
+    library.mkdir()
+    utils.mkdir()
+    runner = make_runner(fleet, extra_env={"ANSIBLE_LIBRARY": str(library), "ANSIBLE_MODULE_UTILS": str(utils),
+                                           "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"})
+    inventory = fleet.write_inventory(tmp_path / "inventory.yml")
+    seen = []
+    for module_version, utils_version in ((1, 1), (2, 1), (2, 2)):
+        (library / "exec_version.py").write_text(VERSIONED_MODULE.format(module=module_version))
+        (utils / "executor_version.py").write_text(f"UTILS_VERSION = {utils_version}\n")
+        run = runner.run_json(VERSION_PLAY, inventory, "-vvv")
+        assert run.rc == 0, run.result.output_tail()
+        assert "EXECUTOR ran the module" in run.result.stdout
+        result = run.task(fleet.hosts[0].name, "version")
+        seen.append((result["module_version"], result["utils_version"]))
+    assert seen == [(1, 1), (2, 1), (2, 2)]
+    counters = pool.status(collections_root, pool_dir)["daemon"]["executor"]
+    assert (counters["started"], counters["runs"], counters["lost"]) == (1, 3, 0)  # one executor served all three

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 import weakref
 from dataclasses import asdict, dataclass
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 import paramiko
 
 from ..errors import ErrorKind, PoolError
-from ..executor.manager import EventKind, Executor, ExecutorError, ExecutorTimeout
+from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorError, ExecutorTimeout
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
 from ..wire import messages as msgs
 
@@ -127,6 +129,15 @@ def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], 
     return (None, started) if isinstance(started, str) else (started, "")
 
 
+def _worker_gone(sock: socket.socket) -> bool:
+    """Whether the worker closed its socket (it sends nothing while its run goes on)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 def _env(text: str) -> Optional[Dict[str, str]]:
     try:
         env = json.loads(text)
@@ -157,7 +168,9 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                                                                           round(lease.waited, 6))))
         hits = executor.stats.cache_hits
         try:
-            for kind, data in executor.run(head, zip_text, tail, env, timeout=req.command_timeout or None):
+            runs = executor.run(head, zip_text, tail, env, timeout=req.command_timeout or None,
+                                abandoned=lambda: _worker_gone(session.sock))
+            for kind, data in runs:
                 if kind is EventKind.EXIT:
                     COUNTERS.runs += 1
                     COUNTERS.cache_hits += executor.stats.cache_hits - hits
@@ -165,11 +178,19 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                 else:
                     reply = msgs.Reply.OUT if kind is EventKind.OUT else msgs.Reply.ERR
                     session.send(msgs.reply(reply, op_id), data)  # type: ignore[arg-type]
+        except ExecutorAbandoned:
+            log.info("worker went away mid-command; the remote executor kills its module")
+            return
         except ExecutorTimeout as e:
             COUNTERS.timeouts += 1
-            log.info("%s: command_timeout of %gs reached; the executor kills the module", binding.spec.where,
-                     e.seconds)
-            raise PoolError(f"{binding.spec.where}: command did not finish within {e.seconds:g}s (command_timeout); "
+            where = binding.spec.where
+            if not e.killed:  # no word back from the host: as the plain path, the host may be gone
+                log.info("%s: command_timeout of %gs reached; the executor did not confirm the kill", where, e.seconds)
+                executor.close()
+                raise PoolError(f"{where}: command did not finish within {e.seconds:g}s (command_timeout); it may "
+                                "still be running on the host", kind=ErrorKind.TIMEOUT) from None
+            log.info("%s: command_timeout of %gs reached; the executor killed the module", where, e.seconds)
+            raise PoolError(f"{where}: command did not finish within {e.seconds:g}s (command_timeout); "
                             "the remote executor killed the module and its children",
                             kind=ErrorKind.KILLED_AT_TIMEOUT) from None
         except ExecutorError as e:
@@ -178,8 +199,12 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                 session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(str(e))))
                 return
             COUNTERS.lost += 1
-            broken = not lease.conn.is_active()
-            raise PoolError(f"{binding.spec.where}: {e}; its outcome is unknown and it was not re-run: check the "
-                            "host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME) from None
+            pt = lease.conn
+            broken = not pt.is_active()
+            log.info("%s: %s", binding.spec.where, e)
+            # Worded as the plain path's loss: the same cause, the same advice.
+            raise PoolError(f"{binding.spec.where}: the SSH {'connection' if broken else 'session'} was lost while "
+                            f"the command ran{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check "
+                            "the host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME) from None
     finally:
         lease.release(broken=broken)

@@ -312,7 +312,7 @@ def test_a_run_past_its_timeout_is_killed_and_the_executor_stays(local: Local, p
     module_pid = int(data.decode().split("=")[1])
     with pytest.raises(manager.ExecutorTimeout) as caught:
         list(events)
-    assert caught.value.started is True and caught.value.seconds == 1.0
+    assert caught.value.started is True and caught.value.seconds == 1.0 and caught.value.killed
     # The cancel reached the template before the next run's request: the module was killed first.
     assert local.run(payloads["ping"])[0] == 0
     assert _state(module_pid) in ("Z", "X", "gone")
