@@ -333,11 +333,10 @@ options:
         on the host (one Python, started once per transport; each module in a child process forked for that
         task alone, with the payload sent once). V(off) starts a fresh interpreter for every module, as
         the C(ssh) connection does. Anything else than a plain pipelined module run (C(raw), C(script),
-        async, modules copied to a temporary file, commands run with C(become) for now) always goes the
+        async, modules copied to a temporary file, commands run with C(become)) always goes the
         plain way. See C(docs/executor.md).
-      - Off by default while the executor is new; set V(auto) to opt in.
     type: str
-    default: "off"
+    default: auto
     env:
       - name: ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR
     ini:
