@@ -791,6 +791,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             title = "### One command (`true`) at 0 ms RTT, Python level"
             print(f"\n{title}\n\n{text}\n", flush=True)
             sections += [title, "", text, ""]
+            print("== micro-benchmark: one pipelined module, remote executor vs fresh interpreter", file=sys.stderr)
+            text = micro.executor_table(lab.base)
+            title = "### One pipelined `command: true` on the host: remote executor vs fresh interpreter"
+            print(f"\n{title}\n\n{text}\n", flush=True)
+            sections += [title, "", text, ""]
     except KeyboardInterrupt:
         print("interrupted: stopping everything", file=sys.stderr)
         return 130

@@ -214,8 +214,9 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     out = base / "executor-payload"
     out.mkdir(parents=True, exist_ok=True)
     spec = {"command": {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}, "interpreter": python}}
-    subprocess.run([sys.executable, str(REPO / "tests/unit/plugin_utils/executor/build_payloads.py"), json.dumps(spec),
-                    str(out)], check=True, env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")))
+    builder = REPO / "tests/unit/plugins/plugin_utils/executor/build_payloads.py"
+    subprocess.run([sys.executable, str(builder), json.dumps(spec), str(out)], check=True,
+                   env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")))
     payload = (out / "command").read_bytes()
     from executor import manager, recognise  # type: ignore[import-not-found]
 

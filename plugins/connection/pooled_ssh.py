@@ -333,11 +333,10 @@ options:
         on the host (one Python, started once per transport; each module in a child process forked for that
         task alone, with the payload sent once). V(off) starts a fresh interpreter for every module, as
         the C(ssh) connection does. Anything else than a plain pipelined module run (C(raw), C(script),
-        async, modules copied to a temporary file, commands run with C(become) for now) always goes the
+        async, modules copied to a temporary file, commands run with C(become)) always goes the
         plain way. See C(docs/executor.md).
-      - Off by default while the executor is new; set V(auto) to opt in.
     type: str
-    default: "off"
+    default: auto
     env:
       - name: ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR
     ini:
@@ -732,7 +731,7 @@ class Connection(ConnectionBase):
             raise self._unconnected()
         display.vvv(f"EXEC {cmd}", host=self._host)
         if in_data and _executor.enabled(self.get_option("remote_executor")):
-            done = self._via_executor(cmd, in_data)
+            done = self._via_executor(cmd, in_data, become=bool(self.become and sudoable))
             if done is not None:
                 return done
         become = self.become if sudoable else None
@@ -796,13 +795,14 @@ class Connection(ConnectionBase):
             out.append(pending)
         return rc, b"".join(out), b"".join(err)
 
-    def _via_executor(self, cmd: str, in_data: bytes) -> tuple[int, bytes, bytes] | None:
+    def _via_executor(self, cmd: str, in_data: bytes, become: bool) -> tuple[int, bytes, bytes] | None:
         """The task through the transport's remote executor, or None: then it goes the plain way."""
         self._bind()
         if self._client is None:
             raise self._unconnected()
         try:
-            outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")))
+            outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")),
+                                     command_timeout=self.get_option("command_timeout"), become=become)
         except PoolFailure as e:
             raise self._failure(e) from None
         except PoolUnavailable as e:

@@ -36,6 +36,9 @@ class ErrorKind(str, Enum):
     DAEMON_LOST = ("daemon_lost", True)
     #: The command did not finish within command_timeout.
     TIMEOUT = ("timeout", True)
+    #: A module run by the remote executor did not finish within command_timeout and was killed there:
+    #: the transport is fine, so the task fails and the host stays in the play.
+    KILLED_AT_TIMEOUT = ("killed_at_timeout", False)
     #: The daemon is stopping.
     SHUTDOWN = ("shutdown", True)
     #: A malformed or out-of-order frame.

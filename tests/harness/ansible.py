@@ -49,7 +49,7 @@ def collections_root(base: Any) -> Path:
 # --------------------------------------------------------------------------- results
 
 
-#: ``off`` (default, as the option's own default) or ``auto``: the ``remote_executor`` every run of the suite uses.
+#: ``auto`` (default, as the option's own default) or ``off``: the ``remote_executor`` every run of the suite uses.
 REMOTE_EXECUTOR_ENV = "HEALER_TEST_REMOTE_EXECUTOR"
 
 
@@ -283,7 +283,7 @@ class AnsibleRunner:
                 "ANSIBLE_LOCAL_TEMP": str(self.workdir / ".ansible" / "tmp"),
                 "ANSIBLE_PIPELINING": "1" if self.pipelining else "0",
                 # The whole suite runs with the remote executor and without it (CI sets this).
-                "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": os.environ.get(REMOTE_EXECUTOR_ENV, "off"),
+                "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": os.environ.get(REMOTE_EXECUTOR_ENV, "auto"),
             }
         )
         env.update(self.extra_env)

@@ -138,7 +138,9 @@ def test_6_idle_transport_closed_by_the_server_reconnects_at_checkout(make_fleet
     fleet = make_fleet(count=1, extra_config=["UnusedConnectionTimeout 1"])
     host = fleet.hosts[0]
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
-    runner = make_runner(fleet)
+    # A remote executor keeps a session open, so sshd never sees the connection unused: this is the
+    # plain path's case (the pool's own idle_timeout closes a transport that holds an executor).
+    runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "off"})
     assert runner.playbook(ONE_TASK, inventory).rc == 0
     wait_until(lambda: host.accepted_count() == 1 and not host.session_pids(), 30, interval=0.1,
                what="sshd to close the idle connection")

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 import weakref
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 from ..errors import ErrorKind, PoolError
-from ..executor.manager import EventKind, Executor, ExecutorError
+from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorError, ExecutorTimeout
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
@@ -38,6 +40,8 @@ class ExecutorCounters:
     cache_hits: int = 0
     fallbacks: int = 0
     lost: int = 0
+    #: Runs past their command_timeout: the executor killed them.
+    timeouts: int = 0
 
 
 COUNTERS = ExecutorCounters()
@@ -129,6 +133,15 @@ def close_idle_executors(pt: PooledTransport) -> bool:
     return freed
 
 
+def _worker_gone(sock: socket.socket) -> bool:
+    """Whether the worker closed its socket (it sends nothing while its run goes on)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 def _env(text: str) -> Optional[Dict[str, str]]:
     try:
         env = json.loads(text)
@@ -159,7 +172,9 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                                                                           round(lease.waited, 6))))
         hits = executor.stats.cache_hits
         try:
-            for kind, data in executor.run(head, zip_text, tail, env):
+            runs = executor.run(head, zip_text, tail, env, timeout=req.command_timeout or None,
+                                abandoned=lambda: _worker_gone(session.sock))
+            for kind, data in runs:
                 if kind is EventKind.EXIT:
                     COUNTERS.runs += 1
                     COUNTERS.cache_hits += executor.stats.cache_hits - hits
@@ -167,14 +182,33 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                 else:
                     reply = msgs.Reply.OUT if kind is EventKind.OUT else msgs.Reply.ERR
                     session.send(msgs.reply(reply, op_id), data)  # type: ignore[arg-type]
+        except ExecutorAbandoned:
+            log.info("worker went away mid-command; the remote executor kills its module")
+            return
+        except ExecutorTimeout as e:
+            COUNTERS.timeouts += 1
+            where = binding.spec.where
+            if not e.killed:  # no word back from the host: as the plain path, the host may be gone
+                log.info("%s: command_timeout of %gs reached; the executor did not confirm the kill", where, e.seconds)
+                executor.close()
+                raise PoolError(f"{where}: command did not finish within {e.seconds:g}s (command_timeout); it may "
+                                "still be running on the host", kind=ErrorKind.TIMEOUT) from None
+            log.info("%s: command_timeout of %gs reached; the executor killed the module", where, e.seconds)
+            raise PoolError(f"{where}: command did not finish within {e.seconds:g}s (command_timeout); "
+                            "the remote executor killed the module and its children",
+                            kind=ErrorKind.KILLED_AT_TIMEOUT) from None
         except ExecutorError as e:
             if not e.started:
                 COUNTERS.fallbacks += 1
                 session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(str(e))))
                 return
             COUNTERS.lost += 1
-            broken = not lease.conn.is_active()
-            raise PoolError(f"{binding.spec.where}: {e}; its outcome is unknown and it was not re-run: check the "
-                            "host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME) from None
+            pt = lease.conn
+            broken = not pt.is_active()
+            log.info("%s: %s", binding.spec.where, e)
+            # Worded as the plain path's loss: the same cause, the same advice.
+            raise PoolError(f"{binding.spec.where}: the SSH {'connection' if broken else 'session'} was lost while "
+                            f"the command ran{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check "
+                            "the host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME) from None
     finally:
         lease.release(broken=broken)

@@ -13,10 +13,11 @@ import json
 import queue
 import shlex
 import threading
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Protocol, Set, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Protocol, Set, Tuple, Union
 
 from . import remote
 
@@ -60,6 +61,28 @@ class ExecutorError(Exception):
     def __init__(self, message: str, started: bool) -> None:
         super().__init__(message)
         self.started = started
+
+
+#: How long a cancelled run's exit status may take to come back: it says the kill happened on the host.
+CANCEL_GRACE = 2.0
+#: How often a waiting run asks whether its caller is still there.
+POLL = 0.5
+
+
+class ExecutorTimeout(ExecutorError):
+    """The run did not finish within its time limit; ``killed``: the executor confirmed it killed it."""
+
+    def __init__(self, seconds: float, killed: bool) -> None:
+        super().__init__(f"the module did not finish within {seconds:g}s", started=True)
+        self.seconds = seconds
+        self.killed = killed
+
+
+class ExecutorAbandoned(ExecutorError):
+    """The caller went away while the run went on: the run was cancelled (its process group killed)."""
+
+    def __init__(self) -> None:
+        super().__init__("the caller went away mid-run", started=True)
 
 
 def bootstrap(interpreter: str) -> str:
@@ -191,11 +214,15 @@ class Executor:
 
     # -- runs --
 
-    def run(self, head: bytes, zip_text: bytes, tail: bytes, env: Dict[str, str]) -> Iterator[Event]:
+    def run(self, head: bytes, zip_text: bytes, tail: bytes, env: Dict[str, str],
+            timeout: Optional[float] = None, abandoned: Optional[Callable[[], bool]] = None) -> Iterator[Event]:
         """Run the wrapper ``head + zip_text + tail`` in a fresh child; yield its output then its exit status.
 
         Raises :class:`ExecutorError`: ``started=False`` when nothing ran (the caller may take the
-        plain path), ``started=True`` when the outcome is unknown (never run it again).
+        plain path), ``started=True`` when the outcome is unknown (never run it again);
+        :class:`ExecutorTimeout` when ``timeout`` seconds (None: no limit) passed before the exit
+        status: the run is cancelled, which kills the child's process group, and the executor stays;
+        :class:`ExecutorAbandoned` (after cancelling) as soon as ``abandoned()`` says the caller is gone.
         """
         digest = zip_hash(zip_text)
         with self._lock:
@@ -219,8 +246,22 @@ class Executor:
                 raise ExecutorError("the executor's channel closed before the run was sent", started=False) from None
             self.stats.runs += 1
             self.stats.cache_hits += hit
+            deadline = None if not timeout else time.monotonic() + timeout
             while True:
-                kind, body = pending.events.get()
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if abandoned is not None:
+                    wait = POLL if wait is None else min(wait, POLL)
+                try:
+                    kind, body = pending.events.get(timeout=wait)
+                except queue.Empty:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        finished = True
+                        raise ExecutorTimeout(timeout or 0.0, self._cancel(rid, pending)) from None
+                    if abandoned is not None and abandoned():
+                        finished = True
+                        self._cancel(rid, pending, grace=0.0)
+                        raise ExecutorAbandoned() from None
+                    continue
                 if kind == remote.K_OUT:
                     yield EventKind.OUT, body
                 elif kind == remote.K_ERR:
@@ -249,6 +290,24 @@ class Executor:
             if sent and not finished and self._alive:
                 with contextlib.suppress(OSError):
                     self._write(remote.K_CANCEL, rid)
+
+    def _cancel(self, rid: int, pending: _Pending, grace: float = CANCEL_GRACE) -> bool:
+        """Have the executor kill run ``rid``; whether its end was confirmed within ``grace`` seconds."""
+        try:
+            self._write(remote.K_CANCEL, rid)
+        except OSError:
+            return False
+        end = time.monotonic() + grace
+        while grace:
+            try:
+                kind, _body = pending.events.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                return False
+            if kind in (remote.K_EXIT, remote.K_FAIL):
+                return True
+            if kind not in (remote.K_OUT, remote.K_ERR, remote.K_NEED):
+                return False  # the executor was lost
+        return False
 
     def _put(self, digest: bytes, zip_text: bytes) -> None:
         self._write(remote.K_PUT, 0, digest + zip_text)

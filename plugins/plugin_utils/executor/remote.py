@@ -313,9 +313,18 @@ class Executor:
 
     def on_cancel(self, rid: int) -> None:
         run = self.runs.get(rid)
-        if run is not None:
-            with contextlib.suppress(OSError):
-                _send_msg(run.template.sock, {"t": "kill", "id": rid})
+        if run is None:
+            return
+        queued = [q for q in run.template.queued if q[0]["id"] == rid]
+        if queued:  # its template is not ready yet: the run never starts
+            run.template.queued.remove(queued[0])
+            run.template.runs.discard(rid)
+            for fd in queued[0][2] + list(run.fds):
+                os.close(fd)
+            del self.runs[rid]
+            return
+        with contextlib.suppress(OSError):
+            _send_msg(run.template.sock, {"t": "kill", "id": rid})
 
     # -- loop --
 

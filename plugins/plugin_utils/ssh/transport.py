@@ -14,7 +14,6 @@ from enum import Enum
 from typing import Any, List, Optional, Protocol
 
 from .paramiko_guard import paramiko
-
 from .paramiko_text import ParamikoText, classify
 
 #: Give every channel open and request a deadline: Paramiko's own waits have none.

@@ -147,6 +147,8 @@ class XRun(Message):
     tmp: str = wire((str,), default="~/.ansible/tmp")
     #: The task's ``environment:`` variables, as a JSON object.
     env: str = wire((str,), default="{}")
+    #: Seconds; 0: no limit. Past it the executor kills the run's process group.
+    command_timeout: float = wire((float,), default=0.0, low=0, high=_MAX_SECONDS)
 
 
 @dataclass(frozen=True)

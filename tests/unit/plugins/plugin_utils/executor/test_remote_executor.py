@@ -296,6 +296,29 @@ def test_an_executor_lost_mid_run_reports_outcome_unknown(local: Local, payloads
     assert again.value.started is False  # refused up front: nothing was sent
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (``Z`` once it died and waits to be reaped), ``gone`` once reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_a_run_past_its_timeout_is_killed_and_the_executor_stays(local: Local, payloads: Dict[str, bytes]) -> None:
+    head, zip_text, tail = recognise.split_wrapper(payloads["hang"])  # type: ignore[misc]
+    events = local.executor.run(head, zip_text, tail, {}, timeout=1.0)
+    kind, data = next(events)
+    assert kind is manager.EventKind.OUT and data.startswith(b"pid=")  # the module is running now
+    module_pid = int(data.decode().split("=")[1])
+    with pytest.raises(manager.ExecutorTimeout) as caught:
+        list(events)
+    assert caught.value.started is True and caught.value.seconds == 1.0 and caught.value.killed
+    # The cancel reached the template before the next run's request: the module was killed first.
+    assert local.run(payloads["ping"])[0] == 0
+    assert _state(module_pid) in ("Z", "X", "gone")
+    assert local.executor.alive
+
+
 def test_python38_target(tmp_path: Path, collections_root: Path) -> None:
     py38 = python38()
     if py38 is None:

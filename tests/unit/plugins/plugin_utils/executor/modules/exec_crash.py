@@ -12,9 +12,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"how": {"type": "str", "required": True}})
+    module = AnsibleModule(argument_spec={"how": {"type": "str", "required": True}, "pidfile": {"type": "str"}})
     sys.stdout.write("partial output\n" if module.params["how"] != "hang" else f"pid={os.getpid()}\n")
     sys.stdout.flush()
+    if module.params["pidfile"]:  # where a test finds the module's process (one that hangs, say)
+        with open(module.params["pidfile"], "w", encoding="ascii") as f:
+            f.write(str(os.getpid()))
     if module.params["how"] == "hang":
         signal.pause()
     if module.params["how"] == "kill":
