@@ -24,6 +24,7 @@ from . import pooldir
 from .errors import ErrorKind, PoolFailure, PoolUnavailable
 from .wire import frames as proto
 from .wire import messages as msgs
+from .wire import parts
 from .wire.fields import Malformed
 
 #: Where the pool lives unless configured otherwise.
@@ -346,6 +347,13 @@ class PoolClient:
         if message != self._bind:
             self._bind, self._bound = message, None
 
+    def _where(self) -> str:
+        """``addr:port: `` of the bound connection, for messages that start here (empty when none)."""
+        conn = (self._bind or {}).get("conn")
+        if not isinstance(conn, dict):
+            return ""
+        return f"{conn.get('addr') or conn.get('host')}:{conn.get('port')}: "
+
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
@@ -366,12 +374,24 @@ class PoolClient:
         return self._reply_to(sock, op_id)
 
     def _reply_to(self, sock: socket.socket, op_id: int) -> Dict[str, Any]:
-        """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body)."""
-        reply, _ = self._recv(sock, op_id)
-        if reply.get("t") == msgs.Reply.ERROR.value:
-            raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
-        reply.pop("re", None)
-        return reply
+        """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body); a reply
+        sent in parts (one that grows with the pool) is put back together first."""
+        whole, _ = self._recv(sock, op_id)
+        reply = whole
+        while True:
+            if reply.get("t") == msgs.Reply.ERROR.value:
+                raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
+            if reply is not whole:
+                try:
+                    parts.merge(whole, reply)
+                except ValueError as e:
+                    self.close()
+                    raise PoolFailure(ErrorKind.PROTOCOL, f"the pool daemon's reply could not be read: {e}") from None
+            if not parts.more(whole):
+                break
+            reply, _ = self._recv(sock, op_id)
+        whole.pop("re", None)
+        return whole
 
     def _send(self, message: Dict[str, Any], payload: bytes = b"") -> Tuple[socket.socket, int]:
         """Send a request; a daemon that died since our last request is restarted once."""
@@ -384,6 +404,11 @@ class PoolClient:
                 op_id = self._new_id()
                 proto.send_frame(sock, dict(message, id=op_id), payload)
                 return sock, op_id
+            except proto.MessageTooLarge as e:
+                # Nothing was sent: the conversation is intact, and the request can never fit.
+                raise PoolFailure(ErrorKind.TOO_LARGE, f"{self._where()}the {message.get('op')} request is too large "
+                                  f"for the pool daemon ({e}): shorten the command or the lists in the connection's "
+                                  "options (known_hosts files, identity files, jump hosts)") from None
             except OSError:
                 self.close()
                 if attempt == 2:

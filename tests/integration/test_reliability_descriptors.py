@@ -9,8 +9,10 @@ stay up.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from harness import pool
 from harness.scale import spread_inventory, under_nofile
 
 NAMES = 1100
@@ -39,7 +41,14 @@ def test_1100_transports_and_50_workers_under_a_soft_limit_of_1024(make_fleet, m
     assert result.rc == 0 and len(recap) == NAMES and not bad, (len(recap), len(bad), result.output_tail())
     log = (Path(pool_dir) / "daemon.log").read_text()
     assert log.count(" started pid=") == 1, log[-3000:]  # one daemon served it all
-    # All held at once, each a descriptor: every transport created, none closed. (The daemon log, not
-    # `stats`: a stats reply for 1,100 hosts is larger than a frame may be.)
+    # It really started under the soft limit (else this test proves nothing), and raised it.
+    limit = re.search(r"descriptor limit (\d+) \(inherited (\d+)\)", log)
+    assert limit is not None and int(limit.group(2)) == SOFT_LIMIT < NAMES < int(limit.group(1)), log[:3000]
+    # All held at once, each a descriptor past the inherited limit: every transport created, none closed,
+    # and the pool's own statistics (a reply larger than one frame for this many hosts) agree.
     assert log.count(" created key=") == NAMES and " closed key=" not in log, log[-3000:]
+    stats = pool.stats(collections_root, pool_dir)
+    assert len(stats["hosts"]) == NAMES and stats["total"]["totalConnections"] == NAMES, stats["total"]
+    assert stats["total"]["poolMisses"] == NAMES and stats["total"]["connectFailures"] == 0, stats["total"]
+    assert len(pool.transports(collections_root, pool_dir)) == NAMES
     assert sum(host.accepted_count("publickey") for host in fleet) == NAMES

@@ -158,6 +158,7 @@ class Daemon:
             f.write(f"{os.getpid()}\n")
 
     def serve(self) -> int:
+        inherited = self.fd_limit
         self.fd_limit = raise_fd_limit()
         self.max_clients, self.pool.max_transports = budget(self.fd_limit)
         check_pool_dir(self.pool_dir)
@@ -171,8 +172,8 @@ class Daemon:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         log.info("started pid=%d socket=%s protocol=%d paramiko=%s", os.getpid(), self.socket_path,
                  frames.PROTOCOL_VERSION, paramiko.__version__)
-        log.info("descriptor limit %d: up to %d clients and %d transports", self.fd_limit, self.max_clients,
-                 self.pool.max_transports)
+        log.info("descriptor limit %d (inherited %d): up to %d clients and %d transports", self.fd_limit, inherited,
+                 self.max_clients, self.pool.max_transports)
         threading.Thread(target=Maintainer(self).run, name="maintain", daemon=True).start()
         try:
             self._accept_loop()

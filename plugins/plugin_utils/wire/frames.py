@@ -40,6 +40,10 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
+class MessageTooLarge(ProtocolError):
+    """What we were about to send is larger than a frame may carry (nothing was sent)."""
+
+
 class PeerClosed(ProtocolError):
     """The peer closed the socket (cleanly, or in the middle of a frame)."""
 
@@ -47,9 +51,9 @@ class PeerClosed(ProtocolError):
 def encode(message: Dict[str, Any], payload: bytes = b"") -> bytes:
     body = json.dumps(message, separators=(",", ":")).encode("utf-8")
     if len(body) > MAX_JSON:
-        raise ProtocolError(f"message too large ({len(body)} bytes, limit {MAX_JSON})")
+        raise MessageTooLarge(f"message too large ({len(body)} bytes, limit {MAX_JSON})")
     if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(f"payload too large ({len(payload)} bytes, limit {MAX_PAYLOAD})")
+        raise MessageTooLarge(f"payload too large ({len(payload)} bytes, limit {MAX_PAYLOAD})")
     return HEADER.pack(MAGIC, len(body), len(payload)) + body + payload
 
 

@@ -261,6 +261,16 @@ class ErrorReply(Message):
     msg: str = wire((str,), default="")
 
 
+#: Replies with collections that grow with the pool (a host, a transport each): sent in parts
+#: when larger than a frame (:mod:`.parts`), put back together by the client.
+GROWING: Dict[str, Tuple[Tuple[str, ...], ...]] = {
+    Reply.STATS.value: (("hosts",),),
+    Reply.STATUS.value: (("stats", "hosts"), ("transports",)),
+}
+#: An error's text is cut here: it names a host, a path, a command's first words, never more.
+MAX_ERROR_TEXT = 4096
+
+
 def reply(t: Reply, re: Optional[int], body: Optional[Message] = None) -> Dict[str, Any]:
     out: Dict[str, Any] = {"t": t.value, "re": re}
     if body is not None:
@@ -269,4 +279,6 @@ def reply(t: Reply, re: Optional[int], body: Optional[Message] = None) -> Dict[s
 
 
 def error(re: Optional[int], kind: ErrorKind, msg: str) -> Dict[str, Any]:
+    if len(msg) > MAX_ERROR_TEXT:
+        msg = msg[: MAX_ERROR_TEXT - 3] + "..."
     return reply(Reply.ERROR, re, ErrorReply(kind.value, msg))
