@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -244,6 +245,8 @@ class _DaemonGone(Exception):
     """The daemon closed the connection (or said "shutdown") before its hello: it is leaving."""
 
 
+#: Longest wait for the input of an earlier command to be taken before a new request is sent.
+WRITER_WAIT = 30.0
 #: Connections tried when the daemon keeps leaving before the hello (each may start a new one).
 GONE_ATTEMPTS = 3
 
@@ -268,6 +271,8 @@ class PoolClient:
         self._bind: Optional[Dict[str, Any]] = None
         self._bound: Optional[socket.socket] = None
         self.daemon_pid: Optional[int] = None
+        #: Sends a command's input while the caller reads its output (see :meth:`_write_input`).
+        self._writer: Optional[threading.Thread] = None
         #: Seconds to wait for the daemon's next reply (None: no limit). The plugin sets it while awaiting a
         #: become prompt; when it expires the request is abandoned (kind "recv_timeout").
         self.recv_timeout: Optional[float] = None
@@ -330,6 +335,7 @@ class PoolClient:
         self._socket()
 
     def close(self) -> None:
+        self._writer = None  # its sends fail once the socket is closed; it is never waited for
         if self._sock is not None and self._pid == os.getpid():
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -396,6 +402,7 @@ class PoolClient:
     def _send(self, message: Dict[str, Any], payload: bytes = b"") -> Tuple[socket.socket, int]:
         """Send a request; a daemon that died since our last request is restarted once."""
         op, _ = msgs.envelope(message)
+        self._wait_writer()  # a new request's frames never go between an earlier one's input frames
         for attempt in (1, 2):
             sock = self._socket()
             try:
@@ -431,7 +438,8 @@ class PoolClient:
         except TimeoutError:
             # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
             self.close()
-            raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {timeout:g}s") from None
+            within = f"{timeout:g}s" if timeout is not None else "the socket's timeout"
+            raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {within}") from None
         except (OSError, proto.ProtocolError) as e:
             self.close()
             raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon went away mid-request ({e}); "
@@ -472,7 +480,7 @@ class PoolClient:
             kind = reply.get("t")
             if kind == msgs.Reply.STARTED.value:
                 if rest:
-                    self.send_stdin(rest, eof=eof)
+                    self._write_input(rest, eof)
                     rest = b""
                 yield "started", reply
             elif kind in (msgs.Reply.OUT.value, msgs.Reply.ERR.value):
@@ -489,11 +497,45 @@ class PoolClient:
                 self.close()
                 raise PoolFailure(ErrorKind.PROTOCOL, f"unexpected reply {kind!r} from the pool daemon")
 
+    def _write_input(self, data: bytes, eof: bool) -> None:
+        """Send the rest of a command's input on a thread of its own, so that the caller goes on
+        reading the command's output meanwhile: a command that writes before it reads (``cat``
+        behind a full pipe) would otherwise wait for us while we wait for it, and so would the
+        daemon, which buffers only so much input."""
+        sock, op_id = self._sock, self._op
+        if sock is None or op_id is None:
+            raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
+
+        def write() -> None:
+            with contextlib.suppress(OSError):  # the daemon went away: the reader says so
+                self._send_input(sock, op_id, data, eof)
+
+        self._writer = threading.Thread(target=write, name="pooled_ssh-stdin", daemon=True)
+        self._writer.start()
+
+    def _wait_writer(self) -> None:
+        """Let the input being written finish first; a daemon that takes none of it for WRITER_WAIT
+        (wedged) costs this connection, not the next request."""
+        writer, self._writer = self._writer, None
+        if writer is None or writer is threading.current_thread():
+            return
+        writer.join(WRITER_WAIT)
+        if writer.is_alive() and self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # the writer's send fails and it ends
+            self.close()
+
+    @staticmethod
+    def _send_input(sock: socket.socket, op_id: int, data: bytes, eof: bool) -> None:
+        for start in range(0, len(data), proto.CHUNK):
+            proto.send_frame(sock, {"op": msgs.Op.STDIN.value, "id": op_id}, data[start : start + proto.CHUNK])
+        if eof:
+            proto.send_frame(sock, {"op": msgs.Op.EOF.value, "id": op_id})
+
     def send_stdin(self, data: bytes, eof: bool = False) -> None:
-        """More input for the running command (named by its operation id)."""
+        """More input for the running command (named by its operation id), after what is still
+        being written of its first input."""
+        self._wait_writer()
         if self._sock is None or self._op is None:
             raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
-        for start in range(0, len(data), proto.CHUNK):
-            proto.send_frame(self._sock, {"op": msgs.Op.STDIN.value, "id": self._op}, data[start : start + proto.CHUNK])
-        if eof:
-            proto.send_frame(self._sock, {"op": msgs.Op.EOF.value, "id": self._op})
+        self._send_input(self._sock, self._op, data, eof)
