@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness.ansible import AnsibleRunner, collections_root, stop_pool  # noqa: E402
+from harness.pool import PID_FILE  # noqa: E402
 from harness.scale import spread_inventory, under_nofile  # noqa: E402
 from harness.sshd import Fleet, short_tempdir, sshd_version  # noqa: E402
 
@@ -115,7 +116,7 @@ class Sampler:
 
     def sample(self) -> None:
         try:
-            pid = int((self.pool_dir / "daemon.pid").read_text().split()[0])
+            pid = int((self.pool_dir / PID_FILE).read_text().split()[0])
             status = proc_status(pid)
             cpu = cpu_seconds(pid)
             fds = len(os.listdir(f"/proc/{pid}/fd"))

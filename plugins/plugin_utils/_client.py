@@ -17,11 +17,11 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import pooldir
+from ._client_io import DAEMON_MARGIN, PROMPT_REPLY, InputWriter, send_input, start_budget
 from .errors import ErrorKind, PoolFailure, PoolUnavailable
 from .wire import frames as proto
 from .wire import messages as msgs
@@ -186,7 +186,11 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
             return _connect(fd, pool_dir)
         except (FileNotFoundError, ConnectionRefusedError):
             pass
-        proc = spawn_daemon(pool_dir, idle_exit, log_level, dir_fd=fd)
+        try:
+            proc = spawn_daemon(pool_dir, idle_exit, log_level, dir_fd=fd)
+        except OSError as e:
+            raise PoolUnavailable(f"cannot start the pool daemon in {pool_dir} ({e.strerror or e}): is its file "
+                                  "system full or read-only?") from None
         deadline = time.monotonic() + SPAWN_TIMEOUT
         delay = 0.005
         while True:
@@ -199,9 +203,10 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
                 try:
                     return _connect(fd, pool_dir)
                 except (FileNotFoundError, ConnectionRefusedError):
-                    detail = _tail(fd, pooldir.STDERR_FILE) or _tail(fd, pooldir.LOG_FILE)
+                    detail = (_tail(fd, pooldir.STDERR_FILE) or _tail(fd, pooldir.LOG_FILE)
+                              or f"it could write no log (is the file system of {pool_dir} full or read-only?)")
                     raise PoolUnavailable(f"the pool daemon exited with status {proc.returncode} at start: "
-                                          f"{detail or 'no log'}; see {pool_dir}/{pooldir.LOG_FILE}") from None
+                                          f"{detail}; see {pool_dir}/{pooldir.LOG_FILE}") from None
             if time.monotonic() > deadline:
                 raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
                                       f"see {pool_dir}/{pooldir.LOG_FILE}")
@@ -245,8 +250,6 @@ class _DaemonGone(Exception):
     """The daemon closed the connection (or said "shutdown") before its hello: it is leaving."""
 
 
-#: Longest wait for the input of an earlier command to be taken before a new request is sent.
-WRITER_WAIT = 30.0
 #: Connections tried when the daemon keeps leaving before the hello (each may start a new one).
 GONE_ATTEMPTS = 3
 
@@ -271,8 +274,10 @@ class PoolClient:
         self._bind: Optional[Dict[str, Any]] = None
         self._bound: Optional[socket.socket] = None
         self.daemon_pid: Optional[int] = None
+        #: When (monotonic) the daemon must have answered by, for the reply being awaited (None: no limit).
+        self._deadline: Optional[float] = None
         #: Sends a command's input while the caller reads its output (see :meth:`_write_input`).
-        self._writer: Optional[threading.Thread] = None
+        self._writer: Optional[InputWriter] = None
         #: Seconds to wait for the daemon's next reply (None: no limit). The plugin sets it while awaiting a
         #: become prompt; when it expires the request is abandoned (kind "recv_timeout").
         self.recv_timeout: Optional[float] = None
@@ -371,13 +376,23 @@ class PoolClient:
             raise PoolFailure(ErrorKind.PROTOCOL, "no connection spec bound before this request")
         op_id = self._new_id()
         proto.send_frame(sock, dict(self._bind, op=msgs.Op.BIND.value, id=op_id))
-        self._reply_to(sock, op_id)
+        self._deadline = time.monotonic() + PROMPT_REPLY
+        try:
+            self._reply_to(sock, op_id)
+        finally:
+            self._deadline = None
         self._bound = sock
 
     def call(self, message: Dict[str, Any], payload: bytes = b"") -> Dict[str, Any]:
         """Send one request and return its single reply (raising on an error reply)."""
         sock, op_id = self._send(message, payload)
-        return self._reply_to(sock, op_id)
+        op, _ = msgs.envelope(message)
+        # A transfer's reply comes when the file is there, however long that takes; the rest at once.
+        self._deadline = None if op in msgs.BOUND_OPS else time.monotonic() + PROMPT_REPLY
+        try:
+            return self._reply_to(sock, op_id)
+        finally:
+            self._deadline = None
 
     def _reply_to(self, sock: socket.socket, op_id: int) -> Dict[str, Any]:
         """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body); a reply
@@ -431,6 +446,9 @@ class PoolClient:
 
     def _recv_any(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
         timeout = self.recv_timeout
+        wedged = timeout is None and self._deadline is not None
+        if wedged and self._deadline is not None:
+            timeout = max(0.001, self._deadline - time.monotonic())
         if timeout is not None:
             sock.settimeout(timeout)
         try:
@@ -438,6 +456,12 @@ class PoolClient:
         except TimeoutError:
             # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
             self.close()
+            if wedged:
+                pid = self.daemon_pid
+                raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon (pid {pid}) did not answer in time: it is "
+                                  "stopped or wedged, and the operation's outcome is unknown; see "
+                                  f"{self.pool_dir}/daemon.log, and stop it (kill {pid}) so that the next task "
+                                  "starts another") from None
             within = f"{timeout:g}s" if timeout is not None else "the socket's timeout"
             raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {within}") from None
         except (OSError, proto.ProtocolError) as e:
@@ -460,9 +484,9 @@ class PoolClient:
         sock, op_id = self._send(dict(message, op=msgs.Op.EXEC.value, eof=eof and not rest), first)
         self._op = op_id
         try:
-            yield from self._exec_replies(sock, op_id, rest, eof)
+            yield from self._exec_replies(sock, op_id, rest, eof, message.get("command_timeout"))
         finally:
-            self._op = None
+            self._op, self._deadline = None, None
 
     def xrun_stream(self, message: Dict[str, Any], payload: bytes) -> Iterator[Tuple[str, Any]]:
         """A pipelined module run through the remote executor: like :meth:`exec_stream`, or one
@@ -470,15 +494,21 @@ class PoolClient:
         sock, op_id = self._send(dict(message, op=msgs.Op.XRUN.value), payload)
         self._op = op_id
         try:
-            yield from self._exec_replies(sock, op_id, b"", True)
+            yield from self._exec_replies(sock, op_id, b"", True, message.get("command_timeout"))
         finally:
-            self._op = None
+            self._op, self._deadline = None, None
 
-    def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool) -> Iterator[Tuple[str, Any]]:
+    def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool,
+                      command_timeout: Any = None) -> Iterator[Tuple[str, Any]]:
+        # Until "started", the daemon connects; then a command with a command_timeout must end (the daemon
+        # says so at that limit) within it. Without one, a silent command may run as long as it likes.
+        self._deadline = time.monotonic() + start_budget(self._bind or {})
         while True:
             reply, data = self._recv(sock, op_id)
             kind = reply.get("t")
             if kind == msgs.Reply.STARTED.value:
+                limit = command_timeout if isinstance(command_timeout, (int, float)) and command_timeout > 0 else None
+                self._deadline = None if limit is None else time.monotonic() + limit + DAEMON_MARGIN
                 if rest:
                     self._write_input(rest, eof)
                     rest = b""
@@ -498,39 +528,19 @@ class PoolClient:
                 raise PoolFailure(ErrorKind.PROTOCOL, f"unexpected reply {kind!r} from the pool daemon")
 
     def _write_input(self, data: bytes, eof: bool) -> None:
-        """Send the rest of a command's input on a thread of its own, so that the caller goes on
-        reading the command's output meanwhile: a command that writes before it reads (``cat``
-        behind a full pipe) would otherwise wait for us while we wait for it, and so would the
-        daemon, which buffers only so much input."""
-        sock, op_id = self._sock, self._op
-        if sock is None or op_id is None:
+        """Send the rest of a command's input while the caller goes on reading its output (:mod:`._client_io`)."""
+        if self._sock is None or self._op is None:
             raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
-
-        def write() -> None:
-            with contextlib.suppress(OSError):  # the daemon went away: the reader says so
-                self._send_input(sock, op_id, data, eof)
-
-        self._writer = threading.Thread(target=write, name="pooled_ssh-stdin", daemon=True)
-        self._writer.start()
+        self._writer = InputWriter(self._sock, self._op, data, eof)
 
     def _wait_writer(self) -> None:
-        """Let the input being written finish first; a daemon that takes none of it for WRITER_WAIT
+        """Let the input being written finish first; a daemon that takes none of it for a while
         (wedged) costs this connection, not the next request."""
         writer, self._writer = self._writer, None
-        if writer is None or writer is threading.current_thread():
-            return
-        writer.join(WRITER_WAIT)
-        if writer.is_alive() and self._sock is not None:
+        if writer is not None and not writer.wait() and self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)  # the writer's send fails and it ends
             self.close()
-
-    @staticmethod
-    def _send_input(sock: socket.socket, op_id: int, data: bytes, eof: bool) -> None:
-        for start in range(0, len(data), proto.CHUNK):
-            proto.send_frame(sock, {"op": msgs.Op.STDIN.value, "id": op_id}, data[start : start + proto.CHUNK])
-        if eof:
-            proto.send_frame(sock, {"op": msgs.Op.EOF.value, "id": op_id})
 
     def send_stdin(self, data: bytes, eof: bool = False) -> None:
         """More input for the running command (named by its operation id), after what is still
@@ -538,4 +548,4 @@ class PoolClient:
         self._wait_writer()
         if self._sock is None or self._op is None:
             raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
-        self._send_input(self._sock, self._op, data, eof)
+        send_input(self._sock, self._op, data, eof)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional
 import paramiko
 
 from ..errors import ErrorKind
+from ..ssh.exit_signal import exit_signal, status_of
 from ..ssh.transport import PooledTransport
 from ..wire import frames
 from ..wire import messages as msgs
@@ -158,6 +159,12 @@ def relay(sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_i
     r.forward_output()
     if chan.exit_status_ready() and chan.exit_status != -1:
         send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(chan.exit_status)), b"")
+        return False
+    killed = exit_signal(chan)
+    if killed is not None:
+        # No exit status because a signal ended the command: report it as a shell does.
+        log.info("%s: the command was killed by signal %s", where, killed)
+        send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(status_of(killed))), b"")
         return False
     alive = chan.get_transport().is_active()
     send(msgs.error(op_id, ErrorKind.UNKNOWN_OUTCOME,

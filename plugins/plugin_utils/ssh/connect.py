@@ -23,7 +23,7 @@ from .. import _host_certs, _known_hosts
 from ..errors import ErrorKind, PoolError
 from ..pool.settings import PoolKey, PoolSettings
 from ..wire.spec import ConnectionSpec
-from . import negotiation
+from . import exit_signal, negotiation
 from .auth import authenticate, fail
 from .limiter import HandshakeLimiter
 from .paramiko_text import ParamikoText, classify
@@ -209,7 +209,7 @@ class Connector:
                 "keys": [a for a in paramiko.Transport._preferred_keys  # type: ignore[attr-defined]
                          if "rsa-sha2" in a],
             }
-        transport = paramiko.Transport(sock, disabled_algorithms=disabled or None)
+        transport = exit_signal.transport_class(paramiko.Transport)(sock, disabled_algorithms=disabled or None)
         ok = False
         try:
             transport.banner_timeout = float(spec.banner_timeout or 30)

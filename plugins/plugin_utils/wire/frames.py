@@ -150,3 +150,9 @@ def send_frame(sock: socket.socket, message: Dict[str, Any], payload: bytes = b"
 
 def socket_name(version: Optional[int] = None) -> str:
     return f"pool-v{PROTOCOL_VERSION if version is None else version}.sock"
+
+
+def pid_name(version: Optional[int] = None) -> str:
+    """The daemon's pid file: one per protocol version, as its socket and lock are (a daemon of
+    another version in the same directory neither overwrites ours nor keeps us from removing it)."""
+    return f"daemon-v{PROTOCOL_VERSION if version is None else version}.pid"

@@ -118,6 +118,9 @@ class FakeChannel:
     def get_transport(self) -> FakeTransport:
         return self.transport
 
+    def get_id(self) -> int:
+        return self.remote_chanid
+
     def settimeout(self, timeout: Optional[float]) -> None:
         self.timeout = timeout
 
