@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from ..errors import ErrorKind
 from ..pool.settings import PoolSettings
@@ -104,6 +104,8 @@ class Bind(Message):
 
     spec: ConnectionSpec
     settings: PoolSettings
+    #: The parts of a bind on the wire and what each is (their fields declare their own rules).
+    PARTS: ClassVar[Dict[str, type]] = {"conn": ConnectionSpec, "pool": PoolSettings}
 
     def to_wire(self) -> Dict[str, Any]:
         return {"conn": self.spec.to_wire(), "pool": self.settings.to_dict()}
