@@ -24,15 +24,23 @@ WRITER_WAIT = 30.0
 PROMPT_REPLY = 60.0
 #: Added to a command's own limits (connect ``timeout``, ``pool_wait_timeout``, ``command_timeout``)
 #: for the daemon's answers: past that, the daemon is stopped or wedged, and the worker says so.
-DAEMON_MARGIN = 120.0
+#: Generous: a daemon slowed by a loaded machine must never be taken for a wedged one.
+DAEMON_MARGIN = 300.0
+#: How long the daemon may queue a request for a handshake slot (``ssh.connect.QUEUE_ALLOWANCE``).
+HANDSHAKE_QUEUE = 60.0
 
 
 def start_budget(bind: Dict[str, Any]) -> float:
     """Seconds the daemon may take to start a command: connect and wait for the pool as the bound
     settings allow (a handshake queued behind others, a few retries), and a margin."""
     conn, pool = bind.get("conn") or {}, bind.get("pool") or {}
-    limits = [conn.get("timeout"), pool.get("pool_wait_timeout")]
-    return sum(3 * float(v) for v in limits if isinstance(v, (int, float)) and v > 0) + DAEMON_MARGIN
+    timeout, wait = conn.get("timeout"), pool.get("wait_timeout")
+    budget = HANDSHAKE_QUEUE + DAEMON_MARGIN
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        budget += 3 * float(timeout)  # the handshake and its retries
+    if isinstance(wait, (int, float)) and wait > 0:
+        budget += float(wait)  # the wait for a free transport
+    return budget
 
 
 def send_input(sock: socket.socket, op_id: int, data: bytes, eof: bool) -> None:
