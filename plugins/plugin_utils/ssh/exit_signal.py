@@ -61,7 +61,7 @@ def exit_signal(chan: paramiko.Channel) -> Optional[str]:
 
 
 @functools.cache
-def transport_class(base: type) -> type:
+def transport_class(base: Any) -> Any:
     """``base`` (Paramiko's Transport) with the exit signal read; ``base`` itself when it has no
     channel handler table to extend (another Paramiko, a test's stand-in)."""
     table = getattr(base, "_channel_handler_table", None)
