@@ -23,6 +23,7 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.maintenan
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import ErrorKind, PoolFailure, PoolUnavailable
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.transport import PooledTransport
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames
+from daemon_fakes import wait_for
 from fake_ssh import FakeServer
 from harness.pool import PID_FILE
 from test_daemon_hostile_clients import RealDaemon
@@ -150,9 +151,10 @@ def test_a_stopped_daemon_is_reported_within_the_workers_deadline(monkeypatch: p
         assert client.call({"op": "ping"}) == {"t": "pong"}
         monkeypatch.setattr(_client, "PROMPT_REPLY", 0.5)
         os.kill(daemon.pid, signal.SIGSTOP)
+        wait_for(lambda: _state(daemon.pid) == "T", "the daemon to be stopped")  # the signal is delivered
         with pytest.raises(PoolFailure) as e:
             client.call({"op": "stats"})
-        assert e.value.kind is ErrorKind.DAEMON_LOST
+        assert e.value.kind is ErrorKind.DAEMON_LOST, str(e.value)
         assert str(e.value).startswith(
             f"the pool daemon (pid {daemon.pid}) did not answer in time: it is stopped "
             f"or wedged, and the operation's outcome is unknown; see {daemon.dir}/daemon.log"
@@ -161,6 +163,11 @@ def test_a_stopped_daemon_is_reported_within_the_workers_deadline(monkeypatch: p
         os.kill(daemon.pid, signal.SIGCONT)
         client.close()
         daemon.stop()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.mark.parametrize("answer_started", [False, True])
