@@ -21,9 +21,11 @@ import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import pooldir
+from ._client_io import DAEMON_MARGIN, PROMPT_REPLY, InputWriter, send_input, start_budget
 from .errors import ErrorKind, PoolFailure, PoolUnavailable
 from .wire import frames as proto
 from .wire import messages as msgs
+from .wire import parts
 from .wire.fields import Malformed
 
 #: Where the pool lives unless configured otherwise.
@@ -184,7 +186,11 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
             return _connect(fd, pool_dir)
         except (FileNotFoundError, ConnectionRefusedError):
             pass
-        proc = spawn_daemon(pool_dir, idle_exit, log_level, dir_fd=fd)
+        try:
+            proc = spawn_daemon(pool_dir, idle_exit, log_level, dir_fd=fd)
+        except OSError as e:
+            raise PoolUnavailable(f"cannot start the pool daemon in {pool_dir} ({e.strerror or e}): is its file "
+                                  "system full or read-only?") from None
         deadline = time.monotonic() + SPAWN_TIMEOUT
         delay = 0.005
         while True:
@@ -197,9 +203,10 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
                 try:
                     return _connect(fd, pool_dir)
                 except (FileNotFoundError, ConnectionRefusedError):
-                    detail = _tail(fd, pooldir.STDERR_FILE) or _tail(fd, pooldir.LOG_FILE)
+                    detail = (_tail(fd, pooldir.STDERR_FILE) or _tail(fd, pooldir.LOG_FILE)
+                              or f"it could write no log (is the file system of {pool_dir} full or read-only?)")
                     raise PoolUnavailable(f"the pool daemon exited with status {proc.returncode} at start: "
-                                          f"{detail or 'no log'}; see {pool_dir}/{pooldir.LOG_FILE}") from None
+                                          f"{detail}; see {pool_dir}/{pooldir.LOG_FILE}") from None
             if time.monotonic() > deadline:
                 raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
                                       f"see {pool_dir}/{pooldir.LOG_FILE}")
@@ -267,6 +274,10 @@ class PoolClient:
         self._bind: Optional[Dict[str, Any]] = None
         self._bound: Optional[socket.socket] = None
         self.daemon_pid: Optional[int] = None
+        #: When (monotonic) the daemon must have answered by, for the reply being awaited (None: no limit).
+        self._deadline: Optional[float] = None
+        #: Sends a command's input while the caller reads its output (see :meth:`_write_input`).
+        self._writer: Optional[InputWriter] = None
         #: Seconds to wait for the daemon's next reply (None: no limit). The plugin sets it while awaiting a
         #: become prompt; when it expires the request is abandoned (kind "recv_timeout").
         self.recv_timeout: Optional[float] = None
@@ -329,6 +340,7 @@ class PoolClient:
         self._socket()
 
     def close(self) -> None:
+        self._writer = None  # its sends fail once the socket is closed; it is never waited for
         if self._sock is not None and self._pid == os.getpid():
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -346,6 +358,13 @@ class PoolClient:
         if message != self._bind:
             self._bind, self._bound = message, None
 
+    def _where(self) -> str:
+        """``addr:port: `` of the bound connection, for messages that start here (empty when none)."""
+        conn = (self._bind or {}).get("conn")
+        if not isinstance(conn, dict):
+            return ""
+        return f"{conn.get('addr') or conn.get('host')}:{conn.get('port')}: "
+
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
@@ -357,25 +376,48 @@ class PoolClient:
             raise PoolFailure(ErrorKind.PROTOCOL, "no connection spec bound before this request")
         op_id = self._new_id()
         proto.send_frame(sock, dict(self._bind, op=msgs.Op.BIND.value, id=op_id))
-        self._reply_to(sock, op_id)
+        self._deadline = time.monotonic() + PROMPT_REPLY
+        try:
+            self._reply_to(sock, op_id)
+        finally:
+            self._deadline = None
         self._bound = sock
 
     def call(self, message: Dict[str, Any], payload: bytes = b"") -> Dict[str, Any]:
         """Send one request and return its single reply (raising on an error reply)."""
         sock, op_id = self._send(message, payload)
-        return self._reply_to(sock, op_id)
+        op, _op_id = msgs.envelope(message)
+        # A transfer's reply comes when the file is there, however long that takes; the rest at once.
+        self._deadline = None if op in msgs.BOUND_OPS else time.monotonic() + PROMPT_REPLY
+        try:
+            return self._reply_to(sock, op_id)
+        finally:
+            self._deadline = None
 
     def _reply_to(self, sock: socket.socket, op_id: int) -> Dict[str, Any]:
-        """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body)."""
-        reply, _payload = self._recv(sock, op_id)
-        if reply.get("t") == msgs.Reply.ERROR.value:
-            raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
-        reply.pop("re", None)
-        return reply
+        """The reply to ``op_id``, without its envelope's id (callers see ``t`` and the body); a reply
+        sent in parts (one that grows with the pool) is put back together first."""
+        whole, _payload = self._recv(sock, op_id)
+        reply = whole
+        while True:
+            if reply.get("t") == msgs.Reply.ERROR.value:
+                raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))
+            if reply is not whole:
+                try:
+                    parts.merge(whole, reply)
+                except ValueError as e:
+                    self.close()
+                    raise PoolFailure(ErrorKind.PROTOCOL, f"the pool daemon's reply could not be read: {e}") from None
+            if not parts.more(whole):
+                break
+            reply, _payload = self._recv(sock, op_id)
+        whole.pop("re", None)
+        return whole
 
     def _send(self, message: Dict[str, Any], payload: bytes = b"") -> Tuple[socket.socket, int]:
         """Send a request; a daemon that died since our last request is restarted once."""
         op, _op_id = msgs.envelope(message)
+        self._wait_writer()  # a new request's frames never go between an earlier one's input frames
         for attempt in (1, 2):
             sock = self._socket()
             try:
@@ -384,6 +426,11 @@ class PoolClient:
                 op_id = self._new_id()
                 proto.send_frame(sock, dict(message, id=op_id), payload)
                 return sock, op_id
+            except proto.MessageTooLarge as e:
+                # Nothing was sent: the conversation is intact, and the request can never fit.
+                raise PoolFailure(ErrorKind.TOO_LARGE, f"{self._where()}the {message.get('op')} request is too large "
+                                  f"for the pool daemon ({e}): shorten the command or the lists in the connection's "
+                                  "options (known_hosts files, identity files, jump hosts)") from None
             except OSError:
                 self.close()
                 if attempt == 2:
@@ -399,6 +446,9 @@ class PoolClient:
 
     def _recv_any(self, sock: socket.socket) -> Tuple[Dict[str, Any], bytes]:
         timeout = self.recv_timeout
+        wedged = timeout is None and self._deadline is not None
+        if wedged and self._deadline is not None:
+            timeout = max(0.001, self._deadline - time.monotonic())
         if timeout is not None:
             sock.settimeout(timeout)
         try:
@@ -406,7 +456,14 @@ class PoolClient:
         except TimeoutError:
             # A frame may be half read: the conversation cannot go on; the daemon closes the channel.
             self.close()
-            raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {timeout:g}s") from None
+            if wedged:
+                pid = self.daemon_pid
+                raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon (pid {pid}) did not answer in time: it is "
+                                  "stopped or wedged, and the operation's outcome is unknown; see "
+                                  f"{self.pool_dir}/daemon.log, and stop it (kill {pid}) so that the next task "
+                                  "starts another") from None
+            within = f"{timeout:g}s" if timeout is not None else "the socket's timeout"
+            raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {within}") from None
         except (OSError, proto.ProtocolError) as e:
             self.close()
             raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon went away mid-request ({e}); "
@@ -427,9 +484,9 @@ class PoolClient:
         sock, op_id = self._send(dict(message, op=msgs.Op.EXEC.value, eof=eof and not rest), first)
         self._op = op_id
         try:
-            yield from self._exec_replies(sock, op_id, rest, eof)
+            yield from self._exec_replies(sock, op_id, rest, eof, message.get("command_timeout"))
         finally:
-            self._op = None
+            self._op, self._deadline = None, None
 
     def xrun_stream(self, message: Dict[str, Any], payload: bytes) -> Iterator[Tuple[str, Any]]:
         """A pipelined module run through the remote executor: like :meth:`exec_stream`, or one
@@ -437,17 +494,23 @@ class PoolClient:
         sock, op_id = self._send(dict(message, op=msgs.Op.XRUN.value), payload)
         self._op = op_id
         try:
-            yield from self._exec_replies(sock, op_id, b"", True)
+            yield from self._exec_replies(sock, op_id, b"", True, message.get("command_timeout"))
         finally:
-            self._op = None
+            self._op, self._deadline = None, None
 
-    def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool) -> Iterator[Tuple[str, Any]]:
+    def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool,
+                      command_timeout: Any = None) -> Iterator[Tuple[str, Any]]:
+        # Until "started", the daemon connects; then a command with a command_timeout must end (the daemon
+        # says so at that limit) within it. Without one, a silent command may run as long as it likes.
+        self._deadline = time.monotonic() + start_budget(self._bind or {})
         while True:
             reply, data = self._recv(sock, op_id)
             kind = reply.get("t")
             if kind == msgs.Reply.STARTED.value:
+                limit = command_timeout if isinstance(command_timeout, (int, float)) and command_timeout > 0 else None
+                self._deadline = None if limit is None else time.monotonic() + limit + DAEMON_MARGIN
                 if rest:
-                    self.send_stdin(rest, eof=eof)
+                    self._write_input(rest, eof)
                     rest = b""
                 yield "started", reply
             elif kind in (msgs.Reply.OUT.value, msgs.Reply.ERR.value):
@@ -464,11 +527,25 @@ class PoolClient:
                 self.close()
                 raise PoolFailure(ErrorKind.PROTOCOL, f"unexpected reply {kind!r} from the pool daemon")
 
-    def send_stdin(self, data: bytes, eof: bool = False) -> None:
-        """More input for the running command (named by its operation id)."""
+    def _write_input(self, data: bytes, eof: bool) -> None:
+        """Send the rest of a command's input while the caller goes on reading its output (:mod:`._client_io`)."""
         if self._sock is None or self._op is None:
             raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
-        for start in range(0, len(data), proto.CHUNK):
-            proto.send_frame(self._sock, {"op": msgs.Op.STDIN.value, "id": self._op}, data[start : start + proto.CHUNK])
-        if eof:
-            proto.send_frame(self._sock, {"op": msgs.Op.EOF.value, "id": self._op})
+        self._writer = InputWriter(self._sock, self._op, data, eof)
+
+    def _wait_writer(self) -> None:
+        """Let the input being written finish first; a daemon that takes none of it for a while
+        (wedged) costs this connection, not the next request."""
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.wait() and self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # the writer's send fails and it ends
+            self.close()
+
+    def send_stdin(self, data: bytes, eof: bool = False) -> None:
+        """More input for the running command (named by its operation id), after what is still
+        being written of its first input."""
+        self._wait_writer()
+        if self._sock is None or self._op is None:
+            raise PoolFailure(ErrorKind.PROTOCOL, "no command is running to take this input")
+        send_input(self._sock, self._op, data, eof)

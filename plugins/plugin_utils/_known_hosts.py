@@ -176,14 +176,28 @@ def known_types(entries: Iterable[KnownHost], name: str) -> List[str]:
     return [e.keytype for e in entries if e.marker is Marker.KEY and matches(e.patterns, name)]
 
 
+class Unreadable(Exception):
+    """A known_hosts file that is there but cannot be read (a directory, no permission, an I/O error).
+
+    A missing file vouches for nothing and is skipped, as OpenSSH does; one that cannot be read
+    may hold the very key of this host, so the check cannot be made and the caller must say so."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        super().__init__(f"cannot read known_hosts file {path} ({error.strerror or error})")
+        self.path = path
+
+
 def load(paths: Sequence[str]) -> List[KnownHost]:
+    """The entries of every file in ``paths``; :class:`Unreadable` for a file that cannot be read."""
     entries: List[KnownHost] = []
     for path in paths:
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 entries.extend(parse(f.read(), path))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as e:
+            raise Unreadable(path, e) from None
     return entries
 
 

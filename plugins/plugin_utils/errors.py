@@ -51,6 +51,8 @@ class ErrorKind(str, Enum):
     REFUSED = ("refused", False)
     #: A local or remote file is missing or not accessible.
     FILE = ("file", False)
+    #: A request or reply larger than a frame may carry (a command line over 256 KiB...).
+    TOO_LARGE = ("too_large", False)
     #: A bug in the daemon.
     INTERNAL = ("internal", False)
     #: The worker's own deadline for the next reply passed (a become prompt that never came).

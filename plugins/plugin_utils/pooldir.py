@@ -26,7 +26,6 @@ DEFAULT = "~/.ansible/pooled_ssh"
 ENV_VAR = "ANSIBLE_POOLED_SSH_POOL_DIR"
 
 SPAWN_LOCK = "spawn.lock"
-PID_FILE = "daemon.pid"
 LOG_FILE = "daemon.log"
 STDERR_FILE = "daemon.stderr"
 #: Longest path a UNIX socket address can hold on Linux (108 bytes with the NUL).

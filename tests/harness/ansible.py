@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from .pool import PID_FILE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTION_NAMESPACE = "healer"
 COLLECTION_NAME = "pooled_ssh"
@@ -444,11 +446,11 @@ def _alive(pid: int) -> bool:
 def stop_pool(pool_dir: Union[str, Path], timeout: float = 15.0) -> Optional[int]:
     """Stop the pool daemon of ``pool_dir`` (teardown): SIGTERM, wait, SIGKILL fallback.
 
-    Contract: the daemon keeps ``<pool_dir>/daemon.pid`` while alive. A missing file means no
-    daemon. A pid that is not ours, or a process started after the pid file was written
+    Contract: the daemon keeps ``<pool_dir>/daemon-v<protocol>.pid`` (``pool.PID_FILE``) while alive.
+    A missing file means no daemon. A pid that is not ours, or a process started after the pid file was written
     (a stale file whose pid was reused), is left alone. Returns the pid signalled, if any.
     """
-    pid_path = Path(pool_dir) / "daemon.pid"
+    pid_path = Path(pool_dir) / PID_FILE
     try:
         text = pid_path.read_text(encoding="ascii", errors="replace")
         mtime = pid_path.stat().st_mtime

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 CLI_MODULE = "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli"
+#: The daemon's pid file in its pool directory (``wire.frames.pid_name()``: one per protocol version).
+PID_FILE = "daemon-v2.pid"
 
 
 def cli(collections_root: Union[str, Path], pool_dir: Union[str, Path], *args: str,
@@ -38,4 +40,4 @@ def transports(collections_root: Union[str, Path], pool_dir: Union[str, Path]) -
 
 
 def daemon_pid(pool_dir: Union[str, Path]) -> int:
-    return int((Path(pool_dir) / "daemon.pid").read_text().split()[0])
+    return int((Path(pool_dir) / PID_FILE).read_text().split()[0])

@@ -21,6 +21,7 @@ import paramiko
 import pytest
 
 from harness.ansible import AnsibleRunner, Result, stop_pool
+from harness.pool import PID_FILE
 from harness.proxy import FaultProxy, Tarpit
 from harness.sshd import Fleet, SshdHost, is_root, merge_config, needs_root, pid_alive, wait_until
 
@@ -440,7 +441,7 @@ for _ in range(600):
 @pytest.mark.parametrize("mode", ["graceful", "ignore"])
 def test_stop_pool_stops_the_daemon(tmp_path: Path, mode: str) -> None:
     assert stop_pool(tmp_path) is None  # no pid file: nothing to do
-    pid_path = tmp_path / "daemon.pid"
+    pid_path = tmp_path / PID_FILE
     proc = subprocess.Popen([sys.executable, "-c", _FAKE_DAEMON, str(pid_path), mode])
     try:
         wait_until(pid_path.exists, 10, what="fake daemon pid file")
@@ -455,7 +456,7 @@ def test_stop_pool_stops_the_daemon(tmp_path: Path, mode: str) -> None:
 def test_stop_pool_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        pid_path = tmp_path / "daemon.pid"
+        pid_path = tmp_path / PID_FILE
         pid_path.write_text(f"{proc.pid}\n")
         old = time.time() - 3600
         os.utime(pid_path, (old, old))  # the file predates the process: a stale pid

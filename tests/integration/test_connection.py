@@ -151,7 +151,7 @@ def test_workers_start_the_daemon_and_ansible_playbook_never_does(make_fleet, ma
     result = runner.playbook(only_meta, inventory, "-vvv")
     assert result.rc == 0, result.output_tail()
     assert "RESET no pool daemon running" in result.stdout, result.output_tail()
-    assert not (pool_dir / "daemon.pid").exists()
+    assert not (pool_dir / pool.PID_FILE).exists()
     result = runner.playbook(only_meta.replace("ansible.builtin.meta: reset_connection", "ansible.builtin.ping:"),
                              inventory)
     assert result.rc == 0, result.output_tail()

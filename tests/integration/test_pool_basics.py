@@ -119,7 +119,7 @@ KILL_DAEMON_BETWEEN_TASKS = """
   tasks:
     - ansible.builtin.command: "true"
     - name: kill the pool daemon with SIGKILL
-      ansible.builtin.shell: "kill -9 $(cat {pool_dir}/daemon.pid) && echo killed"
+      ansible.builtin.shell: "kill -9 $(cat {pool_dir}/{pid_file}) && echo killed"
       delegate_to: localhost
       connection: local
       run_once: true
@@ -136,7 +136,7 @@ def test_daemon_sigkill_between_tasks(make_fleet, make_runner, tmp_path, pool_di
     fleet = make_fleet(count=2)
     runner = make_runner(fleet)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
-    result = runner.playbook(KILL_DAEMON_BETWEEN_TASKS.format(pool_dir=pool_dir), inventory)
+    result = runner.playbook(KILL_DAEMON_BETWEEN_TASKS.format(pool_dir=pool_dir, pid_file=pool.PID_FILE), inventory)
     assert result.rc == 0, result.output_tail()
     assert result.recap()["host1"]["ok"] == 4 and result.recap()["host2"]["ok"] == 3, result.recap()
     log = (Path(pool_dir) / "daemon.log").read_text()
@@ -200,7 +200,7 @@ def test_daemon_exits_after_holding_nothing(make_fleet, make_runner, tmp_path, p
     assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
     pid = pool.daemon_pid(pool_dir)
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, interval=0.25, what="the daemon to exit")
-    assert not (Path(pool_dir) / "daemon.pid").exists()
+    assert not (Path(pool_dir) / pool.PID_FILE).exists()
     assert "held nothing" in (Path(pool_dir) / "daemon.log").read_text()
 
 

@@ -119,7 +119,7 @@ def test_pool_stops_the_daemon_in_check_mode_then_for_real(make_fleet, make_runn
     assert again["changed"] is False and again["running"] is False, again
     flushed = _local(runner, tmp_path, inventory, "healer.pooled_ssh.pool: {state: flushed, host: host1}")
     assert flushed["changed"] is False and flushed["running"] is False
-    assert not (Path(pool_dir) / "daemon.pid").exists()
+    assert not (Path(pool_dir) / pool.PID_FILE).exists()
 
 
 def test_pool_info_old_options_still_work_and_warn(make_fleet, make_runner, tmp_path, pool_dir, collections_root):

@@ -87,38 +87,24 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
         lease = binding.lease()
         try:
             return lease, _open_on_same_transport(lease, opener)
-        except paramiko.ChannelException as e:
+        except (paramiko.SSHException, EOFError, OSError) as e:  # ChannelException included
             last = e
-            _after_open_failure(lease, refused=True)
-        except paramiko.SSHException as e:
-            last = e
-            meaning = classify(e)
-            if meaning is ParamikoText.CHANNEL_REFUSED and lease.conn.is_active():
-                _after_open_failure(lease, refused=True)  # a ChannelException another thread took
-            elif meaning is ParamikoText.CHANNEL_TIMEOUT:
-                lease.release(broken=True)  # no answer to a channel open: the transport is not usable
-            elif lease.conn.is_active():
+            meaning = classify(e) if isinstance(e, paramiko.SSHException) else None
+            # Paramiko's bare "Unable to open channel." is a ChannelException another thread took.
+            verdict = judge(Step.OPEN, alive=lease.conn.is_active(),
+                            refused=isinstance(e, paramiko.ChannelException) or meaning is ParamikoText.CHANNEL_REFUSED,
+                            answered=meaning is not ParamikoText.CHANNEL_TIMEOUT)
+            if verdict is Verdict.REFUSED:
                 raise _refused(binding, lease, e) from None
-            else:
-                lease.release(broken=True)
-        except (EOFError, OSError) as e:
-            last = e
-            if lease.conn.is_active():
-                raise _refused(binding, lease, e) from None
-            lease.release(broken=True)
+            # RETRY_SAME: the pool learns the server's MaxSessions from the refusal and the next lease
+            # waits for a slot; the transport is never taken for dead because of it.
+            lease.release(refused=verdict is Verdict.RETRY_SAME, broken=verdict is not Verdict.RETRY_SAME)
         except BaseException:
             # Whatever else the opener raised (an SFTP session that cannot start...): the lease goes back.
             lease.release(broken=not lease.conn.is_active())
             raise
     raise PoolError(f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
                     kind=ErrorKind.CONNECT)
-
-
-def _after_open_failure(lease: Lease[PooledTransport], refused: bool) -> None:
-    verdict = judge(Step.OPEN, alive=lease.conn.is_active(), refused=refused)
-    # RETRY_SAME: the pool learns the server's MaxSessions from the refusal and the next lease
-    # waits for a slot; the transport is never taken for dead because of it.
-    lease.release(refused=verdict is Verdict.RETRY_SAME, broken=verdict is not Verdict.RETRY_SAME)
 
 
 def send_exec(chan: paramiko.Channel, cmd: str) -> None:

@@ -54,8 +54,13 @@ class Maintainer:
         self.daemon.pool.report_health(entry, ok)
 
     def _keepalive(self, entry: Entry[PooledTransport], timeout: float) -> None:
-        if not entry.conn.probe(timeout):
+        if entry.conn.probe(timeout):
+            return
+        if entry.conn.is_active():
             log.warning("keepalive: %s did not answer within %.0fs; closing it", entry.key.label, timeout)
             entry.conn.lost_reason = f"the server did not answer keepalives for {timeout:g}s"
-            self.daemon.pool.mark_dead(entry)
-            entry.conn.close()
+        else:
+            # The transport died (reset, closed by the server) while a keepalive waited: not silence.
+            log.warning("keepalive: %s: the connection closed", entry.key.label)
+        self.daemon.pool.mark_dead(entry)
+        entry.conn.close()

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from ..errors import ErrorKind
+from ..ssh.exit_signal import exit_signal, status_of
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import PooledTransport
 from ..wire import frames
@@ -157,6 +158,12 @@ def relay(sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_i
     r.forward_output()
     if chan.exit_status_ready() and chan.exit_status != -1:
         send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(chan.exit_status)), b"")
+        return False
+    killed = exit_signal(chan)
+    if killed is not None:
+        # No exit status because a signal ended the command: report it as a shell does.
+        log.info("%s: the command was killed by signal %s", where, killed)
+        send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(status_of(killed))), b"")
         return False
     alive = chan.get_transport().is_active()
     send(msgs.error(op_id, ErrorKind.UNKNOWN_OUTCOME,

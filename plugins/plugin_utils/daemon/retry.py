@@ -11,6 +11,8 @@ channel open         the server refused it (MaxSessions),          RETRY_SAME: w
                      the transport is alive                        transport; the pool learns the limit
 channel open         no answer, or the transport died              RETRY_FRESH: nothing was sent that runs
                                                                    anything; another transport
+channel open         another error on a live transport (a          REFUSED: the same server says the same
+                     subsystem refused, the channel closed)        again
 exec (not yet sent)  the transport was already dead                RETRY_FRESH: Paramiko drops packets of
                                                                    a dead transport, the request never left
 exec (sent)          the server refused it (CHANNEL_FAILURE) on     RETRY_FRESH for a spare the server closed
@@ -52,15 +54,19 @@ class Verdict(Enum):
 ATTEMPTS: Dict[Step, int] = {Step.OPEN: 6, Step.EXEC_UNSENT: 3, Step.EXEC_SENT: 3, Step.TRANSFER: 2}
 
 
-def judge(step: Step, *, alive: bool, refused: bool = False, from_spare: bool = False) -> Verdict:
+def judge(step: Step, *, alive: bool, refused: bool = False, from_spare: bool = False,
+          answered: bool = True) -> Verdict:
     """The verdict for a failure at ``step`` (see the table above).
 
     ``alive``: the transport still works; ``refused``: the server said no (a refused channel
     open, CHANNEL_FAILURE or a channel closed before its answer); ``from_spare``: the channel
-    was a spare opened ahead of time (which the server may have closed as idle).
+    was a spare opened ahead of time (which the server may have closed as idle); ``answered``:
+    the server answered at all (a channel open with no answer leaves the transport unusable).
     """
     if step is Step.OPEN:
-        return Verdict.RETRY_SAME if alive and refused else Verdict.RETRY_FRESH
+        if not alive or not answered:
+            return Verdict.RETRY_FRESH
+        return Verdict.RETRY_SAME if refused else Verdict.REFUSED
     if step is Step.EXEC_UNSENT:
         return Verdict.RETRY_FRESH
     if step is Step.EXEC_SENT:

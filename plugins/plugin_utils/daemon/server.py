@@ -46,7 +46,7 @@ from .session import Session
 log = logging.getLogger("pooled_ssh.daemon")
 
 LOCK_NAME = f"daemon-v{frames.PROTOCOL_VERSION}.lock"
-PID_NAME = "daemon.pid"
+PID_NAME = frames.pid_name()
 LOG_NAME = "daemon.log"
 MAX_CLIENTS = 1024
 #: Descriptors kept for everything but transports and clients (log, listener, files, SFTP...).
@@ -57,6 +57,8 @@ FD_PER_CLIENT = 4
 TRANSIENT_ACCEPT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: Idle transports closed each time accept() runs out of descriptors.
 SHED_ON_EMFILE = 16
+#: Exit status of a daemon that could not start (its log, or stderr, says why in one line).
+START_FAILED = 2
 #: How long a second daemon waits for a stopping one to let go of the lock.
 LOCK_WAIT = 10.0
 
@@ -146,33 +148,50 @@ class Daemon:
         finally:
             os.umask(old_umask)
         listener.listen(128)
+        pid_path = os.path.join(self.pool_dir, PID_NAME)
         try:
-            os.link(tmp, self.socket_path)
-        except FileExistsError:
-            # We hold the lock, so whatever is there belongs to a daemon that died.
-            os.unlink(self.socket_path)
-            os.link(tmp, self.socket_path)
-        os.unlink(tmp)
+            # The pid file first: a full disk or a read-only directory fails here, before any worker
+            # can find a socket that nobody will serve.
+            with open(pid_path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            try:
+                os.link(tmp, self.socket_path)
+            except FileExistsError:
+                # We hold the lock, so whatever is there belongs to a daemon that died.
+                os.unlink(self.socket_path)
+                os.link(tmp, self.socket_path)
+        except OSError:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(pid_path)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         self._listener = listener
-        with open(os.path.join(self.pool_dir, PID_NAME), "w") as f:
-            f.write(f"{os.getpid()}\n")
 
     def serve(self) -> int:
+        inherited = self.fd_limit
         self.fd_limit = raise_fd_limit()
         self.max_clients, self.pool.max_transports = budget(self.fd_limit)
         check_pool_dir(self.pool_dir)
         if not self.take_lock():
             log.info("another daemon holds %s; exiting", LOCK_NAME)
             return 0
-        self.publish()
+        try:
+            self.publish()
+        except OSError as e:
+            log.error("cannot publish the pool socket in %s (%s): free space on its file system or make it "
+                      "writable", self.pool_dir, e.strerror or e)
+            return START_FAILED
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         log.info("started pid=%d socket=%s protocol=%d paramiko=%s", os.getpid(), self.socket_path,
                  frames.PROTOCOL_VERSION, paramiko.__version__)
-        log.info("descriptor limit %d: up to %d clients and %d transports", self.fd_limit, self.max_clients,
-                 self.pool.max_transports)
+        log.info("descriptor limit %d (inherited %d): up to %d clients and %d transports", self.fd_limit, inherited,
+                 self.max_clients, self.pool.max_transports)
         threading.Thread(target=Maintainer(self).run, name="maintain", daemon=True).start()
         try:
             self._accept_loop()
@@ -321,7 +340,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(missing_text(PARAMIKO_IMPORT_ERROR), file=sys.stderr)
         return 2
     os.umask(0o077)
-    setup_logging(args.dir, args.log_level)
+    try:
+        setup_logging(args.dir, args.log_level)
+    except OSError as e:
+        # No log to write to (a full disk, a read-only directory): one line on stderr, which the
+        # worker that started us quotes; never a traceback.
+        with contextlib.suppress(OSError):
+            print(f"pooled_ssh daemon: cannot write its log {os.path.join(args.dir, LOG_NAME)} ({e.strerror or e}): "
+                  "free space on that file system or set pool_dir to a writable directory", file=sys.stderr,
+                  flush=True)
+        return START_FAILED
     try:
         return Daemon(args.dir, args.idle_exit).serve()
     except Exception:

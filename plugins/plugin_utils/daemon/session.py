@@ -21,7 +21,7 @@ from ..errors import ErrorKind, PoolError
 from ..pool import Lease, PoolKey, PoolSettings
 from ..ssh.connect import Target
 from ..ssh.transport import PooledTransport
-from ..wire import frames
+from ..wire import frames, parts
 from ..wire import messages as msgs
 from ..wire.fields import Malformed
 from ..wire.spec import ConnectionSpec
@@ -82,7 +82,17 @@ class Session:
         self.binding: Optional[Binding] = None
 
     def send(self, message: Dict[str, Any], payload: bytes = b"") -> None:
-        frames.send_frame(self.sock, message, payload)
+        """Send a reply; one that grows with the pool goes in parts when it does not fit a frame.
+
+        A reply that cannot be sent at all (one item alone past the limit) becomes an error for its
+        request, raised before a byte of it was sent, so the conversation goes on."""
+        growing = msgs.GROWING.get(str(message.get("t")))
+        try:
+            for part in parts.split(message, growing) if growing and not payload else [message]:
+                frames.send_frame(self.sock, part, payload)
+        except (parts.TooLarge, frames.MessageTooLarge) as e:
+            raise PoolError(f"the pool daemon's {message.get('t')} reply is too large to send ({e})",
+                            kind=ErrorKind.TOO_LARGE) from None
 
     def bound(self) -> Binding:
         if self.binding is None:

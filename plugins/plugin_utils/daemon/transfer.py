@@ -26,7 +26,7 @@ import os
 import shlex
 import stat
 from enum import Enum
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..errors import ErrorKind, PoolError
 from ..pool import Lease
@@ -34,6 +34,7 @@ from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
 from ..wire import messages as msgs
 from .exec import with_channel
+from .retry import ATTEMPTS, Step, Verdict, judge
 from .spare import SFTP_PACKET, SFTP_WINDOW
 
 if TYPE_CHECKING:
@@ -191,19 +192,41 @@ def _sftp_copy(binding: Binding, lease: Lease[PooledTransport], sftp: paramiko.S
     except (EOFError, paramiko.SSHException, paramiko.SFTPError, OSError) as e:
         broken = not lease.conn.is_active()
         _discard_partial(sftp if put else None, partial, lease)
-        raise _Broken(PoolError(
+        error = PoolError(
             f"{where}: transfer of {local if put else remote} failed ({str(e) or type(e).__name__})"
             f"{'; the connection was lost' if broken else ''}; no partial file was left at "
-            f"{remote if put else local}", kind=ErrorKind.CONNECT if broken else ErrorKind.FILE), broken) from None
+            f"{remote if put else local}", kind=ErrorKind.CONNECT if broken else ErrorKind.FILE)
+        raise _Broken(error, broken, partial if put else None) from None
 
 
 class _Broken(Exception):
-    def __init__(self, error: PoolError, broken: bool) -> None:
+    """A transfer that failed with its transport (``broken``), and the remote partial file of a put
+    that could not be removed over it (the next try on another transport removes it)."""
+
+    def __init__(self, error: PoolError, broken: bool, stale: Optional[str] = None) -> None:
         super().__init__(str(error))
-        self.error, self.broken = error, broken
+        self.error, self.broken, self.stale = error, broken, stale
 
 
 def transfer(session: Session, op_id: int, req: msgs.Transfer, put: bool) -> None:
+    """Copy a file; a transfer cut by a dying transport is tried again on another one when the
+    retry policy says so (the file goes to a temporary name, renamed only once complete)."""
+    attempts = ATTEMPTS[Step.TRANSFER]
+    stale: List[str] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            _transfer_once(session, op_id, req, put, stale)
+            return
+        except _Broken as e:
+            if e.stale is not None and e.broken:
+                stale.append(e.stale)
+            verdict = judge(Step.TRANSFER, alive=not e.broken)
+            if verdict is not Verdict.RETRY_FRESH or attempt == attempts:
+                raise e.error from None
+            log.info("%s (%s); trying again on another transport", e.error, verdict.value)
+
+
+def _transfer_once(session: Session, op_id: int, req: msgs.Transfer, put: bool, stale: List[str]) -> None:
     """Copy a file with the transport's SFTP session, or through ``cat`` when SFTP cannot work."""
     binding = session.bound()
     try:
@@ -214,11 +237,14 @@ def transfer(session: Session, op_id: int, req: msgs.Transfer, put: bool) -> Non
     broken = False
     healthy = False
     try:
+        for path in stale:  # what an earlier try left on the host, over the transport that died
+            with contextlib.suppress(Exception):
+                sftp.remove(path)
         _sftp_copy(binding, lease, sftp, req, put)
         healthy = True
     except _Broken as e:
         broken = e.broken
-        raise e.error from None
+        raise
     except PoolError:
         healthy = True  # a missing file or a refused permission: the session is fine
         raise
@@ -340,8 +366,11 @@ def _transfer_with_cat(session: Session, op_id: int, req: msgs.Transfer, put: bo
         raise PoolError(f"{where}: remote file {req.remote} does not exist or cannot be read", kind=ErrorKind.FILE)
     if rc != 0 or (reader is not None and not reader.complete()):
         got = f"; {reader.received} of {reader.size} bytes arrived" if reader is not None and reader.size else ""
-        raise PoolError(f"{where}: transfer of {req.local if put else req.remote} through cat failed (exit {rc}{got}); "
-                        f"no partial file was left at {req.remote if put else req.local}", kind=ErrorKind.FILE)
+        broken = not lease.conn.is_active()
+        raise _Broken(PoolError(
+            f"{where}: transfer of {req.local if put else req.remote} through cat failed (exit {rc}{got})"
+            f"{'; the connection was lost' if broken else ''}; no partial file was left at "
+            f"{req.remote if put else req.local}", kind=ErrorKind.CONNECT if broken else ErrorKind.FILE), broken)
     if reader is not None and reader.noise:
         log.debug("%s: skipped %d bytes the remote shell printed before the file", where, len(reader.noise))
     session.send(msgs.reply(msgs.Reply.DONE, op_id, msgs.Done(lease.hit, lease.entry.id, "cat")))

@@ -136,7 +136,7 @@ def close_idle_executors(pt: PooledTransport) -> bool:
 def _worker_gone(sock: socket.socket) -> bool:
     """Whether the worker closed its socket (it sends nothing while its run goes on)."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        readable, _writable, _errored = select.select([sock], [], [], 0)
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True

@@ -21,7 +21,7 @@ from .. import _host_certs, _known_hosts
 from ..errors import ErrorKind, PoolError
 from ..pool.settings import PoolKey, PoolSettings
 from ..wire.spec import ConnectionSpec
-from . import negotiation
+from . import exit_signal, negotiation
 from .auth import authenticate, fail
 from .limiter import HandshakeLimiter
 from .paramiko_guard import paramiko
@@ -198,6 +198,8 @@ class Connector:
 
     def _handshake(self, key: PoolKey, target: Target, timeout: float) -> PooledTransport:
         spec = target.spec
+        name = _known_hosts.host_name(spec.addr, spec.port)
+        known = _load_known_hosts(spec)  # before the socket: nothing is spent on a check that cannot be made
         sock, via = self._open_socket(target, timeout)
         disabled: Dict[str, List[str]] = {}
         if not spec.use_rsa_sha2_algorithms:
@@ -207,14 +209,12 @@ class Connector:
                 "keys": [a for a in paramiko.Transport._preferred_keys  # type: ignore[attr-defined]
                          if "rsa-sha2" in a],
             }
-        transport = paramiko.Transport(sock, disabled_algorithms=disabled or None)
+        transport = exit_signal.transport_class(paramiko.Transport)(sock, disabled_algorithms=disabled or None)
         ok = False
         try:
             transport.banner_timeout = float(spec.banner_timeout or 30)
             transport.auth_timeout = timeout
             transport.channel_timeout = CHANNEL_TIMEOUT
-            name = _known_hosts.host_name(spec.addr, spec.port)
-            known = _known_hosts.load(spec.known_hosts_files)
             _prefer_key_types(transport, spec, known, name)
             _start(transport, spec, timeout)
             verified = verify_host_key(transport, spec, name, known)
@@ -227,6 +227,17 @@ class Connector:
                 transport.close()
                 if via is not None:
                     via.release()
+
+
+def _load_known_hosts(spec: ConnectionSpec) -> List[_known_hosts.KnownHost]:
+    if not spec.host_key_checking:
+        return []
+    try:
+        return _known_hosts.load(spec.known_hosts_files)
+    except _known_hosts.Unreadable as e:
+        raise fail(spec, f"{e}; the host key cannot be checked",
+                   f"make {e.path} a readable file, or list the files to use in known_hosts_files",
+                   ErrorKind.HOSTKEY) from None
 
 
 def _tcp_socket(spec: ConnectionSpec, timeout: float) -> socket.socket:
@@ -353,8 +364,13 @@ def verify_host_key(transport: paramiko.Transport, spec: ConnectionSpec, name: s
                    "renew or re-sign the host's certificate (ssh-keygen -s ... -h -n <name>)", ErrorKind.HOSTKEY)
     if spec.host_key_auto_add:
         files = spec.known_hosts_files
-        if spec.record_host_keys and files and _known_hosts.record(files[0], name, keytype, blob):
-            log.info("recorded host key %s for %s in %s", offered, name, files[0])
+        try:
+            if spec.record_host_keys and files and _known_hosts.record(files[0], name, keytype, blob):
+                log.info("recorded host key %s for %s in %s", offered, name, files[0])
+        except (OSError, _known_hosts.Unreadable) as e:
+            # As OpenSSH: the key was accepted for this connection; only remembering it failed.
+            log.warning("%s: failed to add the host key %s to %s (%s); it will be asked about again", spec.where,
+                        offered, files[0], getattr(e, "strerror", None) or e)
         return False
     if cert is not None and cert.cert is not None:
         raise fail(spec, f"host certificate not trusted: {cert.reason}",

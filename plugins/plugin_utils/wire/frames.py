@@ -40,6 +40,10 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
+class MessageTooLarge(ProtocolError):
+    """What we were about to send is larger than a frame may carry (nothing was sent)."""
+
+
 class PeerClosed(ProtocolError):
     """The peer closed the socket (cleanly, or in the middle of a frame)."""
 
@@ -47,9 +51,9 @@ class PeerClosed(ProtocolError):
 def encode(message: Dict[str, Any], payload: bytes = b"") -> bytes:
     body = json.dumps(message, separators=(",", ":")).encode("utf-8")
     if len(body) > MAX_JSON:
-        raise ProtocolError(f"message too large ({len(body)} bytes, limit {MAX_JSON})")
+        raise MessageTooLarge(f"message too large ({len(body)} bytes, limit {MAX_JSON})")
     if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(f"payload too large ({len(payload)} bytes, limit {MAX_PAYLOAD})")
+        raise MessageTooLarge(f"payload too large ({len(payload)} bytes, limit {MAX_PAYLOAD})")
     return HEADER.pack(MAGIC, len(body), len(payload)) + body + payload
 
 
@@ -146,3 +150,9 @@ def send_frame(sock: socket.socket, message: Dict[str, Any], payload: bytes = b"
 
 def socket_name(version: Optional[int] = None) -> str:
     return f"pool-v{PROTOCOL_VERSION if version is None else version}.sock"
+
+
+def pid_name(version: Optional[int] = None) -> str:
+    """The daemon's pid file: one per protocol version, as its socket and lock are (a daemon of
+    another version in the same directory neither overwrites ours nor keeps us from removing it)."""
+    return f"daemon-v{PROTOCOL_VERSION if version is None else version}.pid"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from ..errors import ErrorKind
 from ..pool.settings import PoolSettings
@@ -104,6 +104,8 @@ class Bind(Message):
 
     spec: ConnectionSpec
     settings: PoolSettings
+    #: The parts of a bind on the wire and what each is (their fields declare their own rules).
+    PARTS: ClassVar[Dict[str, type]] = {"conn": ConnectionSpec, "pool": PoolSettings}
 
     def to_wire(self) -> Dict[str, Any]:
         return {"conn": self.spec.to_wire(), "pool": self.settings.to_dict()}
@@ -263,6 +265,16 @@ class ErrorReply(Message):
     msg: str = wire((str,), default="")
 
 
+#: Replies with collections that grow with the pool (a host, a transport each): sent in parts
+#: when larger than a frame (:mod:`.parts`), put back together by the client.
+GROWING: Dict[str, Tuple[Tuple[str, ...], ...]] = {
+    Reply.STATS.value: (("hosts",),),
+    Reply.STATUS.value: (("stats", "hosts"), ("transports",)),
+}
+#: An error's text is cut here: it names a host, a path, a command's first words, never more.
+MAX_ERROR_TEXT = 4096
+
+
 def reply(t: Reply, re: Optional[int], body: Optional[Message] = None) -> Dict[str, Any]:
     out: Dict[str, Any] = {"t": t.value, "re": re}
     if body is not None:
@@ -271,4 +283,6 @@ def reply(t: Reply, re: Optional[int], body: Optional[Message] = None) -> Dict[s
 
 
 def error(re: Optional[int], kind: ErrorKind, msg: str) -> Dict[str, Any]:
+    if len(msg) > MAX_ERROR_TEXT:
+        msg = msg[: MAX_ERROR_TEXT - 3] + "..."
     return reply(Reply.ERROR, re, ErrorReply(kind.value, msg))

@@ -53,6 +53,8 @@ class FakeServer:
     sftp_root: Optional[Path] = None
     #: An SFTP transfer breaks the transport after this many bytes.
     cut_after: Optional[int] = None
+    #: How many SFTP transfers ``cut_after`` cuts before they go through whole (None: every one).
+    cuts: Optional[int] = None
     forwarded: List[Tuple[str, int]] = field(default_factory=list)
     #: Commands that start without waiting for the end of their input (``cat FILE``).
     immediate: Callable[[str], bool] = lambda cmd: False
@@ -121,6 +123,9 @@ class FakeChannel:
 
     def get_transport(self) -> FakeTransport:
         return self.transport
+
+    def get_id(self) -> int:
+        return self.remote_chanid
 
     def settimeout(self, timeout: Optional[float]) -> None:
         self.timeout = timeout
@@ -341,9 +346,11 @@ class FakeSFTP:
 
     def _copy(self, source: str, dest: str) -> None:
         cut = self.server.cut_after
-        if cut is None:
+        if cut is None or self.server.cuts == 0:
             shutil.copyfile(source, dest)
             return
+        if self.server.cuts is not None:
+            self.server.cuts -= 1
         with open(source, "rb") as src, open(dest, "wb") as out:
             out.write(src.read(cut))
         self.transport.die()

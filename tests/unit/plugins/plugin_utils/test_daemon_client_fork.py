@@ -26,7 +26,7 @@ def pool_dir() -> Iterator[str]:
     try:
         yield path
     finally:
-        pid_path = os.path.join(path, "daemon.pid")
+        pid_path = os.path.join(path, proto.pid_name())
         if os.path.exists(pid_path):
             with open(pid_path) as fh:
                 pid = int(fh.read().split()[0])
@@ -136,4 +136,4 @@ def test_something_else_on_the_socket_is_refused_not_waited_on(pool_dir: str, mo
     message = str(info.value)
     assert expected in message and path in message and "stop that process" in message, message
     # Nothing was started behind the impostor's back.
-    assert not os.path.exists(os.path.join(pool_dir, "daemon.pid"))
+    assert not os.path.exists(os.path.join(pool_dir, proto.pid_name()))

@@ -72,10 +72,28 @@ def test_a_put_cut_midway_leaves_no_file_under_the_destination_name(worker: Work
     assert f"transfer of {src} failed" in reply["msg"] and "the connection was lost" in reply["msg"]
     assert f"no partial file was left at {dest}" in reply["msg"]
     assert not dest.exists()
+    assert len(server.transports) == 2  # cut, tried again once on another transport (cut too), then given up
+    # The first try's partial file was removed over the second transport; the last try's cannot be.
+    assert len(leftovers(server.sftp_root)) == 1  # type: ignore[arg-type]
     # The next transfer gets a new transport and arrives whole.
     server.cut_after = None
     assert transfer(worker, "put", src, dest)["t"] == "done"
-    assert dest.read_bytes() == src.read_bytes() and len(server.transports) == 2
+    assert dest.read_bytes() == src.read_bytes() and len(server.transports) == 3
+
+
+@pytest.mark.parametrize("op", ["put", "fetch"])
+def test_a_transfer_cut_once_is_tried_again_on_another_transport_and_lands_whole(
+        op: str, worker: Worker, server: FakeServer, tmp_path: Path) -> None:
+    """The retry policy's reason: the file goes to a temporary name renamed once complete, and a
+    fetch only reads, so a second try cannot leave anything the first did not."""
+    local, remote = tmp_path / "local.bin", server.sftp_root / "remote.bin"  # type: ignore[operator]
+    (local if op == "put" else remote).write_bytes(os.urandom(100_000))
+    server.cut_after, server.cuts = 50_000, 1
+    reply = transfer(worker, op, local, remote)
+    assert reply["t"] == "done", reply
+    assert local.read_bytes() == remote.read_bytes()
+    assert len(server.transports) == 2 and not server.transports[0].active and server.transports[1].active
+    assert leftovers(server.sftp_root, tmp_path) == []  # type: ignore[arg-type]
 
 
 def test_missing_files_are_named(worker: Worker, server: FakeServer, tmp_path: Path) -> None:

@@ -301,3 +301,54 @@ def test_a_jump_host_target_goes_through_the_injected_tunnel(script) -> None:
         connect(Connector(tunnel=tunnel), target(("198.51.100.7", 22), password="wrong", host_key_checking=False,
                                                  proxy_jump=[JumpHop(**hop)]))
     assert leases[1].released == [False]
+
+
+def _unreadable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = tmp_path / "known_hosts.d"
+    path.mkdir()
+    return str(path)
+
+
+def _unreadable_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    # The tests run as root, for whom no mode bit refuses a read: the refusal is the kernel's answer, faked.
+    path = tmp_path / "known_hosts"
+    path.write_text("")
+
+    def refuse(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(_known_hosts, "open", refuse, raising=False)
+    return str(path)
+
+
+@pytest.mark.parametrize(("make", "why"), [(_unreadable_directory, "Is a directory"),
+                                           (_unreadable_permission, "Permission denied")])
+def test_a_known_hosts_file_that_cannot_be_read_is_one_clear_line_before_any_connection(
+        listener, script, tmp_path, monkeypatch, make, why) -> None:
+    path = make(tmp_path, monkeypatch)
+    connector = Connector()
+    with pytest.raises(PoolError) as info:
+        connect(connector, target(listener, password="secret", known_hosts_files=[str(tmp_path / "none"), path]))
+    assert info.value.kind is ErrorKind.HOSTKEY
+    assert str(info.value).startswith(f"{listener[0]}:{listener[1]}: cannot read known_hosts file {path} ({why}); "
+                                      "the host key cannot be checked")
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    assert script.transports == []  # nothing was opened for a check that could not be made
+    # The connector is fine for the next request (a readable file).
+    script.password = "secret"
+    good = tmp_path / "good"
+    good.mkdir()
+    pt = connect(connector, target(listener, password="secret", known_hosts_files=[str(known_hosts(good, listener))]))
+    assert pt.host_key_verified
+
+
+def test_a_host_key_that_cannot_be_recorded_still_connects(listener, script, tmp_path, caplog) -> None:
+    script.password = "secret"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    files = [str(blocker / "known_hosts")]  # its directory is a file: nothing can be written there
+    pt = connect(Connector(), target(listener, password="secret", known_hosts_files=files, host_key_auto_add=True))
+    assert not pt.host_key_verified and pt.transport.authenticated
+    assert "failed to add the host key ssh-rsa" in caplog.text and files[0] in caplog.text
