@@ -17,8 +17,7 @@ import signal
 import threading
 from typing import Any, Dict, Optional
 
-import paramiko
-from paramiko.common import MSG_CHANNEL_REQUEST
+from .paramiko_guard import paramiko
 
 #: Signal numbers by the names RFC 4254 uses (without "SIG").
 SIGNALS: Dict[str, int] = {s.name[3:]: int(s) for s in signal.Signals if s.name.startswith("SIG")
@@ -65,9 +64,10 @@ def transport_class(base: Any) -> Any:
     """``base`` (Paramiko's Transport) with the exit signal read; ``base`` itself when it has no
     channel handler table to extend (another Paramiko, a test's stand-in)."""
     table = getattr(base, "_channel_handler_table", None)
-    if not isinstance(table, dict) or MSG_CHANNEL_REQUEST not in table:
+    request = paramiko.common.MSG_CHANNEL_REQUEST
+    if not isinstance(table, dict) or request not in table:
         return base
-    paramiko_handler = table[MSG_CHANNEL_REQUEST]
+    paramiko_handler = table[request]
 
     def handle_request(chan: paramiko.Channel, m: paramiko.Message) -> None:
         try:
@@ -88,6 +88,6 @@ def transport_class(base: Any) -> Any:
 
     return type("PooledParamikoTransport", (base,), {
         "__init__": __init__,
-        "_channel_handler_table": {**table, MSG_CHANNEL_REQUEST: handle_request},
+        "_channel_handler_table": {**table, request: handle_request},
         "_active_check_timeout": IDLE_WAKEUP,
     })
