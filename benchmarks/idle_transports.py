@@ -68,8 +68,10 @@ def main() -> int:
     print(f"{args.transports} idle transports, {args.seconds:g} s, this process's CPU per second of wall time:")
     print(f"  Paramiko's transport (reader wakes every 0.1 s): {plain:.3f} s/s")
     print(f"  the pool's transport (reader wakes every {IDLE_WAKEUP:g} s): {pooled:.3f} s/s")
-    print(f"  per 1,000 idle transports: {plain * 1000 / args.transports:.2f} s/s -> "
-          f"{pooled * 1000 / args.transports:.2f} s/s")
+    print(
+        f"  per 1,000 idle transports: {plain * 1000 / args.transports:.2f} s/s -> "
+        f"{pooled * 1000 / args.transports:.2f} s/s"
+    )
     return 0
 
 

@@ -156,8 +156,9 @@ def daemon_warnings(pool_dir: Path, keep: int = 8) -> List[str]:
             text = (pool_dir / name).read_text(errors="replace")
         except OSError:
             continue
-        lines += [line.split(" ", 3)[-1][:300] for line in text.splitlines()
-                  if " WARNING " in line or " ERROR " in line]
+        lines += [
+            line.split(" ", 3)[-1][:300] for line in text.splitlines() if " WARNING " in line or " ERROR " in line
+        ]
     return lines[-keep:]
 
 
@@ -217,11 +218,17 @@ class Run:
         fleet = Fleet(work / "fleet", count=args.sshd)
         try:
             fleet.start()
-            runner = AnsibleRunner(work / "ansible", collections_root(work / "collections"), pool_dir,
-                                   fleet.known_hosts,
-                                   extra_env={"ANSIBLE_FORKS": str(args.forks),
-                                              "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": str(args.idle_timeout),
-                                              "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "900"})
+            runner = AnsibleRunner(
+                work / "ansible",
+                collections_root(work / "collections"),
+                pool_dir,
+                fleet.known_hosts,
+                extra_env={
+                    "ANSIBLE_FORKS": str(args.forks),
+                    "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": str(args.idle_timeout),
+                    "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "900",
+                },
+            )
             inv = spread_inventory(work / "inventory.yml", fleet, self.hosts)
             self.sampler = Sampler(pool_dir)
             for n, play in enumerate(self.plays, 1):
@@ -234,18 +241,40 @@ class Run:
                 cpu_before = self.sampler.cpu
                 started = time.monotonic()
                 result = runner.run(argv, timeout=3600)
-                self.failures += [line.strip()[:400] for line in result.stdout.splitlines()
-                                  if "UNREACHABLE!" in line or "FAILED!" in line][:5]
+                self.failures += [
+                    line.strip()[:400]
+                    for line in result.stdout.splitlines()
+                    if "UNREACHABLE!" in line or "FAILED!" in line
+                ][:5]
                 elapsed = time.monotonic() - started
                 self.sampler.sample()
-                self.results.append((play.split('name: "', 1)[1].split('"', 1)[0], result.rc, result.recap(), elapsed,
-                                     self.sampler.cpu - cpu_before))
+                self.results.append(
+                    (
+                        play.split('name: "', 1)[1].split('"', 1)[0],
+                        result.rc,
+                        result.recap(),
+                        elapsed,
+                        self.sampler.cpu - cpu_before,
+                    )
+                )
             self.sampler.stop()
             self.accepted = {h.name: h.accepted_count("publickey") for h in fleet}
             stats = subprocess.run(
-                [sys.executable, "-m", "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli",
-                 "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True, text=True, timeout=60,
-                env=dict(os.environ, PYTHONPATH=str(work / "collections")), check=False)
+                [
+                    sys.executable,
+                    "-m",
+                    "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli",
+                    "--pool-dir",
+                    str(pool_dir),
+                    "stats",
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=dict(os.environ, PYTHONPATH=str(work / "collections")),
+                check=False,
+            )
             self.total = json.loads(stats.stdout)["total"] if stats.returncode == 0 else {}
         finally:
             if self.sampler is not None:
@@ -263,8 +292,9 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return bool(self.results) and all(rc == 0 and not self.failed_hosts(recap) for _n, rc, recap, _o, _e in
-                                          self.results)
+        return bool(self.results) and all(
+            rc == 0 and not self.failed_hosts(recap) for _n, rc, recap, _o, _e in self.results
+        )
 
     def key(self) -> str:
         return f"{'scale' if self.args.scale else 'tasks'}-{self.hosts}"
@@ -273,43 +303,57 @@ class Run:
         args, sampler = self.args, self.sampler
         assert sampler is not None
         requests = self.hosts * self.tasks * len(self.plays)
-        limit = f"soft {args.nofile}" if args.nofile else f"soft {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} " \
-            "(inherited)"
-        what = ("two cheap tasks, each its own ansible-playbook run (`raw: true`, then `command: true`)" if args.scale
-                else "one playbook of 10 tasks (command, shell, raw, copy, stat, slurp, a 0.2 s command, lineinfile, "
-                "file, ping)")
+        limit = (
+            f"soft {args.nofile}"
+            if args.nofile
+            else f"soft {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} (inherited)"
+        )
+        what = (
+            "two cheap tasks, each its own ansible-playbook run (`raw: true`, then `command: true`)"
+            if args.scale
+            else "one playbook of 10 tasks (command, shell, raw, copy, stat, slurp, a 0.2 s command, lineinfile, "
+            "file, ping)"
+        )
         cmd = "--scale --hosts " if args.scale else "--hosts "
         machine_note = "2 cores shared by controller and hosts"
         rows = [("result", "every task on every host succeeded" if self.ok else "FAILURES")]
         for name, rc, recap, elapsed, cpu in self.results:
             bad = self.failed_hosts(recap)
-            rows.append((f"`{name}`: hosts failed or unreachable / in the recap / rc",
-                         f"{bad} / {len(recap)} / {rc}"))
+            rows.append((f"`{name}`: hosts failed or unreachable / in the recap / rc", f"{bad} / {len(recap)} / {rc}"))
             rows.append((f"`{name}`: wall time ({machine_note})", f"{elapsed:.1f} s"))
             per = cpu / (self.hosts * self.tasks)
-            rows.append((f"`{name}`: pool daemon CPU, per request ({machine_note})",
-                         f"{cpu:.1f} s, {per * 1000:.1f} ms"))
+            rows.append(
+                (f"`{name}`: pool daemon CPU, per request ({machine_note})", f"{cpu:.1f} s, {per * 1000:.1f} ms")
+            )
         logins = sum(self.accepted.values())
         rows += [
             ("SSH logins accepted by sshd (`Accepted publickey`)", f"{logins} (expected {self.hosts}: one per host)"),
             ("per sshd", ", ".join(f"{k}: {v}" for k, v in self.accepted.items())),
-            ("pool misses / hits (last daemon)",
-             f"{self.total.get('poolMisses', '?')} / {self.total.get('poolHits', '?')}"),
+            (
+                "pool misses / hits (last daemon)",
+                f"{self.total.get('poolMisses', '?')} / {self.total.get('poolHits', '?')}",
+            ),
             ("pool daemons seen (a restart means the daemon died)", str(len(sampler.pids))),
             (f"pool daemon peak memory (VmHWM, {machine_note})", f"{sampler.hwm_kib / 1024:.1f} MiB"),
             ("pool daemon memory at the end (VmRSS)", f"{sampler.rss_kib / 1024:.1f} MiB"),
             (f"pool daemon peak threads (sampled every 50 ms, {machine_note})", str(sampler.threads)),
             (f"pool daemon peak open descriptors (sampled every 50 ms, {machine_note})", str(sampler.fds)),
             ("pool daemon soft descriptor limit (from /proc/<pid>/limits)", str(sampler.soft_nofile)),
-            (f"pool daemon CPU, all runs, per request ({machine_note})",
-             f"{sampler.cpu:.1f} s, {sampler.cpu / requests * 1000:.1f} ms ({requests} requests)"),
+            (
+                f"pool daemon CPU, all runs, per request ({machine_note})",
+                f"{sampler.cpu:.1f} s, {sampler.cpu / requests * 1000:.1f} ms ({requests} requests)",
+            ),
             ("transports held at the end", str(self.total.get("totalConnections", "?"))),
             ("transports closed idle during the run", str(self.total.get("closedIdle", "?"))),
         ]
-        rows += [(f"failure {n}", "`" + text.replace("|", "/").replace("`", "'") + "`")
-                 for n, text in enumerate(self.failures, 1)]
-        rows += [(f"daemon warning {n}", "`" + text.replace("|", "/").replace("`", "'") + "`")
-                 for n, text in enumerate(self.daemon_warnings, 1)]
+        rows += [
+            (f"failure {n}", "`" + text.replace("|", "/").replace("`", "'") + "`")
+            for n, text in enumerate(self.failures, 1)
+        ]
+        rows += [
+            (f"daemon warning {n}", "`" + text.replace("|", "/").replace("`", "'") + "`")
+            for n, text in enumerate(self.daemon_warnings, 1)
+        ]
         table = "".join(f"| {k} | {v} |\n" for k, v in rows)
         return f"""<!-- load:{self.key()} -->
 ## {self.hosts} hosts, {args.sshd} sshd, {"2 runs of 1 task" if args.scale else "10 tasks"}, {args.forks} forks
@@ -375,9 +419,14 @@ def write_report(path: Path, sections: List[str]) -> str:
         assert match is not None
         kept[match.group("key")] = section
     info = machine()
-    body = (HEADER + "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in info.items()) + "\n"
-            + "\n".join(kept[k] for k in sorted(kept, key=lambda k: (k.split("-")[0], int(k.split("-")[1]))))
-            + NOTES)
+    body = (
+        HEADER
+        + "| | |\n|---|---|\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in info.items())
+        + "\n"
+        + "\n".join(kept[k] for k in sorted(kept, key=lambda k: (k.split("-")[0], int(k.split("-")[1]))))
+        + NOTES
+    )
     path.write_text(body, encoding="utf-8")
     return body
 
@@ -388,11 +437,18 @@ def main() -> int:
     parser.add_argument("--sshd", type=int, default=4, help="real sshd daemons the hosts are spread over")
     parser.add_argument("--forks", type=int, default=50)
     parser.add_argument("--scale", action="store_true", help="two cheap tasks under a soft descriptor limit")
-    parser.add_argument("--nofile", type=int, default=None,
-                        help="soft RLIMIT_NOFILE for ansible-playbook and the daemon (--scale: 1024; 0: inherit)")
-    parser.add_argument("--idle-timeout", type=float, default=None,
-                        help="pool idle_timeout: above one task's sweep of the fleet (docs/tuning.md); "
-                        "default 300, --scale 1800")
+    parser.add_argument(
+        "--nofile",
+        type=int,
+        default=None,
+        help="soft RLIMIT_NOFILE for ansible-playbook and the daemon (--scale: 1024; 0: inherit)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="pool idle_timeout: above one task's sweep of the fleet (docs/tuning.md); default 300, --scale 1800",
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "load.md"), help="report file ('-': stdout only)")
     args = parser.parse_args()
     if args.hosts is None:

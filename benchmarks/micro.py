@@ -215,8 +215,11 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     out.mkdir(parents=True, exist_ok=True)
     spec = {"command": {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}, "interpreter": python}}
     builder = REPO / "tests/unit/plugins/plugin_utils/executor/build_payloads.py"
-    subprocess.run([sys.executable, str(builder), json.dumps(spec), str(out)], check=True,
-                   env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")))
+    subprocess.run(
+        [sys.executable, str(builder), json.dumps(spec), str(out)],
+        check=True,
+        env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")),
+    )
     payload = (out / "command").read_bytes()
     from executor import manager, recognise  # type: ignore[import-not-found]
 
@@ -230,8 +233,9 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     fresh_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count + 3) * 1000
 
-    proc = subprocess.Popen(["/bin/sh", "-c", manager.bootstrap(python)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", manager.bootstrap(python)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
     assert proc.stdin is not None and proc.stdout is not None
 
     class Pipes:
@@ -259,13 +263,20 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     executor_cpu = (_tree_cpu(int(hello["pid"])) - start_cpu) / (count + 3) * 1000  # type: ignore[call-overload]
     executor.close()
     proc.wait()
-    rows = [["fresh interpreter (`sh -c python3`, the plain pipelined run)", f"{fresh_ms:.1f}", f"{fresh_cpu:.0f}"],
-            ["remote executor (forked child of a warm template, payload by hash)", f"{executor_ms:.1f}",
-             f"{executor_cpu:.0f}"]]
+    rows = [
+        ["fresh interpreter (`sh -c python3`, the plain pipelined run)", f"{fresh_ms:.1f}", f"{fresh_cpu:.0f}"],
+        [
+            "remote executor (forked child of a warm template, payload by hash)",
+            f"{executor_ms:.1f}",
+            f"{executor_cpu:.0f}",
+        ],
+    ]
     header = ["one pipelined `command: true`", "median ms", "host CPU ms/task"]
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
-    lines = ["| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -52,11 +52,15 @@ def flush(client: PoolClient, host: Optional[str], check_mode: bool) -> Dict[str
     try:
         status = client.call({"op": "status"})
     except PoolUnavailable:
-        return {"changed": False, "running": False, "closed": 0, "transports": [],
-                "msg": f"no pool daemon runs: no transport {whose} to close"}
+        return {
+            "changed": False,
+            "running": False,
+            "closed": 0,
+            "transports": [],
+            "msg": f"no pool daemon runs: no transport {whose} to close",
+        }
     matching = [t for t in status["transports"] if host is None or t["host"] == host]
-    out: Dict[str, Any] = {"changed": bool(matching), "running": True, "closed": len(matching),
-                           "transports": matching}
+    out: Dict[str, Any] = {"changed": bool(matching), "running": True, "closed": len(matching), "transports": matching}
     if check_mode or not matching:
         verb = "would close" if matching else "closed"
         out["msg"] = f"{verb} {_plural(len(matching))} {whose}"

@@ -38,18 +38,25 @@ def read(client: PoolClient) -> Dict[str, Any]:
         status = client.call({"op": "status"})
     except PoolUnavailable:
         return {"running": False, "stats": {"total": {}, "hosts": {}}, "transports": [], "changed": False}
-    return {"running": True, "daemon": status["daemon"], "stats": status["stats"],
-            "transports": status["transports"], "changed": False}
+    return {
+        "running": True,
+        "daemon": status["daemon"],
+        "stats": status["stats"],
+        "transports": status["transports"],
+        "changed": False,
+    }
 
 
 def _legacy(change: Callable[[PoolClient], Dict[str, Any]]) -> Callable[[PoolClient], Dict[str, Any]]:
     """The deprecated options' result, as before: the pool as read before the change, and its outcome."""
+
     def step(client: PoolClient) -> Dict[str, Any]:
         out = read(client)
         done = change(client)
         out.update({k: v for k, v in done.items() if k not in ("transports", "running")})
         out["running"] = out["running"] and done["running"]
         return out
+
     return step
 
 
@@ -70,5 +77,8 @@ class ActionModule(ControllerAction):
         return run_on_pool(client_for(args["pool_dir"]), step)
 
     def _deprecated(self, option: str, instead: str) -> None:
-        self._display.deprecated(f"pool_info's {option} option changes the pool, which an _info module must not: "
-                                 f"use {instead}", version=REMOVED_IN, collection_name=COLLECTION)
+        self._display.deprecated(
+            f"pool_info's {option} option changes the pool, which an _info module must not: use {instead}",
+            version=REMOVED_IN,
+            collection_name=COLLECTION,
+        )

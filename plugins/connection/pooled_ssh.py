@@ -546,8 +546,9 @@ def _preload_option_definitions() -> None:
 
         # ansible-core keys the definitions on the module's name or on the FQCN, depending on the version.
         names = (__name__, _FQCN)
-        if (__name__ != "ansible_collections.healer.pooled_ssh.plugins.connection.pooled_ssh"
-                or any(C.config.has_configuration_definition("connection", n) for n in names)):
+        if __name__ != "ansible_collections.healer.pooled_ssh.plugins.connection.pooled_ssh" or any(
+            C.config.has_configuration_definition("connection", n) for n in names
+        ):
             return
         from ansible.module_utils.common.yaml import yaml_load  # the C loader when there is one
         from ansible_collections.healer.pooled_ssh.plugins.doc_fragments.pool import ModuleDocFragment
@@ -571,14 +572,19 @@ def _preload_option_definitions() -> None:
 _preload_option_definitions()
 
 
-
 def _ansible_errors() -> dict[ErrorKind, type[Exception]]:
     """The one table from a pool error's kind to what Ansible reports: a failed login, an UNREACHABLE
     host (the kind says whether it is one), or a failed task."""
     if IMPORT_ERROR is not None:
         return {}
-    return {kind: AnsibleAuthenticationFailure if kind is ErrorKind.AUTH
-            else AnsibleConnectionFailure if kind.unreachable else AnsibleError for kind in ErrorKind}
+    return {
+        kind: AnsibleAuthenticationFailure
+        if kind is ErrorKind.AUTH
+        else AnsibleConnectionFailure
+        if kind.unreachable
+        else AnsibleError
+        for kind in ErrorKind
+    }
 
 
 ANSIBLE_ERRORS = _ansible_errors()
@@ -655,7 +661,9 @@ class Connection(ConnectionBase):
 
     def _unconnected(self) -> AnsibleError:
         """A request before ``_connect`` made the client: a bug here, said as such rather than an AttributeError."""
-        return AnsibleError(f"pooled_ssh: a request to {self._host} before its connection was made (a bug in pooled_ssh)")
+        return AnsibleError(
+            f"pooled_ssh: a request to {self._host} before its connection was made (a bug in pooled_ssh)"
+        )
 
     def _new_client(self, spawn: bool = True) -> PoolClient:
         try:
@@ -687,8 +695,9 @@ class Connection(ConnectionBase):
             self._client = self._new_client()
         except AnsibleError:
             return  # raised again, to the user, on first use
-        self._opening = threading.Thread(target=_open_quietly, args=(self._client,), name="pooled_ssh-open",
-                                         daemon=True)
+        self._opening = threading.Thread(
+            target=_open_quietly, args=(self._client,), name="pooled_ssh-open", daemon=True
+        )
         self._opening.start()
 
     def _opened(self) -> None:
@@ -712,8 +721,10 @@ class Connection(ConnectionBase):
         if not self._connected:
             request = self._request()
             spec = request["conn"]
-            display.vvv(f"ESTABLISH POOLED SSH CONNECTION FOR USER: {spec['user']} on PORT {spec['port']} "
-                        f"TO {spec['addr']}", host=self._host)
+            display.vvv(
+                f"ESTABLISH POOLED SSH CONNECTION FOR USER: {spec['user']} on PORT {spec['port']} TO {spec['addr']}",
+                host=self._host,
+            )
             self._opened()
             if self._client is None:
                 self._client = self._new_client()
@@ -721,8 +732,12 @@ class Connection(ConnectionBase):
         return self
 
     def is_pipelining_enabled(self, wrap_async: bool = False) -> bool:
-        return bool(self.has_pipelining and self.get_option("pipelining")
-                    and (not self.become or self.become.pipelining) and not wrap_async)
+        return bool(
+            self.has_pipelining
+            and self.get_option("pipelining")
+            and (not self.become or self.become.pipelining)
+            and not wrap_async
+        )
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
@@ -753,8 +768,11 @@ class Connection(ConnectionBase):
             stream = self._client.exec_stream(message, stdin if ready else b"", eof=ready)
             for kind, data in stream:
                 if kind == "started":
-                    display.vvv(f"POOL {'reused' if data['hit'] else 'created'} transport {data['transport']} "
-                                f"(waited {data['waited']}s)", host=self._host)
+                    display.vvv(
+                        f"POOL {'reused' if data['hit'] else 'created'} transport {data['transport']} "
+                        f"(waited {data['waited']}s)",
+                        host=self._host,
+                    )
                     if not ready:
                         deadline = time.monotonic() + escalation_timeout
                 elif kind == "exit":
@@ -770,8 +788,9 @@ class Connection(ConnectionBase):
                             pending = b""
                         self._client.send_stdin(stdin, eof=True)
                 # Only the escalation phase has a deadline; the command itself runs as long as it needs.
-                self._client.recv_timeout = None if ready or deadline is None else max(
-                    0.001, deadline - time.monotonic())
+                self._client.recv_timeout = (
+                    None if ready or deadline is None else max(0.001, deadline - time.monotonic())
+                )
         except PoolFailure as e:
             if e.kind is ErrorKind.RECV_TIMEOUT and not ready and become is not None:
                 # UNREACHABLE, as the ssh plugin reports a become timeout (what ansible-core's own tests expect).
@@ -801,8 +820,14 @@ class Connection(ConnectionBase):
         if self._client is None:
             raise self._unconnected()
         try:
-            outcome = _executor.xrun(self._client, cmd, in_data, str(self._shell.get_option("remote_tmp")),
-                                     command_timeout=self.get_option("command_timeout"), become=become)
+            outcome = _executor.xrun(
+                self._client,
+                cmd,
+                in_data,
+                str(self._shell.get_option("remote_tmp")),
+                command_timeout=self.get_option("command_timeout"),
+                become=become,
+            )
         except PoolFailure as e:
             raise self._failure(e) from None
         except PoolUnavailable as e:
@@ -811,14 +836,22 @@ class Connection(ConnectionBase):
             display.vvv(f"EXECUTOR not used: {outcome.why}", host=self._host)
             return None
         info = outcome.started or {}
-        display.vvv(f"EXECUTOR ran the module on {'reused' if info.get('hit') else 'created'} transport "
-                    f"{info.get('transport')}", host=self._host)
+        display.vvv(
+            f"EXECUTOR ran the module on {'reused' if info.get('hit') else 'created'} transport "
+            f"{info.get('transport')}",
+            host=self._host,
+        )
         return outcome.result
 
     def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict[str, Any]:
-        return dict(cmd=cmd, command_timeout=self.get_option("command_timeout"),
-                    pty=bool(self.get_option("pty") and sudoable and not in_data),
-                    term=os.getenv("TERM", "vt100"), width=_int_env("COLUMNS"), height=_int_env("LINES"))
+        return dict(
+            cmd=cmd,
+            command_timeout=self.get_option("command_timeout"),
+            pty=bool(self.get_option("pty") and sudoable and not in_data),
+            term=os.getenv("TERM", "vt100"),
+            width=_int_env("COLUMNS"),
+            height=_int_env("LINES"),
+        )
 
     def _examine_become(self, pending: bytes, awaiting_prompt: bool, become: BecomeBase) -> tuple[bytes, bool, bool]:
         """The ssh plugin's escalation state machine: prompt, then success marker, then module data."""
@@ -872,8 +905,9 @@ class Connection(ConnectionBase):
             reply = self._client.call({"op": op, "local": local, "remote": remote, **fields})
         except (PoolFailure, PoolUnavailable) as e:
             raise self._failure(e) from None
-        display.vvv(f"POOL {'reused' if reply.get('hit') else 'created'} transport {reply.get('transport')}",
-                     host=self._host)
+        display.vvv(
+            f"POOL {'reused' if reply.get('hit') else 'created'} transport {reply.get('transport')}", host=self._host
+        )
 
     def reset(self) -> None:
         """Close this host's pooled transports (``meta: reset_connection``, reboot, wait_for_connection).

@@ -27,22 +27,34 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
-def diagnose_host_entry(runs: Sequence[Mapping[str, Any]], previous: Optional[Mapping[str, Any]] = None,
-                        mode: str = "combined", alert_after: Any = 1, fail_on: str = "critical") -> Dict[str, Any]:
+def diagnose_host_entry(
+    runs: Sequence[Mapping[str, Any]],
+    previous: Optional[Mapping[str, Any]] = None,
+    mode: str = "combined",
+    alert_after: Any = 1,
+    fail_on: str = "critical",
+) -> Dict[str, Any]:
     """A host's entry of health.json from its registered module run(s) and its previous entry."""
     if isinstance(runs, Mapping):
         runs = [runs]
     if fail_on not in ("critical", "warning", "never"):
         raise AnsibleFilterError(f"diagnose_fail_on must be critical, warning or never, not {fail_on!r}")
     try:
-        return report.host_entry(list(runs), _mapping(previous, "the previous entry"), mode=mode,
-                                 alert_after=alert_after, fail_on=fail_on, reported_at=_now())
+        return report.host_entry(
+            list(runs),
+            _mapping(previous, "the previous entry"),
+            mode=mode,
+            alert_after=alert_after,
+            fail_on=fail_on,
+            reported_at=_now(),
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise AnsibleFilterError(f"diagnose report: unexpected module result ({type(e).__name__}: {e})") from None
 
 
-def diagnose_fleet(entries: Sequence[Any], hosts: Sequence[str],
-                   previous_report: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def diagnose_fleet(
+    entries: Sequence[Any], hosts: Sequence[str], previous_report: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
     """Every host of the run with its entry (``entries`` in the order of ``hosts``; a falsy
     entry means the host was not diagnosed and is reported unknown and stale)."""
     if len(entries) != len(hosts):
@@ -60,8 +72,13 @@ def diagnose_layout(fleet: Mapping[str, Any]) -> Dict[str, List[str]]:
     return report.layout(_mapping(fleet, "the fleet"))
 
 
-def diagnose_history(text: Optional[str], fleet: Mapping[str, Any], pool_before: Optional[Mapping[str, Any]] = None,
-                     pool_after: Optional[Mapping[str, Any]] = None, keep: Any = 50) -> List[Dict[str, Any]]:
+def diagnose_history(
+    text: Optional[str],
+    fleet: Mapping[str, Any],
+    pool_before: Optional[Mapping[str, Any]] = None,
+    pool_after: Optional[Mapping[str, Any]] = None,
+    keep: Any = 50,
+) -> List[Dict[str, Any]]:
     """The history (``history.jsonl``'s text) with this run added, bounded to the newest ``keep`` runs.
 
     ``pool_before``/``pool_after`` are ``pool_info`` results read around the diagnosis."""
@@ -86,8 +103,10 @@ def diagnose_charts(runs: Sequence[Mapping[str, Any]], host: str) -> List[Dict[s
 def diagnose_pool_figures(run: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """``[{label, value}]`` of the pool's figures of a history run ("n/a" without a daemon)."""
     pool = (run or {}).get("pool")
-    return [{"label": label, "value": "n/a" if not pool else pool.get(key, "n/a")}
-            for key, label, _counter in history.POOL_FIGURES]
+    return [
+        {"label": label, "value": "n/a" if not pool else pool.get(key, "n/a")}
+        for key, label, _counter in history.POOL_FIGURES
+    ]
 
 
 class FilterModule:

@@ -52,8 +52,10 @@ def _first_value(samples: Any) -> Optional[float]:
 
 def _fullest_filesystem(metrics: Mapping[str, Any]) -> Optional[float]:
     """Used ratio of the fullest filesystem, as ``df`` counts it (avail is what users may use)."""
-    sizes = {json.dumps(s.get("labels"), sort_keys=True): _number(s.get("value"))
-             for s in metrics.get("node_filesystem_size_bytes") or []}
+    sizes = {
+        json.dumps(s.get("labels"), sort_keys=True): _number(s.get("value"))
+        for s in metrics.get("node_filesystem_size_bytes") or []
+    }
     ratios = []
     for s in metrics.get("node_filesystem_avail_bytes") or []:
         size, avail = sizes.get(json.dumps(s.get("labels"), sort_keys=True)), _number(s.get("value"))
@@ -84,6 +86,7 @@ def key_figures(entry: Mapping[str, Any]) -> Json:
 def pool_figures(before: Optional[Mapping[str, Any]], after: Optional[Mapping[str, Any]]) -> Optional[Json]:
     """The pool's figures for the run, from two ``pool_info`` results; None when no daemon ran
     at the end (then the report says n/a). A daemon that started during the run counts from 0."""
+
     def totals(reading: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
         if not reading or not reading.get("running"):
             return {}
@@ -101,9 +104,14 @@ def pool_figures(before: Optional[Mapping[str, Any]], after: Optional[Mapping[st
 
 def record(fleet: Mapping[str, Mapping[str, Any]], generated_at: str, pool: Optional[Mapping[str, Any]]) -> Json:
     """This run's line of the history."""
-    hosts = {host: {"health": entry.get("health"), "stale": bool(entry.get("stale")),
-                    "figures": {} if entry.get("stale") else key_figures(entry)}
-             for host, entry in fleet.items()}
+    hosts = {
+        host: {
+            "health": entry.get("health"),
+            "stale": bool(entry.get("stale")),
+            "figures": {} if entry.get("stale") else key_figures(entry),
+        }
+        for host, entry in fleet.items()
+    }
     return {"generated_at": generated_at, "hosts": hosts, "pool": pool}
 
 
@@ -123,7 +131,7 @@ def parse(text: Optional[str]) -> List[Json]:
 def append(runs: Iterable[Json], new: Json, keep: int) -> List[Json]:
     """The history with ``new`` added, only the newest ``keep`` runs (at least one)."""
     out = [*runs, new]
-    return out[-max(int(keep), 1):]
+    return out[-max(int(keep), 1) :]
 
 
 def dump(runs: Iterable[Mapping[str, Any]]) -> str:
@@ -137,7 +145,7 @@ def human(value: Optional[float], unit: str) -> str:
     if unit == "ratio":
         return f"{value * 100:.1f}%"
     if unit.startswith("bytes"):
-        suffix = unit[len("bytes"):]
+        suffix = unit[len("bytes") :]
         for prefix in ("", "Ki", "Mi", "Gi", "Ti"):
             if abs(value) < 1024 or prefix == "Ti":
                 return f"{value:.0f} {prefix}B{suffix}" if not prefix else f"{value:.1f} {prefix}B{suffix}"
@@ -164,11 +172,17 @@ def chart(runs: Sequence[Mapping[str, Any]], host: str, key: str, title: str, un
         y = HEIGHT - PAD_Y - (HEIGHT - PAD_Y - PAD_TOP) * (value - low) / span
         points.append({"x": round(x, 1), "y": round(y, 1), "label": f"{when}: {human(value, unit)}"})
     return {
-        "key": key, "title": title, "unit": unit, "points": points,
+        "key": key,
+        "title": title,
+        "unit": unit,
+        "points": points,
         "polyline": " ".join(f"{p['x']},{p['y']}" for p in points),
         "last": human(values[-1][1], unit) if values else "n/a",
-        "low": human(low, unit), "high": human(high, unit),
-        "width": WIDTH, "height": HEIGHT, "baseline": HEIGHT - PAD_Y,
+        "low": human(low, unit),
+        "high": human(high, unit),
+        "width": WIDTH,
+        "height": HEIGHT,
+        "baseline": HEIGHT - PAD_Y,
     }
 
 

@@ -76,8 +76,7 @@ def merge_runs(runs: Sequence[Mapping[str, Any]]) -> Json:
             labels = [s.get("labels") for s in samples]
             kept = [s for s in metrics.get(name, []) if s.get("labels") not in labels]
             metrics[name] = kept + list(samples)
-    return {"checks": checks, "metrics": metrics, "metrics_skipped": skipped, "counters": counters,
-            "errors": errors}
+    return {"checks": checks, "metrics": metrics, "metrics_skipped": skipped, "counters": counters, "errors": errors}
 
 
 # --------------------------------------------------------------------------- 2. totals
@@ -114,13 +113,16 @@ def _cpu_rates(now: Mapping[str, float], before: Mapping[str, float]) -> Tuple[J
     if backwards:
         return {}, ["cpu counters went backwards"]
     if total > 0:
-        return {"cpu_busy_ratio": round((total - idle - iowait) / total, 4),
-                "cpu_iowait_ratio": round(iowait / total, 4)}, []
+        return {
+            "cpu_busy_ratio": round((total - idle - iowait) / total, 4),
+            "cpu_iowait_ratio": round(iowait / total, 4),
+        }, []
     return {}, []
 
 
-def rates(previous: Mapping[str, Any], counters: Mapping[str, Any],
-          now_totals: Mapping[str, Any]) -> Tuple[Json, List[str]]:
+def rates(
+    previous: Mapping[str, Any], counters: Mapping[str, Any], now_totals: Mapping[str, Any]
+) -> Tuple[Json, List[str]]:
     """(rates, resets) since the previous entry of the host.
 
     No rates on the first run, when the boot time changed (the host rebooted: every counter
@@ -202,8 +204,12 @@ def damp(checks: Mapping[str, Mapping[str, Any]], previous_checks: Mapping[str, 
 
 def problems(checks: Mapping[str, Mapping[str, Any]]) -> List[str]:
     """``name state: summary`` of every alerting check, worst first."""
-    return [f"{name} {state}: {check['summary']}" for state in ("critical", "warning", "unknown")
-            for name, check in checks.items() if check["alert_state"] == state]
+    return [
+        f"{name} {state}: {check['summary']}"
+        for state in ("critical", "warning", "unknown")
+        for name, check in checks.items()
+        if check["alert_state"] == state
+    ]
 
 
 def summary_line(health: str, counts: Mapping[str, int], pending: int) -> str:
@@ -213,8 +219,15 @@ def summary_line(health: str, counts: Mapping[str, int], pending: int) -> str:
     return f"{health}: {', '.join(parts) if parts else 'no checks'}"
 
 
-def host_entry(runs: Sequence[Mapping[str, Any]], previous: Optional[Mapping[str, Any]], *, mode: str,
-               alert_after: Any, fail_on: str, reported_at: str) -> Json:
+def host_entry(
+    runs: Sequence[Mapping[str, Any]],
+    previous: Optional[Mapping[str, Any]],
+    *,
+    mode: str,
+    alert_after: Any,
+    fail_on: str,
+    reported_at: str,
+) -> Json:
     """One host's entry of health.json from its module runs and its previous entry."""
     after = max(int(alert_after), 1)
     previous = previous or {}
@@ -262,17 +275,37 @@ def host_entry(runs: Sequence[Mapping[str, Any]], previous: Optional[Mapping[str
 def stale_entry(previous: Optional[Mapping[str, Any]], reported_at: str) -> Json:
     """A host of this run without a diagnosis: unknown, with its previous checks (streaks) and
     counters kept, so that damping and rates resume when it comes back."""
-    entry: Json = {"checks": {}, "counts": {}, "metrics": {}, "metrics_skipped": {}, "counters": {}, "totals": {},
-                   "collected_at": None, "collected_at_iso": None}
+    entry: Json = {
+        "checks": {},
+        "counts": {},
+        "metrics": {},
+        "metrics_skipped": {},
+        "counters": {},
+        "totals": {},
+        "collected_at": None,
+        "collected_at_iso": None,
+    }
     entry.update(previous or {})
-    entry.update({"health": "unknown", "measured_health": "unknown", "summary": "unknown: " + STALE_REASON,
-                  "msg": "health unknown: " + STALE_REASON, "failed": True, "stale": True, "errors": [STALE_REASON],
-                  "rates": {}, "rate_resets": [STALE_REASON], "reported_at": reported_at})
+    entry.update(
+        {
+            "health": "unknown",
+            "measured_health": "unknown",
+            "summary": "unknown: " + STALE_REASON,
+            "msg": "health unknown: " + STALE_REASON,
+            "failed": True,
+            "stale": True,
+            "errors": [STALE_REASON],
+            "rates": {},
+            "rate_resets": [STALE_REASON],
+            "reported_at": reported_at,
+        }
+    )
     return entry
 
 
-def fleet(hosts: Iterable[str], entries: Iterable[Any], previous_report: Optional[Mapping[str, Any]],
-          reported_at: str) -> Json:
+def fleet(
+    hosts: Iterable[str], entries: Iterable[Any], previous_report: Optional[Mapping[str, Any]], reported_at: str
+) -> Json:
     """Every host of the run (sorted) with its entry; a falsy entry means no diagnosis."""
     before = (previous_report or {}).get("hosts") or {}
     by_host = dict(zip(hosts, entries))
@@ -291,8 +324,12 @@ def previous_report(document: Any, report_format: str = REPORT_FORMAT) -> Json:
 
 def worst_first(fleet_hosts: Mapping[str, Mapping[str, Any]]) -> List[str]:
     """Hosts by alerting health, critical first; the fleet's (sorted) order within a health."""
-    return [host for state in ("critical", "warning", "unknown", "ok")
-            for host, entry in fleet_hosts.items() if entry.get("health") == state]
+    return [
+        host
+        for state in ("critical", "warning", "unknown", "ok")
+        for host, entry in fleet_hosts.items()
+        if entry.get("health") == state
+    ]
 
 
 def columns(fleet_hosts: Mapping[str, Mapping[str, Any]]) -> List[str]:

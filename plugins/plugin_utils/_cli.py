@@ -22,7 +22,11 @@ else:
     _client = load("_client")
     _stats = load("_stats")
 PoolClient, PoolFailure, PoolUnavailable, pool_dir_path = (
-    _client.PoolClient, _client.PoolFailure, _client.PoolUnavailable, _client.pool_dir_path)
+    _client.PoolClient,
+    _client.PoolFailure,
+    _client.PoolUnavailable,
+    _client.pool_dir_path,
+)
 prometheus, render_table = _stats.prometheus, _stats.render_table
 
 
@@ -32,8 +36,9 @@ def _pool_dir(args: argparse.Namespace) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pooled-ssh", description="Inspect and control the pooled_ssh daemon.")
-    parser.add_argument("--pool-dir", help="the pool directory (default: $ANSIBLE_POOLED_SSH_POOL_DIR or "
-                        "~/.ansible/pooled_ssh)")
+    parser.add_argument(
+        "--pool-dir", help="the pool directory (default: $ANSIBLE_POOLED_SSH_POOL_DIR or ~/.ansible/pooled_ssh)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="the daemon and its live transports")
     stats = sub.add_parser("stats", help="pool statistics, overall and per host")

@@ -39,8 +39,7 @@ HELLO_TIMEOUT = 10.0
 MAX_SOCKET_PATH = pooldir.MAX_SOCKET_PATH
 #: The only variables a daemon inherits from the worker that starts it (it outlives that worker and
 #: serves every later one, so nothing of one playbook's environment, secrets included, may stay in it).
-DAEMON_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSH_AUTH_SOCK",
-              "LD_LIBRARY_PATH")
+DAEMON_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSH_AUTH_SOCK", "LD_LIBRARY_PATH")
 DAEMON_ENV_PREFIXES = ("LC_",)
 
 # Launches the daemon in a fresh interpreter started with -I (no PYTHON* variables, no user site, no
@@ -77,8 +76,9 @@ def check_pool_dir(path: str) -> None:
 def socket_path(pool_dir: str) -> str:
     path = os.path.join(pool_dir, proto.socket_name())
     if len(path.encode()) > MAX_SOCKET_PATH:
-        raise PoolUnavailable(f"pool socket path {path} is longer than {MAX_SOCKET_PATH} bytes: "
-                              "set pool_dir to a shorter directory")
+        raise PoolUnavailable(
+            f"pool socket path {path} is longer than {MAX_SOCKET_PATH} bytes: set pool_dir to a shorter directory"
+        )
     return path
 
 
@@ -101,9 +101,11 @@ def _connect(fd: int, pool_dir: str) -> socket.socket:
         raise
     if uid != os.getuid():
         sock.close()
-        raise PoolUnavailable(f"pool directory {pool_dir}: the process listening on its socket (pid {pid}) runs as "
-                              f"uid {uid}, not as you ({os.getuid()}); it was sent nothing: find out who runs it, "
-                              "or set pool_dir")
+        raise PoolUnavailable(
+            f"pool directory {pool_dir}: the process listening on its socket (pid {pid}) runs as "
+            f"uid {uid}, not as you ({os.getuid()}); it was sent nothing: find out who runs it, "
+            "or set pool_dir"
+        )
     return sock
 
 
@@ -121,8 +123,9 @@ def _import_path() -> List[str]:
     return [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)]
 
 
-def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
-                 python: Optional[str] = None, dir_fd: Optional[int] = None) -> subprocess.Popen[bytes]:
+def spawn_daemon(
+    pool_dir: str, idle_exit: float, log_level: str = "info", python: Optional[str] = None, dir_fd: Optional[int] = None
+) -> subprocess.Popen[bytes]:
     """Start a daemon detached from the caller (own session, no inherited descriptors, a clean environment)."""
     fd = pooldir.open_pool_dir(pool_dir) if dir_fd is None else dir_fd
     try:
@@ -132,10 +135,27 @@ def spawn_daemon(pool_dir: str, idle_exit: float, log_level: str = "info",
             os.close(fd)
     try:
         return subprocess.Popen(
-            [python or sys.executable, "-I", "-c", _BOOT, _boot_file(), json.dumps(_import_path()),
-             "--dir", pool_dir, "--idle-exit", str(idle_exit), "--log-level", log_level],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=daemon_environ(os.environ),
-            cwd="/", close_fds=True, start_new_session=True,
+            [
+                python or sys.executable,
+                "-I",
+                "-c",
+                _BOOT,
+                _boot_file(),
+                json.dumps(_import_path()),
+                "--dir",
+                pool_dir,
+                "--idle-exit",
+                str(idle_exit),
+                "--log-level",
+                log_level,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=daemon_environ(os.environ),
+            cwd="/",
+            close_fds=True,
+            start_new_session=True,
         )
     finally:
         os.close(err)
@@ -149,8 +169,9 @@ def _tail(fd: int, name: str, lines: int = 3) -> str:
         return ""
 
 
-def connect_or_spawn(pool_dir: str, idle_exit: float = 60.0, log_level: str = "info",
-                     spawn: bool = True) -> socket.socket:
+def connect_or_spawn(
+    pool_dir: str, idle_exit: float = 60.0, log_level: str = "info", spawn: bool = True
+) -> socket.socket:
     """Return a socket connected to the pool daemon, starting one if none answers.
 
     The pool directory is opened once, checked (with every ancestor) by descriptor, and
@@ -189,8 +210,9 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
         try:
             proc = spawn_daemon(pool_dir, idle_exit, log_level, dir_fd=fd)
         except OSError as e:
-            raise PoolUnavailable(f"cannot start the pool daemon in {pool_dir} ({e.strerror or e}): is its file "
-                                  "system full or read-only?") from None
+            raise PoolUnavailable(
+                f"cannot start the pool daemon in {pool_dir} ({e.strerror or e}): is its file system full or read-only?"
+            ) from None
         deadline = time.monotonic() + SPAWN_TIMEOUT
         delay = 0.005
         while True:
@@ -203,13 +225,19 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
                 try:
                     return _connect(fd, pool_dir)
                 except (FileNotFoundError, ConnectionRefusedError):
-                    detail = (_tail(fd, pooldir.STDERR_FILE) or _tail(fd, pooldir.LOG_FILE)
-                              or f"it could write no log (is the file system of {pool_dir} full or read-only?)")
-                    raise PoolUnavailable(f"the pool daemon exited with status {proc.returncode} at start: "
-                                          f"{detail}; see {pool_dir}/{pooldir.LOG_FILE}") from None
+                    detail = (
+                        _tail(fd, pooldir.STDERR_FILE)
+                        or _tail(fd, pooldir.LOG_FILE)
+                        or f"it could write no log (is the file system of {pool_dir} full or read-only?)"
+                    )
+                    raise PoolUnavailable(
+                        f"the pool daemon exited with status {proc.returncode} at start: "
+                        f"{detail}; see {pool_dir}/{pooldir.LOG_FILE}"
+                    ) from None
             if time.monotonic() > deadline:
-                raise PoolUnavailable(f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; "
-                                      f"see {pool_dir}/{pooldir.LOG_FILE}")
+                raise PoolUnavailable(
+                    f"the pool daemon did not start within {SPAWN_TIMEOUT:g}s; see {pool_dir}/{pooldir.LOG_FILE}"
+                )
             # The daemon binds by path: the path must still lead, safely, to the directory we hold.
             pooldir.still_there(fd, pool_dir)
             time.sleep(delay)
@@ -299,9 +327,11 @@ class PoolClient:
         except (OSError, proto.ProtocolError) as e:
             sock.close()
             detail = f"no answer within {HELLO_TIMEOUT:g}s" if isinstance(e, socket.timeout) else str(e)
-            raise PoolUnavailable(f"the process listening on {path} is not a pool daemon of protocol "
-                                  f"{proto.PROTOCOL_VERSION} ({detail}): stop that process, or set pool_dir "
-                                  "to another directory") from None
+            raise PoolUnavailable(
+                f"the process listening on {path} is not a pool daemon of protocol "
+                f"{proto.PROTOCOL_VERSION} ({detail}): stop that process, or set pool_dir "
+                "to another directory"
+            ) from None
         if reply.get("t") == msgs.Reply.ERROR.value and reply.get("kind") == ErrorKind.SHUTDOWN.value:
             sock.close()
             raise _DaemonGone()
@@ -311,9 +341,11 @@ class PoolClient:
         if reply.get("t") != msgs.Reply.HELLO.value or reply.get("version") != proto.PROTOCOL_VERSION:
             sock.close()
             got = reply.get("msg") if reply.get("t") == "error" else f"protocol {str(reply.get('version'))[:20]}"
-            raise PoolUnavailable(f"the pool daemon on {path} refused us or speaks another protocol ({got}; "
-                                  f"we speak {proto.PROTOCOL_VERSION}): stop that process, or set pool_dir "
-                                  "to another directory")
+            raise PoolUnavailable(
+                f"the pool daemon on {path} refused us or speaks another protocol ({got}; "
+                f"we speak {proto.PROTOCOL_VERSION}): stop that process, or set pool_dir "
+                "to another directory"
+            )
         self.daemon_pid = reply.get("pid")
 
     def _socket(self) -> socket.socket:
@@ -329,9 +361,11 @@ class PoolClient:
                     break
                 except _DaemonGone:
                     if attempt == GONE_ATTEMPTS - 1:
-                        raise PoolUnavailable(f"the pool daemon in {self.pool_dir} kept closing our connection "
-                                              f"before saying hello ({GONE_ATTEMPTS} tries); see "
-                                              f"{self.pool_dir}/daemon.log") from None
+                        raise PoolUnavailable(
+                            f"the pool daemon in {self.pool_dir} kept closing our connection "
+                            f"before saying hello ({GONE_ATTEMPTS} tries); see "
+                            f"{self.pool_dir}/daemon.log"
+                        ) from None
             self._sock, self._pid, self._bound = sock, os.getpid(), None
         return self._sock
 
@@ -428,9 +462,12 @@ class PoolClient:
                 return sock, op_id
             except proto.MessageTooLarge as e:
                 # Nothing was sent: the conversation is intact, and the request can never fit.
-                raise PoolFailure(ErrorKind.TOO_LARGE, f"{self._where()}the {message.get('op')} request is too large "
-                                  f"for the pool daemon ({e}): shorten the command or the lists in the connection's "
-                                  "options (known_hosts files, identity files, jump hosts)") from None
+                raise PoolFailure(
+                    ErrorKind.TOO_LARGE,
+                    f"{self._where()}the {message.get('op')} request is too large "
+                    f"for the pool daemon ({e}): shorten the command or the lists in the connection's "
+                    "options (known_hosts files, identity files, jump hosts)",
+                ) from None
             except OSError:
                 self.close()
                 if attempt == 2:
@@ -458,16 +495,21 @@ class PoolClient:
             self.close()
             if wedged:
                 pid = self.daemon_pid
-                raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon (pid {pid}) did not answer in time: it is "
-                                  "stopped or wedged, and the operation's outcome is unknown; see "
-                                  f"{self.pool_dir}/daemon.log, and stop it (kill {pid}) so that the next task "
-                                  "starts another") from None
+                raise PoolFailure(
+                    ErrorKind.DAEMON_LOST,
+                    f"the pool daemon (pid {pid}) did not answer in time: it is "
+                    "stopped or wedged, and the operation's outcome is unknown; see "
+                    f"{self.pool_dir}/daemon.log, and stop it (kill {pid}) so that the next task "
+                    "starts another",
+                ) from None
             within = f"{timeout:g}s" if timeout is not None else "the socket's timeout"
             raise PoolFailure(ErrorKind.RECV_TIMEOUT, f"no reply from the pool daemon within {within}") from None
         except (OSError, proto.ProtocolError) as e:
             self.close()
-            raise PoolFailure(ErrorKind.DAEMON_LOST, f"the pool daemon went away mid-request ({e}); "
-                              "the operation's outcome is unknown") from None
+            raise PoolFailure(
+                ErrorKind.DAEMON_LOST,
+                f"the pool daemon went away mid-request ({e}); the operation's outcome is unknown",
+            ) from None
         finally:
             if timeout is not None and self._sock is sock:
                 # Sends (module data after the escalation) must not inherit the deadline.
@@ -498,8 +540,9 @@ class PoolClient:
         finally:
             self._op, self._deadline = None, None
 
-    def _exec_replies(self, sock: socket.socket, op_id: int, rest: bytes, eof: bool,
-                      command_timeout: Any = None) -> Iterator[Tuple[str, Any]]:
+    def _exec_replies(
+        self, sock: socket.socket, op_id: int, rest: bytes, eof: bool, command_timeout: Any = None
+    ) -> Iterator[Tuple[str, Any]]:
         # Until "started", the daemon connects; then a command with a command_timeout must end (the daemon
         # says so at that limit) within it. Without one, a silent command may run as long as it likes.
         self._deadline = time.monotonic() + start_budget(self._bind or {})

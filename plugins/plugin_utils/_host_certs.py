@@ -58,7 +58,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
             raise CertificateError("truncated certificate")
-        chunk = self.data[self.pos:self.pos + n]
+        chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
 
@@ -136,8 +136,10 @@ class HostCertificate:
 
     def describe(self) -> str:
         """OpenSSH's words: ``ID "web1" serial 7 CA ssh-ed25519 SHA256:…``."""
-        return (f'{self.cert_type} ID "{self.key_id}" serial {self.serial} signed by CA {self.ca_type} '
-                f"{_known_hosts.fingerprint(self.ca_b64)}")
+        return (
+            f'{self.cert_type} ID "{self.key_id}" serial {self.serial} signed by CA {self.ca_type} '
+            f"{_known_hosts.fingerprint(self.ca_b64)}"
+        )
 
     def validity(self) -> str:
         return f"valid from {_when(self.valid_after)} to {_when(self.valid_before)}"
@@ -169,7 +171,7 @@ def parse(blob: bytes) -> HostCertificate:
     start = r.pos
     for _field in range(_KEY_FIELDS[key_type]):
         r.string()
-    key = _string(key_type.encode()) + blob[start:r.pos]
+    key = _string(key_type.encode()) + blob[start : r.pos]
     serial = r.uint64()
     kind = r.uint32()
     key_id = r.text()
@@ -187,8 +189,22 @@ def parse(blob: bytes) -> HostCertificate:
     signature = r.string()
     if not r.done():
         raise CertificateError("trailing data after the certificate's signature")
-    return HostCertificate(cert_type, key_type, key, serial, kind, key_id, tuple(principals), valid_after,
-                           valid_before, critical, extensions, ca_key, signature, blob[:signed_end])
+    return HostCertificate(
+        cert_type,
+        key_type,
+        key,
+        serial,
+        kind,
+        key_id,
+        tuple(principals),
+        valid_after,
+        valid_before,
+        critical,
+        extensions,
+        ca_key,
+        signature,
+        blob[:signed_end],
+    )
 
 
 # -- the CA's signature ------------------------------------------------------------------------
@@ -213,8 +229,11 @@ def _signature_error(cert: HostCertificate) -> Optional[str]:
             ed25519.Ed25519PublicKey.from_public_bytes(ca.string()).verify(raw, cert.signed_data)
             return None
         if ca_type.startswith("ecdsa-sha2-") and algorithm == ca_type:
-            curves = {"nistp256": (ec.SECP256R1(), hashes.SHA256()), "nistp384": (ec.SECP384R1(), hashes.SHA384()),
-                      "nistp521": (ec.SECP521R1(), hashes.SHA512())}
+            curves = {
+                "nistp256": (ec.SECP256R1(), hashes.SHA256()),
+                "nistp384": (ec.SECP384R1(), hashes.SHA384()),
+                "nistp521": (ec.SECP521R1(), hashes.SHA512()),
+            }
             curve_name = ca.text()
             if curve_name not in curves or ca_type != f"ecdsa-sha2-{curve_name}":
                 return f"the CA's key has an unknown curve ({curve_name})"
@@ -228,8 +247,9 @@ def _signature_error(cert: HostCertificate) -> Optional[str]:
             if n.bit_length() < RSA_MINIMUM_BITS:
                 return f"the CA's RSA key is too small ({n.bit_length()} bits)"
             digest_for = {"rsa-sha2-256": hashes.SHA256(), "rsa-sha2-512": hashes.SHA512()}
-            rsa.RSAPublicNumbers(e, n).public_key().verify(raw, cert.signed_data, padding.PKCS1v15(),
-                                                           digest_for[algorithm])
+            rsa.RSAPublicNumbers(e, n).public_key().verify(
+                raw, cert.signed_data, padding.PKCS1v15(), digest_for[algorithm]
+            )
             return None
         return f"the CA's {ca_type} key cannot make {algorithm} signatures"
     except InvalidSignature:
@@ -266,8 +286,9 @@ def _principal_matches(principal: str, name: str) -> bool:
     return _known_hosts.glob(principal.lower(), name.lower())
 
 
-def check(blob: bytes, entries: Iterable[KnownHost], name: str, principal_names: Sequence[str],
-          now: Optional[float] = None) -> CertVerdict:
+def check(
+    blob: bytes, entries: Iterable[KnownHost], name: str, principal_names: Sequence[str], now: Optional[float] = None
+) -> CertVerdict:
     """Check the host certificate ``blob`` the server offered.
 
     ``name`` is the known_hosts name (``host`` or ``[host]:port``) the CA lines must match;
@@ -282,13 +303,15 @@ def check(blob: bytes, entries: Iterable[KnownHost], name: str, principal_names:
     for key, what in ((cert.key_b64, "host key"), (cert.ca_b64, "certificate authority")):
         revoked = _known_hosts.revoked(entries, key)
         if revoked is not None:
-            return CertVerdict(CertStatus.REVOKED, f"the certificate's {what} is marked @revoked in {revoked.where}",
-                               revoked, cert)
+            return CertVerdict(
+                CertStatus.REVOKED, f"the certificate's {what} is marked @revoked in {revoked.where}", revoked, cert
+            )
     ca = next((e for e in _known_hosts.cert_authorities(entries, name) if e.key == cert.ca_b64), None)
     if ca is None:
         listed = _known_hosts.cert_authorities(entries, name)
-        reason = (f"no @cert-authority line for {name} lists its CA {_known_hosts.fingerprint(cert.ca_b64)}"
-                  + (f" (lines for other CAs: {', '.join(e.where for e in listed)})" if listed else ""))
+        reason = f"no @cert-authority line for {name} lists its CA {_known_hosts.fingerprint(cert.ca_b64)}" + (
+            f" (lines for other CAs: {', '.join(e.where for e in listed)})" if listed else ""
+        )
         return CertVerdict(CertStatus.NO_CA, reason, None, cert)
     reason = _invalid(cert, principal_names, time.time() if now is None else now)
     if reason:
@@ -302,8 +325,9 @@ def _invalid(cert: HostCertificate, principal_names: Sequence[str], now: float) 
     if signature:
         return signature
     if cert.kind != HOST_CERT:
-        return "Certificate invalid: not a host certificate" + (" (a user certificate)" if cert.kind == USER_CERT
-                                                                   else "")
+        return "Certificate invalid: not a host certificate" + (
+            " (a user certificate)" if cert.kind == USER_CERT else ""
+        )
     if now < cert.valid_after:
         return f"Certificate invalid: not yet valid ({cert.validity()})"
     if now >= cert.valid_before:
@@ -311,8 +335,10 @@ def _invalid(cert: HostCertificate, principal_names: Sequence[str], now: float) 
     if not cert.principals:
         return "Certificate lacks principal list"
     if not any(_principal_matches(p, n) for p in cert.principals for n in principal_names):
-        return (f"Certificate invalid: name is not a listed principal ({' or '.join(principal_names)} not in "
-                f"{', '.join(cert.principals)})")
+        return (
+            f"Certificate invalid: name is not a listed principal ({' or '.join(principal_names)} not in "
+            f"{', '.join(cert.principals)})"
+        )
     if cert.critical_options:
         return "Certificate contains unsupported critical options"
     return ""
@@ -323,9 +349,15 @@ def certificate_types(key_types: Iterable[str]) -> List[str]:
     return [f"{t}{CERT_SUFFIX}" for t in key_types if not is_certificate_type(t)]
 
 
-def verify_offer(entries: Iterable[KnownHost], name: str, principal_names: Sequence[str], keytype: str, key: str,
-                 cert_blob: Optional[bytes] = None,
-                 now: Optional[float] = None) -> Tuple[_known_hosts.Verdict, Optional[CertVerdict]]:
+def verify_offer(
+    entries: Iterable[KnownHost],
+    name: str,
+    principal_names: Sequence[str],
+    keytype: str,
+    key: str,
+    cert_blob: Optional[bytes] = None,
+    now: Optional[float] = None,
+) -> Tuple[_known_hosts.Verdict, Optional[CertVerdict]]:
     """The decision on what the server offered, as ssh makes it: a certificate from a listed CA
     is enough; a revoked certificate key or CA ends it; otherwise the plain key must be known
     (ssh's "Retry with plain key"). ``keytype`` and ``key`` are the plain key's; the certificate

@@ -166,8 +166,10 @@ def cert_authorities(entries: Iterable[KnownHost], name: str) -> List[KnownHost]
 
 def _same_family(a: str, b: str) -> bool:
     """rsa-sha2-* signatures use an ``ssh-rsa`` key."""
+
     def family(t: str) -> str:
         return "ssh-rsa" if t.startswith("rsa-sha2") else t
+
     return family(a) == family(b)
 
 
@@ -215,8 +217,10 @@ class UnsafeHostName(ValueError):
 def check_recordable(name: str, keytype: str, key: str) -> None:
     """Refuse a line that would say more than "this host has this key"."""
     if not _RECORDABLE_NAME.fullmatch(name):
-        raise UnsafeHostName(f"host name {name!r} has characters a known_hosts entry must not hold "
-                             "(only letters, digits and . _ : % - are recorded); not recorded")
+        raise UnsafeHostName(
+            f"host name {name!r} has characters a known_hosts entry must not hold "
+            "(only letters, digits and . _ : % - are recorded); not recorded"
+        )
     if not _RECORDABLE_KEYTYPE.fullmatch(keytype):
         raise UnsafeHostName(f"key type {keytype!r} is not a plain key type name; not recorded")
     try:

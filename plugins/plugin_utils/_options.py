@@ -106,8 +106,9 @@ def seconds_plain(get_option: GetOption, name: str) -> float:
     return number
 
 
-def connection_spec(get_option: GetOption, inventory_host: str,
-                    environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+def connection_spec(
+    get_option: GetOption, inventory_host: str, environ: Optional[Mapping[str, str]] = None
+) -> Dict[str, Any]:
     """What the daemon needs to open (or find) a transport for this host."""
     environ = os.environ if environ is None else environ
     addr = str(get_option("remote_addr") or inventory_host)
@@ -129,10 +130,14 @@ def connection_spec(get_option: GetOption, inventory_host: str,
     if port == 22 and "port" in found:
         port = found["port"]
     user = get_option("remote_user") or found.get("user") or _local_user(environ)
-    check_host_name("remote_addr (ansible_host)", addr,
-                    "the HostName of ssh_config_file" if "hostname" in found else "")
-    check_user_name("remote_user (ansible_user)", str(user),
-                    "the User of ssh_config_file" if not get_option("remote_user") and "user" in found else "")
+    check_host_name(
+        "remote_addr (ansible_host)", addr, "the HostName of ssh_config_file" if "hostname" in found else ""
+    )
+    check_user_name(
+        "remote_user (ansible_user)",
+        str(user),
+        "the User of ssh_config_file" if not get_option("remote_user") and "user" in found else "",
+    )
     password = get_option("password")
     key_file = get_option("private_key_file") or found.get("identityfile")
     known_hosts = os.path.expanduser(str(get_option("known_hosts_file") or "~/.ssh/known_hosts"))
@@ -179,8 +184,15 @@ def key_fingerprint(path: Optional[str]) -> Optional[str]:
         return None
 
 
-def _proxy(get_option: GetOption, found: Dict[str, Any], config_file: Optional[str], addr: str, port: int,
-           user: str, environ: Mapping[str, str]) -> Tuple[Optional[str], List[Dict[str, Any]]]:
+def _proxy(
+    get_option: GetOption,
+    found: Dict[str, Any],
+    config_file: Optional[str],
+    addr: str,
+    port: int,
+    user: str,
+    environ: Mapping[str, str],
+) -> Tuple[Optional[str], List[Dict[str, Any]]]:
     """The proxy command (its tokens filled in) or the jump hops, from the inventory or else ssh_config."""
     proxy_command = get_option("proxy_command") or None
     jump_spec = _optional(get_option, "proxy_jump") or None
@@ -261,8 +273,9 @@ def _check_name(option: str, value: str, source: str, refused: FrozenSet[str], w
         reason = f"contains {_describe(bad)}"
     else:
         return
-    raise OptionError(f"{option}: the {what} {value!r}{where} {reason}; OpenSSH refuses such {what}s: "
-                      f"fix the inventory")
+    raise OptionError(
+        f"{option}: the {what} {value!r}{where} {reason}; OpenSSH refuses such {what}s: fix the inventory"
+    )
 
 
 def check_host_name(option: str, value: str, source: str = "") -> None:

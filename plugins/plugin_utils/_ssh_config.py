@@ -36,7 +36,7 @@ def parse_jump(value: Optional[str]) -> List[Dict[str, Any]]:
     for raw in value.split(","):
         text = raw.strip()
         if text.startswith("ssh://"):
-            text = text[len("ssh://"):].rstrip("/")
+            text = text[len("ssh://") :].rstrip("/")
         match = _HOP.match(text)
         if not match:
             raise JumpSpecError(f"cannot parse jump host {raw.strip()!r}: expected [user@]host[:port]")

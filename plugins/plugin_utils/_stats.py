@@ -11,21 +11,53 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 #: Counters that only grow; a playbook's share is the difference between two readings.
 CUMULATIVE = (
-    "poolHits", "poolMisses", "healthCheckFailures", "healthChecksPassed", "connectFailures", "exhausted",
-    "closedIdle", "closedDead", "evicted", "channelsRefused", "waits", "waitSeconds", "directConnections",
+    "poolHits",
+    "poolMisses",
+    "healthCheckFailures",
+    "healthChecksPassed",
+    "connectFailures",
+    "exhausted",
+    "closedIdle",
+    "closedDead",
+    "evicted",
+    "channelsRefused",
+    "waits",
+    "waitSeconds",
+    "directConnections",
 )
 #: Gauges: a reading is the current value.
-GAUGES = ("activeConnections", "idleConnections", "totalConnections", "waiting", "connecting", "channelsInUse",
-          "peakConnections")
+GAUGES = (
+    "activeConnections",
+    "idleConnections",
+    "totalConnections",
+    "waiting",
+    "connecting",
+    "channelsInUse",
+    "peakConnections",
+)
 
 #: (heading, counter) of the end-of-play table; "saved" are the handshakes a hit did not pay.
 TABLE_COLUMNS: Sequence[Tuple[str, str]] = (
-    ("hits", "poolHits"), ("misses", "poolMisses"), ("saved", "poolHits"), ("transports", "totalConnections"),
-    ("hc_ok", "healthChecksPassed"), ("hc_failed", "healthCheckFailures"), ("wait_s", "waitSeconds"),
+    ("hits", "poolHits"),
+    ("misses", "poolMisses"),
+    ("saved", "poolHits"),
+    ("transports", "totalConnections"),
+    ("hc_ok", "healthChecksPassed"),
+    ("hc_failed", "healthCheckFailures"),
+    ("wait_s", "waitSeconds"),
 )
-CLI_COLUMNS: Sequence[Tuple[str, str]] = tuple((c, c) for c in (
-    "poolHits", "poolMisses", "totalConnections", "activeConnections", "idleConnections", "healthChecksPassed",
-    "healthCheckFailures"))
+CLI_COLUMNS: Sequence[Tuple[str, str]] = tuple(
+    (c, c)
+    for c in (
+        "poolHits",
+        "poolMisses",
+        "totalConnections",
+        "activeConnections",
+        "idleConnections",
+        "healthChecksPassed",
+        "healthCheckFailures",
+    )
+)
 
 
 def _diff(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
@@ -59,8 +91,10 @@ def render_table(data: Dict[str, Any], columns: Sequence[Tuple[str, str]] = CLI_
     width = max([len(name) for name, _values in rows] + [4])
     lines = [f"{'host':<{width}}  " + "  ".join(heading for heading, _key in columns)]
     for name, values in rows:
-        lines.append(f"{name:<{width}}  " + "  ".join(
-            f"{_cell(values.get(counter, 0)):>{len(heading)}}" for heading, counter in columns))
+        lines.append(
+            f"{name:<{width}}  "
+            + "  ".join(f"{_cell(values.get(counter, 0)):>{len(heading)}}" for heading, counter in columns)
+        )
     return "\n".join(lines)
 
 

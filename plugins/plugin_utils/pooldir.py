@@ -81,10 +81,15 @@ class _Walk:
             # A sticky directory (/tmp) lets others add entries but not rename or remove ours.
             if st.st_mode & stat.S_ISVTX and next_owner == self.uid:
                 return
-            writers = "its group and others" if st.st_mode & 0o022 == 0o022 else (
-                "its group" if st.st_mode & 0o020 else "others")
-            raise self.refuse(f"{shown} (mode {st.st_mode & 0o7777:04o}) is writable by {writers}, who could "
-                              "replace the pool directory")
+            writers = (
+                "its group and others"
+                if st.st_mode & 0o022 == 0o022
+                else ("its group" if st.st_mode & 0o020 else "others")
+            )
+            raise self.refuse(
+                f"{shown} (mode {st.st_mode & 0o7777:04o}) is writable by {writers}, who could "
+                "replace the pool directory"
+            )
 
 
 def _lstat_at(fd: int, name: str) -> Optional[os.stat_result]:
@@ -132,8 +137,10 @@ def open_pool_dir(path: str, create: bool = True, uid: Optional[int] = None) -> 
                     raise walk.refuse(f"{os.path.join(shown, name)} vanished while it was created")
             if not todo and not stat.S_ISLNK(st.st_mode) and st.st_uid != uid:
                 # The pool directory itself is another user's: say that, before what its parent allows.
-                raise PoolDirError(f"pool directory {path} is owned by {_who(st.st_uid)}, not you ({uid}): "
-                                   "set pool_dir to a directory of your own")
+                raise PoolDirError(
+                    f"pool directory {path} is owned by {_who(st.st_uid)}, not you ({uid}): "
+                    "set pool_dir to a directory of your own"
+                )
             walk.check_parent(fd, shown, st.st_uid)
             here = os.path.join(shown, name)
             if stat.S_ISLNK(st.st_mode):
@@ -167,11 +174,15 @@ def check_pool_fd(fd: int, path: str, uid: Optional[int] = None) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise PoolDirError(f"pool directory {path} is not a directory: remove it or set pool_dir")
     if st.st_uid != uid:
-        raise PoolDirError(f"pool directory {path} is owned by {_who(st.st_uid)}, not you ({uid}): "
-                           "set pool_dir to a directory of your own")
+        raise PoolDirError(
+            f"pool directory {path} is owned by {_who(st.st_uid)}, not you ({uid}): "
+            "set pool_dir to a directory of your own"
+        )
     if st.st_mode & 0o077:
-        raise PoolDirError(f"pool directory {path} has mode {st.st_mode & 0o777:04o}, which lets others in: "
-                           f"run 'chmod 700 {path}' or set pool_dir")
+        raise PoolDirError(
+            f"pool directory {path} has mode {st.st_mode & 0o777:04o}, which lets others in: "
+            f"run 'chmod 700 {path}' or set pool_dir"
+        )
 
 
 def still_there(fd: int, path: str) -> None:
@@ -180,8 +191,10 @@ def still_there(fd: int, path: str) -> None:
     try:
         a, b = os.fstat(fd), os.fstat(again)
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
-            raise PoolDirError(f"pool directory {path} was replaced by another directory while we used it; "
-                               "find out who did it, or set pool_dir")
+            raise PoolDirError(
+                f"pool directory {path} was replaced by another directory while we used it; "
+                "find out who did it, or set pool_dir"
+            )
     finally:
         os.close(again)
 

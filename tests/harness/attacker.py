@@ -28,7 +28,7 @@ STOP_TIMEOUT = 10.0
 
 # Runs as the hostile user with the system interpreter (the controller's may be unreachable to it).
 # Standard library only: it must not need the collection to speak the wire format.
-_SWAPPER = r'''
+_SWAPPER = r"""
 import json, os, socket, struct, sys, threading, time
 
 pool, sock_name, version, record, log_path, ready = sys.argv[1:7]
@@ -94,7 +94,7 @@ while True:
     conn, _ = listener.accept()
     log("accepted a connection")
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
-'''
+"""
 
 
 class HostileUser:
@@ -103,8 +103,13 @@ class HostileUser:
     def __init__(self) -> None:
         needs_root("creating a throwaway user needs useradd")
         self.name = f"hx{uuid.uuid4().hex[:10]}"
-        proc = subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", self.name],
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", self.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if proc.returncode != 0:
             raise HarnessError(f"useradd {self.name} failed: {proc.stderr.strip()}")
         entry = pwd.getpwnam(self.name)
@@ -141,14 +146,33 @@ class PoolDirSwapper:
         os.chown(script, self.user.uid, self.user.gid)
         with open(self.own / "swapper.stderr", "wb") as err:
             self._proc = subprocess.Popen(
-                [target_python(), "-I", str(script), str(self.pool_dir), socket_name, str(protocol_version),
-                 str(self.record), str(self.log), str(self._ready)],
-                user=self.user.uid, group=self.user.gid, extra_groups=[], cwd=str(self.own),
-                env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=err, start_new_session=True)
+                [
+                    target_python(),
+                    "-I",
+                    str(script),
+                    str(self.pool_dir),
+                    socket_name,
+                    str(protocol_version),
+                    str(self.record),
+                    str(self.log),
+                    str(self._ready),
+                ],
+                user=self.user.uid,
+                group=self.user.gid,
+                extra_groups=[],
+                cwd=str(self.own),
+                env={"PATH": "/usr/bin:/bin"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
         proc = self._proc
-        wait_until(lambda: self._ready.exists() or proc.poll() is not None, START_TIMEOUT,
-                   what="the swapper to watch the pool directory")
+        wait_until(
+            lambda: self._ready.exists() or proc.poll() is not None,
+            START_TIMEOUT,
+            what="the swapper to watch the pool directory",
+        )
         if proc.poll() is not None:
             raise HarnessError(f"the swapper exited: {self.stderr()}")
 

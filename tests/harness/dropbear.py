@@ -61,8 +61,7 @@ def ensure_dropbear() -> str:
 
 def dropbear_version(binary: Optional[str] = None) -> str:
     """``2022.83``: decides which upstream bugs the server has."""
-    proc = subprocess.run([binary or ensure_dropbear(), "-V"], capture_output=True, text=True, timeout=30,
-                          check=False)
+    proc = subprocess.run([binary or ensure_dropbear(), "-V"], capture_output=True, text=True, timeout=30, check=False)
     match = re.search(r"Dropbear v(\S+)", proc.stderr + proc.stdout)
     if not match:
         raise HarnessError(f"cannot read the Dropbear version: {proc.stderr!r}")
@@ -136,10 +135,10 @@ class DropbearHost(SshdHost):
         """An ed25519 host key in Dropbear's format, and its public half as ``<key>.pub``."""
         if path.exists():
             path.unlink()
-        subprocess.run(["dropbearkey", "-t", "ed25519", "-f", str(path)], check=True, timeout=60,
-                       capture_output=True)
-        proc = subprocess.run(["dropbearkey", "-y", "-f", str(path)], check=True, timeout=60,
-                              capture_output=True, text=True)
+        subprocess.run(["dropbearkey", "-t", "ed25519", "-f", str(path)], check=True, timeout=60, capture_output=True)
+        proc = subprocess.run(
+            ["dropbearkey", "-y", "-f", str(path)], check=True, timeout=60, capture_output=True, text=True
+        )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ssh-")), None)
         if line is None:
             raise HarnessError(f"dropbearkey -y printed no public key: {proc.stdout!r}")

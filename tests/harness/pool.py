@@ -14,13 +14,18 @@ CLI_MODULE = "ansible_collections.healer.pooled_ssh.plugins.plugin_utils._cli"
 PID_FILE = "daemon-v2.pid"
 
 
-def cli(collections_root: Union[str, Path], pool_dir: Union[str, Path], *args: str,
-        check: bool = True) -> subprocess.CompletedProcess:
+def cli(
+    collections_root: Union[str, Path], pool_dir: Union[str, Path], *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the documented ``python -m …_cli`` command against ``pool_dir``."""
     env = dict(os.environ, PYTHONPATH=str(collections_root))
     proc = subprocess.run(
         [sys.executable, "-m", CLI_MODULE, "--pool-dir", str(pool_dir), *args],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"pooled-ssh {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")

@@ -463,8 +463,13 @@ class FaultProxy:
         fault = self._reply_drop
         if fault is not None:
             conn = self._conns.get(d.src)
-            if fault.conn is None and conn is not None and d is conn.c2u and len(data) >= fault.min_bytes \
-                    and (fault.when is None or fault.when()):
+            if (
+                fault.conn is None
+                and conn is not None
+                and d is conn.c2u
+                and len(data) >= fault.min_bytes
+                and (fault.when is None or fault.when())
+            ):
                 fault.conn, fault.caught = conn, len(data)
                 self._drop_replies(conn)
                 fault.triggered.set()

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import List, Sequence
 
 #: Runs a command under a soft descriptor limit (the hard limit is left alone).
-_UNDER_LIMIT = ("import os, resource, sys; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
-                "resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(sys.argv[1]), hard), hard)); "
-                "os.execv(sys.argv[2], sys.argv[2:])")
+_UNDER_LIMIT = (
+    "import os, resource, sys; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (min(int(sys.argv[1]), hard), hard)); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 def under_nofile(soft: int, argv: Sequence[str]) -> List[str]:
@@ -27,5 +29,7 @@ def spread_inventory(path: Path, fleet, names: int) -> Path:
         "all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
         f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
         f"    ansible_python_interpreter: {fleet.python}\n"
-        "  children:\n    fleet:\n      hosts:\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        "  children:\n    fleet:\n      hosts:\n" + "\n".join(lines) + "\n",
+        encoding="utf-8",
+    )
     return path

@@ -313,7 +313,7 @@ def private_mounts(binds: Sequence[Tuple[Path, str]], hide: Sequence[str] = ()) 
     own (its own ``.bashrc``, its own ``~/.ssh``) or no sftp-server, and nothing changes for
     the rest of the machine; the mounts vanish with the namespace's last process."""
     needs_root("a private mount namespace (unshare --mount)")
-    script = ['set -e']
+    script = ["set -e"]
     args: List[str] = []
     for source, target in binds:
         args += [str(source), target]
@@ -321,7 +321,7 @@ def private_mounts(binds: Sequence[Tuple[Path, str]], hide: Sequence[str] = ()) 
     for directory in hide:
         args.append(directory)
         script.append(f'mount -t tmpfs -o size=64k,mode=755 none "${{{len(args)}}}"')
-    script.append(f'shift {len(args)}')
+    script.append(f"shift {len(args)}")
     script.append('exec "$@"')
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script), "sh", *args]
 

@@ -31,8 +31,9 @@ SECOND_PASSWORD = "healer-Test2-pw-2"
 @pytest.mark.parametrize("how", ["ansible_password", "ansible_pooled_ssh_private_key_passphrase"])
 def test_encrypted_key_with_its_passphrase(make_fleet, make_runner, tmp_path, pool_dir, how):
     fleet = make_fleet(count=1, encrypted_key_passphrase=ENCRYPTED_KEY_PASSPHRASE)
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", key=fleet.encrypted_key,
-                                      group_vars={how: ENCRYPTED_KEY_PASSPHRASE})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", key=fleet.encrypted_key, group_vars={how: ENCRYPTED_KEY_PASSPHRASE}
+    )
     result = make_runner(fleet, extra_env=NO_KEYS).playbook(PLAY, inventory, env=NO_AGENT)
     assert result.rc == 0, result.output_tail()
     log = fleet.hosts[0].log_text()
@@ -53,8 +54,9 @@ def ssh_agent() -> Iterator[str]:
     """A real ssh-agent in the foreground (-D), stopped in teardown; yields its socket."""
     directory = short_tempdir("ha-")
     sock = str(directory / "agent.sock")
-    proc = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_until(lambda: os.path.exists(sock), 10, what="ssh-agent socket")
         yield sock
@@ -70,8 +72,13 @@ def ssh_agent() -> Iterator[str]:
 
 def test_ssh_agent_keys_of_the_worker(make_fleet, make_runner, tmp_path, pool_dir, ssh_agent):
     fleet = make_fleet(count=2)
-    subprocess.run(["ssh-add", str(fleet.client_key)], env=dict(os.environ, SSH_AUTH_SOCK=ssh_agent), check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["ssh-add", str(fleet.client_key)],
+        env=dict(os.environ, SSH_AUTH_SOCK=ssh_agent),
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", use_key=False)
     assert "private_key_file" not in inventory.read_text()
     result = make_runner(fleet, extra_env=NO_KEYS).playbook(PLAY, inventory, env={"SSH_AUTH_SOCK": ssh_agent})
@@ -100,8 +107,9 @@ def _ensure_second_user() -> None:
     try:
         pwd.getpwnam(SECOND_USER)
     except KeyError:
-        proc = subprocess.run(["useradd", "-m", "-s", "/bin/bash", SECOND_USER], capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            ["useradd", "-m", "-s", "/bin/bash", SECOND_USER], capture_output=True, text=True, timeout=60, check=False
+        )
         if proc.returncode not in (0, 9):
             raise RuntimeError(proc.stderr) from None
     set_password(SECOND_USER, SECOND_PASSWORD)  # also unlocks the account (UsePAM no refuses locked ones)

@@ -31,11 +31,13 @@ def unreachable_message(stdout: str, host: str) -> str:
     return json.loads(line.split("=>", 1)[1])["msg"]
 
 
-def test_password_only_host_logs_in_once_and_reuses_the_transport(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                  collections_root):
+def test_password_only_host_logs_in_once_and_reuses_the_transport(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=2, password=DEFAULT_PASSWORD, extra_config=["PubkeyAuthentication no"])
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", use_key=False,
-                                      group_vars={"ansible_password": DEFAULT_PASSWORD})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", use_key=False, group_vars={"ansible_password": DEFAULT_PASSWORD}
+    )
     runner = make_runner(fleet, extra_env=NO_KEYS)
     result = runner.playbook(FOUR_TASKS, inventory, env=NO_AGENT)
     assert result.rc == 0, result.output_tail()
@@ -51,24 +53,34 @@ def test_password_only_host_logs_in_once_and_reuses_the_transport(make_fleet, ma
 def test_keyboard_interactive_password(make_fleet, make_runner, tmp_path, pool_dir):
     # sshd answers keyboard-interactive with passwords only through PAM (with UsePAM no it has no
     # password device on Linux), so this host runs with PAM.
-    fleet = make_fleet(count=1, password=DEFAULT_PASSWORD, extra_config=[
-        "PasswordAuthentication no", "KbdInteractiveAuthentication yes", "UsePAM yes", "PubkeyAuthentication no"])
+    fleet = make_fleet(
+        count=1,
+        password=DEFAULT_PASSWORD,
+        extra_config=[
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication yes",
+            "UsePAM yes",
+            "PubkeyAuthentication no",
+        ],
+    )
     host = fleet.hosts[0]
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", use_key=False,
-                                      group_vars={"ansible_password": DEFAULT_PASSWORD})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", use_key=False, group_vars={"ansible_password": DEFAULT_PASSWORD}
+    )
     result = make_runner(fleet, extra_env=NO_KEYS).playbook(FOUR_TASKS, inventory, env=NO_AGENT)
     assert result.rc == 0, result.output_tail()
     assert len(re.findall(r"Accepted keyboard-interactive(/pam)? for ", host.log_text())) == 1, host.log_tail()
     assert host.accepted_count("password") == 0
 
 
-def test_wrong_password_is_one_clear_line_and_not_retried(make_fleet, make_runner, tmp_path, pool_dir,
-                                                          collections_root):
-    fleet = make_fleet(count=1, password=DEFAULT_PASSWORD,
-                       extra_config=["PubkeyAuthentication no", "MaxAuthTries 2"])
+def test_wrong_password_is_one_clear_line_and_not_retried(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
+    fleet = make_fleet(count=1, password=DEFAULT_PASSWORD, extra_config=["PubkeyAuthentication no", "MaxAuthTries 2"])
     host = fleet.hosts[0]
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", use_key=False,
-                                      group_vars={"ansible_password": "wrong-password"})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", use_key=False, group_vars={"ansible_password": "wrong-password"}
+    )
     runner = make_runner(fleet, extra_env=NO_KEYS)
     play = """
 - hosts: fleet
@@ -85,8 +97,9 @@ def test_wrong_password_is_one_clear_line_and_not_retried(make_fleet, make_runne
     assert f"{host.address}:{host.port}: authentication failed for user '{fleet.user}'" in first, first
     assert "\n" not in first and "Traceback" not in result.stdout + result.stderr
     # Three tasks, one attempt at the server: the next two were answered from the remembered failure.
-    messages = [json.loads(ln.split("=>", 1)[1])["msg"] for ln in result.stdout.splitlines()
-                if "[host1]: UNREACHABLE!" in ln]
+    messages = [
+        json.loads(ln.split("=>", 1)[1])["msg"] for ln in result.stdout.splitlines() if "[host1]: UNREACHABLE!" in ln
+    ]
     assert len(messages) == 3 and all("authentication failed" in m for m in messages), messages
     assert sum("not retried" in m and "remembered for 30s" in m for m in messages) == 2, messages
     failures = len(re.findall(r"Failed (password|none|keyboard-interactive\S*) for ", host.log_text()))
@@ -100,14 +113,17 @@ def test_wrong_password_is_one_clear_line_and_not_retried(make_fleet, make_runne
     assert len(re.findall(r"Failed (password|none|keyboard-interactive\S*) for ", host.log_text())) == failures
 
 
-def test_changed_inventory_password_never_gets_the_old_transport(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                 collections_root):
+def test_changed_inventory_password_never_gets_the_old_transport(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=1, password=DEFAULT_PASSWORD, extra_config=["PubkeyAuthentication no"])
     host = fleet.hosts[0]
-    good = fleet.write_inventory(tmp_path / "good.yml", use_key=False,
-                                 group_vars={"ansible_password": DEFAULT_PASSWORD})
-    other = fleet.write_inventory(tmp_path / "other.yml", use_key=False,
-                                  group_vars={"ansible_password": "another-password"})
+    good = fleet.write_inventory(
+        tmp_path / "good.yml", use_key=False, group_vars={"ansible_password": DEFAULT_PASSWORD}
+    )
+    other = fleet.write_inventory(
+        tmp_path / "other.yml", use_key=False, group_vars={"ansible_password": "another-password"}
+    )
     runner = make_runner(fleet, extra_env=NO_KEYS)
     assert runner.playbook(FOUR_TASKS, good, env=NO_AGENT).rc == 0
     assert host.accepted_count("password") == 1

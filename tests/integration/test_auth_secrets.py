@@ -19,8 +19,9 @@ def _ensure_become_user() -> None:
     try:
         pwd.getpwnam(BECOME_USER)
     except KeyError:
-        proc = subprocess.run(["useradd", "-m", "-s", "/bin/bash", BECOME_USER], capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            ["useradd", "-m", "-s", "/bin/bash", BECOME_USER], capture_output=True, text=True, timeout=60, check=False
+        )
         if proc.returncode not in (0, 9):
             raise RuntimeError(proc.stderr) from None
     set_password(BECOME_USER, BECOME_PASSWORD)
@@ -36,12 +37,23 @@ def test_no_secret_in_vvvv_output_or_daemon_files(make_fleet, make_runner, tmp_p
     _ensure_become_user()
     fleet = make_fleet(count=2, password=DEFAULT_PASSWORD, encrypted_key_passphrase=ENCRYPTED_KEY_PASSPHRASE)
     password_host, key_host = fleet.hosts
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", use_key=False, host_vars={
-        "host1": {"ansible_password": DEFAULT_PASSWORD},
-        "host2": {"ansible_ssh_private_key_file": str(fleet.encrypted_key),
-                  "ansible_pooled_ssh_private_key_passphrase": ENCRYPTED_KEY_PASSPHRASE},
-    }, group_vars={"ansible_become_method": "su", "ansible_become_user": BECOME_USER,
-                   "ansible_become_password": BECOME_PASSWORD, "ansible_shell_allow_world_readable_temp": True})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        use_key=False,
+        host_vars={
+            "host1": {"ansible_password": DEFAULT_PASSWORD},
+            "host2": {
+                "ansible_ssh_private_key_file": str(fleet.encrypted_key),
+                "ansible_pooled_ssh_private_key_passphrase": ENCRYPTED_KEY_PASSPHRASE,
+            },
+        },
+        group_vars={
+            "ansible_become_method": "su",
+            "ansible_become_user": BECOME_USER,
+            "ansible_become_password": BECOME_PASSWORD,
+            "ansible_shell_allow_world_readable_temp": True,
+        },
+    )
     play = f"""
 - hosts: fleet
   gather_facts: false
@@ -60,8 +72,11 @@ def test_no_secret_in_vvvv_output_or_daemon_files(make_fleet, make_runner, tmp_p
         path = Path(pool_dir) / name
         places[name] = path.read_text(errors="replace") if path.exists() else ""
     assert "started pid=" in places["daemon.log"]
-    secrets = {"login password": DEFAULT_PASSWORD, "key passphrase": ENCRYPTED_KEY_PASSPHRASE,
-               "become password": BECOME_PASSWORD}
+    secrets = {
+        "login password": DEFAULT_PASSWORD,
+        "key passphrase": ENCRYPTED_KEY_PASSPHRASE,
+        "become password": BECOME_PASSWORD,
+    }
     for n, line in enumerate(_key_material(fleet.encrypted_key) + _key_material(fleet.client_key)):
         secrets[f"private key line {n}"] = line
     leaks = [(what, where) for what, secret in secrets.items() for where, text in places.items() if secret in text]

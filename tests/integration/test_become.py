@@ -37,8 +37,13 @@ def ensure_sudo() -> None:
     if not os.access("/usr/bin/sudo", os.X_OK):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update"], env=env, check=True, timeout=600, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "sudo"], env=env, check=True,
-                       timeout=900, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "sudo"],
+            env=env,
+            check=True,
+            timeout=900,
+            capture_output=True,
+        )
 
 
 def ensure_user(name: str, password: str) -> None:
@@ -47,8 +52,9 @@ def ensure_user(name: str, password: str) -> None:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        proc = subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            ["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True, timeout=60, check=False
+        )
         if proc.returncode not in (0, 9):
             raise RuntimeError(f"useradd {name}: {proc.stderr}") from None
     set_password(name, password)
@@ -93,8 +99,9 @@ def fleet1(make_fleet):
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "no-pipelining"])
 def test_sudo_with_a_password(fleet1, make_runner, sudoers, tmp_path, pool_dir, collections_root, pipelining):
     sudoers(_password_rule(fleet1.user))
-    inventory = fleet1.write_inventory(tmp_path / "inventory.yml",
-                                       group_vars={"ansible_become_password": DEFAULT_PASSWORD})
+    inventory = fleet1.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_become_password": DEFAULT_PASSWORD}
+    )
     runner = make_runner(fleet1, pipelining=pipelining)
     run = runner.run_json(ID_PLAY, inventory, "-vvv")
     assert run.rc == 0, run.result.output_tail()
@@ -117,8 +124,9 @@ def test_sudo_without_a_password(fleet1, make_runner, sudoers, tmp_path, pool_di
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "no-pipelining"])
 def test_wrong_sudo_password_fails_fast_and_clearly(fleet1, make_runner, sudoers, tmp_path, pool_dir, pipelining):
     sudoers(_password_rule(fleet1.user))
-    inventory = fleet1.write_inventory(tmp_path / "inventory.yml",
-                                       group_vars={"ansible_become_password": "not-the-password"})
+    inventory = fleet1.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_become_password": "not-the-password"}
+    )
     run = make_runner(fleet1, pipelining=pipelining).run_json(ID_PLAY, inventory)
     assert run.rc == 2, run.result.output_tail()
     res = run.task("host1", "whoami")
@@ -140,9 +148,14 @@ def test_a_prompt_that_never_matches_times_out(fleet1, make_runner, tmp_path, po
     fake = fleet1.dir / "fake-sudo"
     fake.write_text("#!/bin/sh\nprintf 'Say it: '\nread answer\n", encoding="utf-8")
     fake.chmod(0o755)
-    inventory = fleet1.write_inventory(tmp_path / "inventory.yml", group_vars={
-        "ansible_become_password": DEFAULT_PASSWORD, "ansible_become_exe": str(fake),
-        "ansible_pooled_ssh_timeout": 3})
+    inventory = fleet1.write_inventory(
+        tmp_path / "inventory.yml",
+        group_vars={
+            "ansible_become_password": DEFAULT_PASSWORD,
+            "ansible_become_exe": str(fake),
+            "ansible_pooled_ssh_timeout": 3,
+        },
+    )
     run = make_runner(fleet1).run_json(ID_PLAY, inventory)
     res = run.task("host1", "whoami")
     assert res.get("unreachable"), res  # as with the ssh plugin (tests/integration/test_become_semantics.py)
@@ -157,9 +170,15 @@ def test_su_with_a_password(fleet1, make_runner, tmp_path, pool_dir):
     # Ansible's su plugin never pipelines; becoming an unprivileged user then needs readable temp
     # files (no setfacl here): Ansible's documented switch.
     ensure_user(SECOND_USER, SECOND_PASSWORD)
-    inventory = fleet1.write_inventory(tmp_path / "inventory.yml", group_vars={
-        "ansible_become_method": "su", "ansible_become_user": SECOND_USER,
-        "ansible_become_password": SECOND_PASSWORD, "ansible_shell_allow_world_readable_temp": True})
+    inventory = fleet1.write_inventory(
+        tmp_path / "inventory.yml",
+        group_vars={
+            "ansible_become_method": "su",
+            "ansible_become_user": SECOND_USER,
+            "ansible_become_password": SECOND_PASSWORD,
+            "ansible_shell_allow_world_readable_temp": True,
+        },
+    )
     play = ID_PLAY.replace("id -u", "id -un")
     run = make_runner(fleet1).run_json(play, inventory)
     assert run.rc == 0, run.result.output_tail()
@@ -168,8 +187,11 @@ def test_su_with_a_password(fleet1, make_runner, tmp_path, pool_dir):
 
 def test_su_wrong_and_missing_password(fleet1, make_runner, tmp_path, pool_dir):
     ensure_user(SECOND_USER, SECOND_PASSWORD)
-    base = {"ansible_become_method": "su", "ansible_become_user": SECOND_USER,
-            "ansible_shell_allow_world_readable_temp": True}
+    base = {
+        "ansible_become_method": "su",
+        "ansible_become_user": SECOND_USER,
+        "ansible_shell_allow_world_readable_temp": True,
+    }
     wrong = fleet1.write_inventory(tmp_path / "wrong.yml", group_vars=dict(base, ansible_become_password="nope"))
     res = make_runner(fleet1).run_json(ID_PLAY, wrong).task("host1", "whoami")
     assert res.get("failed") and "Incorrect su password" in res["msg"], res
@@ -181,8 +203,9 @@ def test_su_wrong_and_missing_password(fleet1, make_runner, tmp_path, pool_dir):
 @pytest.mark.compat
 def test_become_uses_the_same_pooled_transport(fleet1, make_runner, sudoers, tmp_path, pool_dir, collections_root):
     sudoers(_password_rule(fleet1.user))
-    inventory = fleet1.write_inventory(tmp_path / "inventory.yml",
-                                       group_vars={"ansible_become_password": DEFAULT_PASSWORD})
+    inventory = fleet1.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_become_password": DEFAULT_PASSWORD}
+    )
     play = """
 - hosts: fleet
   gather_facts: false

@@ -36,14 +36,26 @@ def test_a_become_timeout_is_unreachable_as_with_the_ssh_plugin(make_fleet, make
     fake = fleet.dir / "fake-sudo"
     fake.write_text("#!/bin/sh\nprintf 'Say it: '\nread answer\n", encoding="utf-8")
     fake.chmod(0o755)
-    common = {"ansible_become_password": DEFAULT_PASSWORD, "ansible_become_exe": str(fake), "ansible_timeout": 3,
-              "ansible_pooled_ssh_timeout": 3}
+    common = {
+        "ansible_become_password": DEFAULT_PASSWORD,
+        "ansible_become_exe": str(fake),
+        "ansible_timeout": 3,
+        "ansible_pooled_ssh_timeout": 3,
+    }
     outcomes = {}
-    for plugin, extra in (("ssh", {"ansible_ssh_common_args": f"-o UserKnownHostsFile={fleet.known_hosts} "
-                                   "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null"}),
-                          ("healer.pooled_ssh.pooled_ssh", {})):
-        inventory = fleet.write_inventory(tmp_path / f"inventory-{plugin}.yml", connection=plugin,
-                                          group_vars={**common, **extra})
+    for plugin, extra in (
+        (
+            "ssh",
+            {
+                "ansible_ssh_common_args": f"-o UserKnownHostsFile={fleet.known_hosts} "
+                "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null"
+            },
+        ),
+        ("healer.pooled_ssh.pooled_ssh", {}),
+    ):
+        inventory = fleet.write_inventory(
+            tmp_path / f"inventory-{plugin}.yml", connection=plugin, group_vars={**common, **extra}
+        )
         for pipelining in (True, False):
             run = make_runner(fleet, pipelining=pipelining).playbook(PLAY, inventory, timeout=300)
             outcomes[(plugin, pipelining)] = _outcome(run)

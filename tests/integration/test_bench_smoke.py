@@ -20,9 +20,23 @@ HOSTS = 2
 def test_bench_quick_prints_the_table_with_one_login_per_host() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "SSH_POOL_"))}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--hosts", str(HOSTS),
-         "--connections", "local", "pooled-cold", "--no-doc"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench.py"),
+            "--quick",
+            "--hosts",
+            str(HOSTS),
+            "--connections",
+            "local",
+            "pooled-cold",
+            "--no-doc",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, f"bench.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     header = next((line for line in proc.stdout.splitlines() if line.startswith("| connection")), None)

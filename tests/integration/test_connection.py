@@ -59,8 +59,9 @@ def test_shared_connection_behaviour(make_fleet, make_runner, tmp_path, pool_dir
     src.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     fetched = tmp_path / "fetched"
     fetched.mkdir()
-    result = runner.playbook(SHARED, inventory, "-e", f"src={src}", "-e", f"fetched={fetched}",
-                             "-e", f"pipelining={pipelining}")
+    result = runner.playbook(
+        SHARED, inventory, "-e", f"src={src}", "-e", f"fetched={fetched}", "-e", f"pipelining={pipelining}"
+    )
     assert result.rc == 0, result.output_tail()
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     for host in fleet:
@@ -73,8 +74,9 @@ def test_shared_connection_behaviour(make_fleet, make_runner, tmp_path, pool_dir
 
 
 @pytest.mark.compat
-def test_meta_reset_connection_closes_the_hosts_transports(make_fleet, make_runner, tmp_path, pool_dir,
-                                                           collections_root):
+def test_meta_reset_connection_closes_the_hosts_transports(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=2)
     runner = make_runner(fleet)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
@@ -120,8 +122,9 @@ def test_sftp_less_server_falls_back_to_cat(make_fleet, make_runner, tmp_path, p
     assert result.rc == 0, result.output_tail()
     assert (tmp_path / "back.txt").read_text() == "no sftp here\n"
     assert fleet.hosts[0].accepted_count("publickey") == 1
-    assert re.search(r"the server has no SFTP subsystem \(.*\); transferring through cat",
-                     Path(pool_dir, "daemon.log").read_text())
+    assert re.search(
+        r"the server has no SFTP subsystem \(.*\); transferring through cat", Path(pool_dir, "daemon.log").read_text()
+    )
 
 
 def test_host_key_checking_off_accepts_an_unknown_host(make_fleet, make_runner, tmp_path):
@@ -132,8 +135,9 @@ def test_host_key_checking_off_accepts_an_unknown_host(make_fleet, make_runner, 
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     refused = runner.adhoc("fleet", "ansible.builtin.command", "true", inventory)
     assert refused.rc != 0 and "host key is unknown" in refused.stdout
-    accepted = runner.adhoc("fleet", "ansible.builtin.command", "true", inventory,
-                            env={"ANSIBLE_HOST_KEY_CHECKING": "False"})
+    accepted = runner.adhoc(
+        "fleet", "ansible.builtin.command", "true", inventory, env={"ANSIBLE_HOST_KEY_CHECKING": "False"}
+    )
     assert accepted.rc == 0, accepted.output_tail()
     assert empty.read_text() == "", "host_key_checking=False must not record keys"
 
@@ -152,8 +156,9 @@ def test_workers_start_the_daemon_and_ansible_playbook_never_does(make_fleet, ma
     assert result.rc == 0, result.output_tail()
     assert "RESET no pool daemon running" in result.stdout, result.output_tail()
     assert not (pool_dir / pool.PID_FILE).exists()
-    result = runner.playbook(only_meta.replace("ansible.builtin.meta: reset_connection", "ansible.builtin.ping:"),
-                             inventory)
+    result = runner.playbook(
+        only_meta.replace("ansible.builtin.meta: reset_connection", "ansible.builtin.ping:"), inventory
+    )
     assert result.rc == 0, result.output_tail()
     assert pool.daemon_pid(pool_dir) > 0
     assert fleet.hosts[0].accepted_count("publickey") == 1

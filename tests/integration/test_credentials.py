@@ -24,15 +24,19 @@ PLAY = """
 """
 NO_AGENT = {"SSH_AUTH_SOCK": None}
 #: No default keys, transports and the daemon outlive the slowest test (a later run must be able to reuse).
-ENV = {"ANSIBLE_POOLED_SSH_LOOK_FOR_KEYS": "0", "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": "3600",
-       "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "3600"}
+ENV = {
+    "ANSIBLE_POOLED_SSH_LOOK_FOR_KEYS": "0",
+    "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": "3600",
+    "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "3600",
+}
 BASTION = ["AllowTcpForwarding yes", "PubkeyAuthentication no", "LogLevel DEBUG1"]
 
 
 def _fingerprint(key) -> str:
     pub = key.with_name(key.name + ".pub")
-    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return out.split()[1]
 
 
@@ -53,12 +57,17 @@ def test_password_with_an_unencrypted_key_logs_in_with_the_key(make_fleet, make_
 
 def test_a_wrong_passphrase_says_so(make_fleet, make_runner, tmp_path, pool_dir):
     fleet = make_fleet(count=1, encrypted_key_passphrase=ENCRYPTED_KEY_PASSPHRASE)
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", key=fleet.encrypted_key,
-                                      group_vars={"ansible_pooled_ssh_private_key_passphrase": "not-it"})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        key=fleet.encrypted_key,
+        group_vars={"ansible_pooled_ssh_private_key_passphrase": "not-it"},
+    )
     result = make_runner(fleet, extra_env=ENV).playbook(PLAY.format(group="fleet"), inventory, env=NO_AGENT)
     assert result.recap()["host1"]["unreachable"] == 1, result.output_tail()
-    assert (f"private key {fleet.encrypted_key} is encrypted and private_key_passphrase does not decrypt it"
-            in result.stdout), result.stdout
+    assert (
+        f"private key {fleet.encrypted_key} is encrypted and private_key_passphrase does not decrypt it"
+        in result.stdout
+    ), result.stdout
     assert fleet.hosts[0].accepted_count() == 0
 
 
@@ -68,12 +77,15 @@ def test_the_target_password_never_reaches_the_bastion(make_fleet, make_runner, 
     # password, it would have accepted it.
     fleet = make_fleet(count=2, password=DEFAULT_PASSWORD, per_host_config={"host1": BASTION})
     bastion, target = fleet.hosts
-    group_vars = {"ansible_pooled_ssh_proxy_jump": f"{fleet.user}@{bastion.address}:{bastion.port}",
-                  "ansible_password": DEFAULT_PASSWORD}
+    group_vars = {
+        "ansible_pooled_ssh_proxy_jump": f"{fleet.user}@{bastion.address}:{bastion.port}",
+        "ansible_password": DEFAULT_PASSWORD,
+    }
     if jump_password:
         group_vars["ansible_pooled_ssh_proxy_jump_password"] = DEFAULT_PASSWORD
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=[target], group="targets", use_key=False,
-                                      group_vars=group_vars)
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", hosts=[target], group="targets", use_key=False, group_vars=group_vars
+    )
     result = make_runner(fleet, extra_env=ENV).playbook(PLAY.format(group="targets"), inventory, env=NO_AGENT)
     if not jump_password:
         assert result.recap()[target.name]["unreachable"] == 1, result.output_tail()
@@ -92,8 +104,11 @@ def test_an_unverified_transport_is_not_reused_by_a_strict_run(make_fleet, make_
     known_hosts.write_text("")
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(known_hosts, extra_env=ENV)
-    trusting = runner.playbook(PLAY.format(group="fleet"), inventory, env={
-        "ANSIBLE_POOLED_SSH_HOST_KEY_AUTO_ADD": "1", "ANSIBLE_POOLED_SSH_RECORD_HOST_KEYS": "0"})
+    trusting = runner.playbook(
+        PLAY.format(group="fleet"),
+        inventory,
+        env={"ANSIBLE_POOLED_SSH_HOST_KEY_AUTO_ADD": "1", "ANSIBLE_POOLED_SSH_RECORD_HOST_KEYS": "0"},
+    )
     assert trusting.rc == 0, trusting.output_tail()
     assert known_hosts.read_text() == "" and host.accepted_count("publickey") == 1
 

@@ -18,9 +18,14 @@ PLAY = """
     - ansible.builtin.command: "true"
 """
 
-SECRETS = {"ANSIBLE_BECOME_PASS": "become-Secret-1", "ANSIBLE_BECOME_PASSWORD": "become-Secret-2",
-           "ANSIBLE_PASSWORD": "login-Secret-3", "ANSIBLE_NET_PASSWORD": "net-Secret-4",
-           "PYTHONPATH": "/nonexistent-pythonpath", "PYTHONSTARTUP": "/nonexistent-startup"}
+SECRETS = {
+    "ANSIBLE_BECOME_PASS": "become-Secret-1",
+    "ANSIBLE_BECOME_PASSWORD": "become-Secret-2",
+    "ANSIBLE_PASSWORD": "login-Secret-3",
+    "ANSIBLE_NET_PASSWORD": "net-Secret-4",
+    "PYTHONPATH": "/nonexistent-pythonpath",
+    "PYTHONSTARTUP": "/nonexistent-startup",
+}
 
 
 def _environ(pid: int) -> dict:
@@ -28,8 +33,9 @@ def _environ(pid: int) -> dict:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def test_daemon_environment_is_allow_listed_and_it_is_not_dumpable(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                    collections_root):
+def test_daemon_environment_is_allow_listed_and_it_is_not_dumpable(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=1)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     result = make_runner(fleet).playbook(PLAY, inventory, env=dict(SECRETS, SSH_AUTH_SOCK="/run/agent-of-the-run"))

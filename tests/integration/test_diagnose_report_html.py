@@ -99,8 +99,13 @@ class Page(HTMLParser):
 
 #: Chromium's own service requests (network time, component updates, account checks), made
 #: whatever the page holds: exact host names, so that a CDN (fonts.googleapis.com...) still counts.
-BROWSER_SERVICES = {"clients2.google.com", "update.googleapis.com", "accounts.google.com",
-                    "optimizationguide-pa.googleapis.com", "safebrowsingohttpgateway.googleapis.com"}
+BROWSER_SERVICES = {
+    "clients2.google.com",
+    "update.googleapis.com",
+    "accounts.google.com",
+    "optimizationguide-pa.googleapis.com",
+    "safebrowsingohttpgateway.googleapis.com",
+}
 
 
 def request_host(line: str) -> str:
@@ -147,16 +152,29 @@ class RequestTrap:
 def browse(page: Path, profile: Path, proxy_port: int, *args: str) -> subprocess.CompletedProcess:
     """One headless chromium run on a file URL, with a fresh profile and every request sent to the trap."""
     command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-default-apps", "--metrics-recording-only", "--no-default-browser-check",
-        f"--user-data-dir={profile}", f"--proxy-server=127.0.0.1:{proxy_port}", "--proxy-bypass-list=<-loopback>",
-        *args, page.as_uri(),
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--metrics-recording-only",
+        "--no-default-browser-check",
+        f"--user-data-dir={profile}",
+        f"--proxy-server=127.0.0.1:{proxy_port}",
+        "--proxy-bypass-list=<-loopback>",
+        *args,
+        page.as_uri(),
     ]
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["HOME"] = str(profile)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, stdin=subprocess.DEVNULL,
-                          check=False)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=180, env=env, stdin=subprocess.DEVNULL, check=False
+    )
     assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-3000:]}"
     return proc
 
@@ -166,10 +184,16 @@ def test_report_html_in_a_headless_browser(fleet, runner, tmp_path, pool_dir):
     host3 = {**NO_THRESHOLDS, "filesystem": {**NO_THRESHOLDS["filesystem"], "critical": "@0:100"}}
     inventory = fleet.write_inventory(
         tmp_path / "inventory.yml",
-        group_vars={"diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_checks": CHECKS,
-                    "diagnose_thresholds": NO_THRESHOLDS, "diagnose_history_max": 10,
-                    # a busy machine may take minutes per run: the pool stays warm between runs
-                    "ansible_pooled_ssh_idle_timeout": 3600, "ansible_pooled_ssh_daemon_idle_timeout": 3600},
+        group_vars={
+            "diagnose_report_dir": str(report),
+            "diagnose_fail_on": "never",
+            "diagnose_checks": CHECKS,
+            "diagnose_thresholds": NO_THRESHOLDS,
+            "diagnose_history_max": 10,
+            # a busy machine may take minutes per run: the pool stays warm between runs
+            "ansible_pooled_ssh_idle_timeout": 3600,
+            "ansible_pooled_ssh_daemon_idle_timeout": 3600,
+        },
         host_vars={"host3": {"diagnose_thresholds": host3}},
     )
     for number in range(RUNS):
@@ -189,10 +213,22 @@ def test_report_html_in_a_headless_browser(fleet, runner, tmp_path, pool_dir):
         profile = tmp_path / "chromium"
         dom = browse(report / "report.html", profile, trap.port, "--dump-dom").stdout
         wide, narrow = tmp_path / "report-wide.png", tmp_path / "report-narrow.png"
-        browse(report / "report.html", profile, trap.port, f"--screenshot={wide}", "--window-size=1280,1900",
-               "--hide-scrollbars")
-        browse(report / "report.html", profile, trap.port, f"--screenshot={narrow}", "--window-size=400,1400",
-               "--hide-scrollbars")
+        browse(
+            report / "report.html",
+            profile,
+            trap.port,
+            f"--screenshot={wide}",
+            "--window-size=1280,1900",
+            "--hide-scrollbars",
+        )
+        browse(
+            report / "report.html",
+            profile,
+            trap.port,
+            f"--screenshot={narrow}",
+            "--window-size=400,1400",
+            "--hide-scrollbars",
+        )
     finally:
         trap.close()
     page_requests = [r for r in trap.requests if request_host(r) not in BROWSER_SERVICES]
@@ -217,8 +253,12 @@ def test_report_html_in_a_headless_browser(fleet, runner, tmp_path, pool_dir):
             assert charts[metric] == (RUNS, RUNS), (host, metric, charts[metric])
         for metric in RATES:
             assert charts[metric] == (RUNS - 1, RUNS - 1), (host, metric, charts[metric])
-    assert page.pool == {"logins (misses)": "0", "reuses (hits)": page.pool["reuses (hits)"], "waits": "0",
-                         "time waited (s)": page.pool["time waited (s)"]}, page.pool
+    assert page.pool == {
+        "logins (misses)": "0",
+        "reuses (hits)": page.pool["reuses (hits)"],
+        "waits": "0",
+        "time waited (s)": page.pool["time waited (s)"],
+    }, page.pool
     assert int(page.pool["reuses (hits)"]) > 0
 
 
@@ -226,9 +266,15 @@ def test_report_html_says_na_without_a_pool_and_can_be_turned_off(fleet, runner,
     report = tmp_path / "report"
     no_daemon = tmp_path / "no-daemon"  # the figures come from a pool directory where no daemon runs
     no_daemon.mkdir(mode=0o700)
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={
-        "diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_checks": ["load"],
-        "diagnose_pool_dir": str(no_daemon)})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        group_vars={
+            "diagnose_report_dir": str(report),
+            "diagnose_fail_on": "never",
+            "diagnose_checks": ["load"],
+            "diagnose_pool_dir": str(no_daemon),
+        },
+    )
     run = runner.run_json(PLAY, inventory)
     assert run.rc == 0, run.result.output_tail()
     html = (report / "report.html").read_text(encoding="utf-8")

@@ -18,8 +18,18 @@ from typing import Any, Dict, List, Tuple
 import pytest
 from harness import pool
 
-DEFAULT_CHECKS = ["filesystem", "memory", "oom_kills", "cpu", "load", "processes", "file_descriptors", "services",
-                  "time_sync", "uptime"]
+DEFAULT_CHECKS = [
+    "filesystem",
+    "memory",
+    "oom_kills",
+    "cpu",
+    "load",
+    "processes",
+    "file_descriptors",
+    "services",
+    "time_sync",
+    "uptime",
+]
 STATES = {"ok", "warning", "critical", "unknown", "skipped"}
 HOSTS = ["host1", "host2", "host3", "host4", "host5"]
 
@@ -59,7 +69,7 @@ def health_table(report: Path) -> Tuple[List[str], Dict[str, List[str]]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("| host | health |"))
     columns = [c.strip() for c in lines[start].strip().strip("|").split("|")]
     rows: Dict[str, List[str]] = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -129,8 +139,9 @@ def parse_prometheus(text: str) -> Dict[str, Dict[str, Any]]:
             base = re.sub(r"_(sum|count|bucket)$", "", name)
             family_name = base if base in families else name
         family = families.get(family_name)
-        assert family is not None and family["type"] and family["help"] is not None, \
+        assert family is not None and family["type"] and family["help"] is not None, (
             f"{where}: HELP and TYPE must precede the samples"
+        )
         if family_name != current:
             assert family_name not in closed, f"{where}: the samples of {family_name} are not contiguous"
             if current is not None:
@@ -144,14 +155,14 @@ def parse_prometheus(text: str) -> Dict[str, Dict[str, Any]]:
 
 
 def test_prometheus_parser_rejects_what_node_exporter_rejects():
-    good = "# HELP a_total A.\n# TYPE a_total counter\na_total{instance=\"h\",x=\"q\\\"\"} 1.5e3\n"
+    good = '# HELP a_total A.\n# TYPE a_total counter\na_total{instance="h",x="q\\""} 1.5e3\n'
     assert parse_prometheus(good)["a_total"]["samples"] == [({"instance": "h", "x": 'q\\"'}, 1500.0)]
     bad = [
         "a 1\n",  # no HELP/TYPE
         "# HELP a A.\n# TYPE a gauge\na{x=unquoted} 1\n",
         "# HELP a A.\n# TYPE a gauge\na 1\n# TYPE a gauge\n",
-        "# HELP a A.\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"1\"} 2\n",
-        "# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\na 1\nb 1\na{x=\"2\"} 1\n",
+        '# HELP a A.\n# TYPE a gauge\na{x="1"} 1\na{x="1"} 2\n',
+        '# HELP a A.\n# TYPE a gauge\n# HELP b B.\n# TYPE b gauge\na 1\nb 1\na{x="2"} 1\n',
         "# HELP a A.\n# TYPE a gauge\na True\n",
         "# HELP a A.\n# TYPE a gauge\na 1",
     ]
@@ -166,8 +177,10 @@ def test_prometheus_parser_rejects_what_node_exporter_rejects():
 @pytest.mark.compat
 def test_role_reports_every_host_and_check_through_the_pool(fleet, runner, tmp_path, collections_root, pool_dir):
     report = tmp_path / "report"
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={
-        "diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_prometheus": True})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        group_vars={"diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_prometheus": True},
+    )
 
     first = runner.run_json(PLAY, inventory)
     assert first.rc == 0, first.result.output_tail()
@@ -283,8 +296,9 @@ def test_per_check_mode_gives_the_same_checks(fleet, runner, tmp_path, collectio
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={"diagnose_fail_on": "never"})
     combined = runner.run_json(PLAY, inventory, "-e", f"diagnose_report_dir={combined_report}")
     assert combined.rc == 0, combined.result.output_tail()
-    per_check = runner.run_json(PLAY, inventory, "-e", f"diagnose_report_dir={per_check_report}",
-                                "-e", "diagnose_mode=per_check")
+    per_check = runner.run_json(
+        PLAY, inventory, "-e", f"diagnose_report_dir={per_check_report}", "-e", "diagnose_mode=per_check"
+    )
     assert per_check.rc == 0, per_check.result.output_tail()
 
     one = read_report(combined_report)["hosts"]
@@ -300,7 +314,8 @@ def test_per_check_mode_gives_the_same_checks(fleet, runner, tmp_path, collectio
         metrics = other[host]["metrics"]
         assert len(metrics["node_load1"]) == 1
         assert sorted(s["labels"]["name"] for s in metrics["healer_check_state"]) == sorted(
-            n for n, c in other[host]["checks"].items() if c["state"] != "skipped")
+            n for n, c in other[host]["checks"].items() if c["state"] != "skipped"
+        )
         assert set(metrics) == set(one[host]["metrics"])
         assert other[host]["mode"] == "per_check"
     one_miss_per_host(collections_root, pool_dir)
@@ -334,8 +349,10 @@ def test_damping_alerts_after_consecutive_bad_runs(fleet, runner, tmp_path):
 
 def test_check_mode_diagnoses_but_writes_no_report(fleet, runner, tmp_path):
     report = tmp_path / "report"
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={
-        "diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_checks": ["load"]})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        group_vars={"diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_checks": ["load"]},
+    )
     run = runner.run_json(PLAY, inventory, "--check")
     assert run.rc == 0, run.result.output_tail()
     assert role_task(run, "host1", DIAGNOSE_TASK)["checks"]["load"]["state"] in STATES
@@ -379,8 +396,13 @@ def compat_tools() -> Tuple[str, Path]:
     if not python38 or not bin_dir:
         pytest.fail("set both HEALER_PYTHON38 and HEALER_COMPAT_ANSIBLE_BIN, not only one")
     try:
-        version = subprocess.run([python38, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        version = subprocess.run(
+            [python38, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.fail(f"HEALER_PYTHON38={python38!r} does not run: {exc}")
     if version != "3.8":
@@ -394,9 +416,26 @@ def test_module_and_role_on_a_python38_target(make_runner, tmp_path):
     python38, bin_dir = compat_tools()
     report = tmp_path / "report"
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(json.dumps({"all": {"children": {"py38": {"hosts": {"py38": {
-        "ansible_connection": "local", "ansible_python_interpreter": python38,
-        "diagnose_report_dir": str(report)}}}}}}), encoding="utf-8")
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "children": {
+                        "py38": {
+                            "hosts": {
+                                "py38": {
+                                    "ansible_connection": "local",
+                                    "ansible_python_interpreter": python38,
+                                    "diagnose_report_dir": str(report),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
     runner = make_runner(tmp_path / "known_hosts", python_bin_dir=str(bin_dir))
     run = runner.run_json(PY38_PLAY, inventory)
     assert run.rc == 0, run.result.output_tail()

@@ -36,18 +36,42 @@ def test_ansible_doc_renders(kind, name, make_runner, tmp_path):
 
 def test_connection_doc_lists_the_origin_and_paramiko_names(make_runner, tmp_path):
     runner = make_runner(tmp_path / "known_hosts")
-    data = json.loads(runner.run([runner.executable("ansible-doc"), "-t", "connection", "--json",
-                                  "healer.pooled_ssh.pooled_ssh"]).stdout)
+    data = json.loads(
+        runner.run(
+            [runner.executable("ansible-doc"), "-t", "connection", "--json", "healer.pooled_ssh.pooled_ssh"]
+        ).stdout
+    )
     options = data["healer.pooled_ssh.pooled_ssh"]["doc"]["options"]
     envs = {e["name"] for o in options.values() for e in o.get("env", [])}
-    for origin in ("SSH_POOL_MAX_CONNECTIONS", "SSH_POOL_IDLE_TIMEOUT_MS", "SSH_POOL_CONNECTION_TIMEOUT_MS",
-                   "SSH_POOL_HEALTH_CHECKS", "SSH_POOL_HEALTH_CHECK_INTERVAL_MS", "SSH_KEEPALIVE_INTERVAL",
-                   "SSH_POOL_MAX_SIZE", "SSH_POOL_TIMEOUT", "SSH_POOL_CLEANUP_INTERVAL",
-                   "SSH_KEEPALIVE_MAX_MISSED"):
+    for origin in (
+        "SSH_POOL_MAX_CONNECTIONS",
+        "SSH_POOL_IDLE_TIMEOUT_MS",
+        "SSH_POOL_CONNECTION_TIMEOUT_MS",
+        "SSH_POOL_HEALTH_CHECKS",
+        "SSH_POOL_HEALTH_CHECK_INTERVAL_MS",
+        "SSH_KEEPALIVE_INTERVAL",
+        "SSH_POOL_MAX_SIZE",
+        "SSH_POOL_TIMEOUT",
+        "SSH_POOL_CLEANUP_INTERVAL",
+        "SSH_KEEPALIVE_MAX_MISSED",
+    ):
         assert origin in envs
-    for old in ("remote_addr", "port", "remote_user", "password", "private_key_file", "host_key_checking",
-                "host_key_auto_add", "record_host_keys", "look_for_keys", "proxy_command", "pty", "banner_timeout",
-                "timeout", "use_rsa_sha2_algorithms"):
+    for old in (
+        "remote_addr",
+        "port",
+        "remote_user",
+        "password",
+        "private_key_file",
+        "host_key_checking",
+        "host_key_auto_add",
+        "record_host_keys",
+        "look_for_keys",
+        "proxy_command",
+        "pty",
+        "banner_timeout",
+        "timeout",
+        "use_rsa_sha2_algorithms",
+    ):
         assert old in options
 
 

@@ -28,22 +28,27 @@ def _free_closed_port() -> int:
 
 
 @pytest.mark.compat
-def test_each_bad_host_fails_alone_with_one_clear_line(make_fleet, make_runner, tmp_path, pool_dir,
-                                                       collections_root):
+def test_each_bad_host_fails_alone_with_one_clear_line(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=4)
     good, changed, unknown, other = fleet.hosts
     wrong_key = generate_key(tmp_path / "wrong_key")
     # known_hosts: 'changed' has a different key on record, 'unknown' is missing.
     other_key = generate_key(tmp_path / "other_host_key")
-    lines = [good.host_key_line(), other.host_key_line(),
-             f"[{changed.address}]:{changed.port} {other_key.with_suffix('.pub').read_text().split()[0]} "
-             f"{other_key.with_suffix('.pub').read_text().split()[1]}"]
+    lines = [
+        good.host_key_line(),
+        other.host_key_line(),
+        f"[{changed.address}]:{changed.port} {other_key.with_suffix('.pub').read_text().split()[0]} "
+        f"{other_key.with_suffix('.pub').read_text().split()[1]}",
+    ]
     fleet.known_hosts.write_text("\n".join(lines) + "\n")
     closed_port = _free_closed_port()
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", host_vars={
-        # 'other' serves three bad logins under three inventory names.
-        "host4": {"ansible_ssh_private_key_file": str(wrong_key)},
-    })
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        host_vars={
+            # 'other' serves three bad logins under three inventory names.
+            "host4": {"ansible_ssh_private_key_file": str(wrong_key)},
+        },
+    )
     extra = tmp_path / "extra.yml"
     extra.write_text(f"""
 fleet:
@@ -78,8 +83,11 @@ fleet:
     out = result.stdout + result.stderr
     for name, (host, cause) in expected.items():
         assert recap[name]["unreachable"] == 1, (name, recap)
-        where = f"{host.address}:{host.port}" if host else (f"127.0.0.1:{closed_port}" if name == "closedport"
-                                                             else "no..such..host:22")
+        where = (
+            f"{host.address}:{host.port}"
+            if host
+            else (f"127.0.0.1:{closed_port}" if name == "closedport" else "no..such..host:22")
+        )
         line = next((ln for ln in out.splitlines() if f"[{name}]: UNREACHABLE!" in ln), None)
         assert line is not None, out
         message = json.loads(line.split("=>", 1)[1])["msg"]
@@ -100,9 +108,9 @@ fleet:
 
 
 def test_malformed_option_names_the_option(fleet, runner, tmp_path):
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml",
-                                      hosts=fleet.hosts[:1],
-                                      group_vars={"ansible_pooled_ssh_max_connections": 0})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", hosts=fleet.hosts[:1], group_vars={"ansible_pooled_ssh_max_connections": 0}
+    )
     result = runner.playbook(PLAY, inventory)
     assert result.rc != 0
     out = result.stdout + result.stderr
@@ -116,9 +124,15 @@ def test_exhausted_pool_reports_host_port_and_max(make_fleet, make_runner, tmp_p
     workers = "\n".join(f"        w{i}: {{ansible_connection: local}}" for i in range(4))
     (tmp_path / "workers.yml").write_text(f"all:\n  children:\n    workers:\n      hosts:\n{workers}\n")
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
-    runner = make_runner(fleet, extra_env={
-        "ANSIBLE_FORKS": "4", "ANSIBLE_POOLED_SSH_MAX_CONNECTIONS": "1", "ANSIBLE_POOLED_SSH_MAX_CHANNELS": "1",
-        "ANSIBLE_POOLED_SSH_POOL_WAIT_TIMEOUT": "1"})
+    runner = make_runner(
+        fleet,
+        extra_env={
+            "ANSIBLE_FORKS": "4",
+            "ANSIBLE_POOLED_SSH_MAX_CONNECTIONS": "1",
+            "ANSIBLE_POOLED_SSH_MAX_CHANNELS": "1",
+            "ANSIBLE_POOLED_SSH_POOL_WAIT_TIMEOUT": "1",
+        },
+    )
     playbook = """
 - hosts: workers
   gather_facts: false
@@ -137,8 +151,9 @@ def test_exhausted_pool_reports_host_port_and_max(make_fleet, make_runner, tmp_p
     assert "Traceback" not in result.stdout + result.stderr
     assert "exhausted key=" in (Path(pool_dir) / "daemon.log").read_text()
     # No leak: the pool serves the next request at once.
-    after = runner.playbook(playbook.replace("sleep 4", "'true'"), inventory, "-i", str(tmp_path / "workers.yml"),
-                            "--limit", "w0")
+    after = runner.playbook(
+        playbook.replace("sleep 4", "'true'"), inventory, "-i", str(tmp_path / "workers.yml"), "--limit", "w0"
+    )
     assert after.rc == 0, after.output_tail()
 
 
@@ -172,8 +187,16 @@ def test_another_uid_is_refused(fleet, runner, tmp_path, pool_dir):
         def demote() -> None:
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
-        return subprocess.run([fleet.python, "-c", CLIENT, *args], preexec_fn=demote, capture_output=True,
-                              text=True, timeout=30, cwd="/", check=False).stdout
+
+        return subprocess.run(
+            [fleet.python, "-c", CLIENT, *args],
+            preexec_fn=demote,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd="/",
+            check=False,
+        ).stdout
 
     # The 0700 directory keeps the other user out...
     assert as_other(sock).startswith("connect-failed 13"), "EACCES expected"

@@ -59,8 +59,19 @@ PLAYBOOK = """
 
 def _normalised(result: Dict[str, Any]) -> Dict[str, Any]:
     """A result without what differs between any two runs (timings, the payload's random directory)."""
-    drop = {"start", "end", "delta", "_task", "_play", "invocation", "ansible_job_id", "results_file", "started",
-            "finished", "env"}
+    drop = {
+        "start",
+        "end",
+        "delta",
+        "_task",
+        "_play",
+        "invocation",
+        "ansible_job_id",
+        "results_file",
+        "started",
+        "finished",
+        "env",
+    }
     out = {k: v for k, v in result.items() if k not in drop}
     if "argv0" in out:
         out["argv0"] = out["argv0"].split("_payload.zip/", 1)[1]
@@ -71,18 +82,31 @@ def _normalised(result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", ["auto", "off"])
-def test_modules_through_the_executor_match_the_plain_path(make_fleet, make_runner, tmp_path, pool_dir,
-                                                           collections_root, mode):
+def test_modules_through_the_executor_match_the_plain_path(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root, mode
+):
     fleet = make_fleet(count=1)
-    runner = make_runner(fleet, extra_env={"ANSIBLE_LIBRARY": str(MODULES),
-                                           "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": mode})
+    runner = make_runner(fleet, extra_env={"ANSIBLE_LIBRARY": str(MODULES), "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": mode})
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     run = runner.run_json(PLAYBOOK, inventory, "-vvv")
     host = fleet.hosts[0].name if hasattr(fleet, "hosts") else next(iter(fleet)).name
     failed = {r["_task"]: r.get("msg") for r in run.hosts.get(host, []) if r.get("failed")}
     assert run.rc == 0, (failed, run.result.stderr[-3000:])
-    results = {name: run.task(host, name) for name in
-               ("ping", "command", "before", "leak", "after", "environment", "crash", "killed", "check mode", "async")}
+    results = {
+        name: run.task(host, name)
+        for name in (
+            "ping",
+            "command",
+            "before",
+            "leak",
+            "after",
+            "environment",
+            "crash",
+            "killed",
+            "check mode",
+            "async",
+        )
+    }
     assert results["ping"]["ping"] == "pong"
     assert results["command"]["stdout"] == "ÿ ↑ 汉字 ✓"
     assert _normalised(results["before"]) == _normalised(results["after"])
@@ -121,8 +145,15 @@ BECOME_PLAY = """
 
 
 @pytest.mark.parametrize("method", ["sudo-password", "sudo-nopassword", "su"])
-def test_become_goes_the_plain_way_beside_executor_runs(make_fleet, make_runner, sudoers, tmp_path,  # noqa: F811
-                                                        pool_dir, collections_root, method):
+def test_become_goes_the_plain_way_beside_executor_runs(
+    make_fleet,
+    make_runner,
+    sudoers,  # noqa: F811 - the fixture imported from test_become
+    tmp_path,
+    pool_dir,
+    collections_root,
+    method,
+):
     """A task with become runs exactly as without the executor (the plain path escalates it, with its
     password prompt); the tasks around it still run through the executor, as the login user."""
     fleet = make_fleet(count=1)
@@ -136,8 +167,14 @@ def test_become_goes_the_plain_way_beside_executor_runs(make_fleet, make_runner,
         sudoers(f"{fleet.user} ALL=(ALL) NOPASSWD: ALL")
     else:
         ensure_user(SECOND_USER, SECOND_PASSWORD)
-        group_vars.update({"ansible_become_method": "su", "ansible_become_user": SECOND_USER,
-                           "ansible_become_password": SECOND_PASSWORD, "ansible_shell_allow_world_readable_temp": True})
+        group_vars.update(
+            {
+                "ansible_become_method": "su",
+                "ansible_become_user": SECOND_USER,
+                "ansible_become_password": SECOND_PASSWORD,
+                "ansible_shell_allow_world_readable_temp": True,
+            }
+        )
         expected = SECOND_USER
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars=group_vars)
     runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"})
@@ -179,25 +216,31 @@ def _process_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def test_command_timeout_kills_an_executor_run_and_the_next_task_is_fine(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                         collections_root):
+def test_command_timeout_kills_an_executor_run_and_the_next_task_is_fine(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
     # Where the login user (not the test's) can write: the module says there which process it is.
     pidfile = Path(tempfile.gettempdir()) / f"healer-exec-hang-{uuid.uuid4().hex}.pid"
-    runner = make_runner(fleet, extra_env={"ANSIBLE_LIBRARY": str(MODULES),
-                                           "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"})
+    runner = make_runner(
+        fleet, extra_env={"ANSIBLE_LIBRARY": str(MODULES), "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"}
+    )
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     started = time.monotonic()
     try:
         run = runner.run_json(HANG_PLAY.format(pidfile=pidfile), inventory, "-vvv")
-        print(f"a module that hangs, command_timeout 3 s, through the executor: the play took "
-              f"{time.monotonic() - started:.1f} s")  # measured only
+        print(
+            f"a module that hangs, command_timeout 3 s, through the executor: the play took "
+            f"{time.monotonic() - started:.1f} s"
+        )  # measured only
         assert run.rc == 0, run.result.output_tail()
         hung = run.task(host.name, "hangs")
         assert hung["failed"]
-        assert (f"{host.address}:{host.port}: command did not finish within 3s (command_timeout); the remote "
-                "executor killed the module") in hung["msg"], hung["msg"]
+        assert (
+            f"{host.address}:{host.port}: command did not finish within 3s (command_timeout); the remote "
+            "executor killed the module"
+        ) in hung["msg"], hung["msg"]
         assert "Traceback" not in hung["msg"]
         assert run.task(host.name, "next")["ping"] == "pong"
         pid = int(pidfile.read_text())
@@ -234,8 +277,7 @@ MAX_SESSIONS_PLAY = """
 """
 
 
-def test_max_sessions_1_gives_the_executors_session_back(make_fleet, make_runner, tmp_path, pool_dir,
-                                                         collections_root):
+def test_max_sessions_1_gives_the_executors_session_back(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     """With ``MaxSessions 1`` the executor holds the only session: the first other channel the server
     refuses closes the idle executor, opens again on the same transport, and later modules run plain."""
     fleet = make_fleet(count=1, extra_config=["MaxSessions 1"])
@@ -257,7 +299,7 @@ def test_max_sessions_1_gives_the_executors_session_back(make_fleet, make_runner
     assert fleet.hosts[0].accepted_count("publickey") == 1  # the transport was never given up
 
 
-VERSIONED_MODULE = '''#!/usr/bin/python
+VERSIONED_MODULE = """#!/usr/bin/python
 from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
@@ -273,7 +315,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 VERSION_PLAY = """
 - hosts: fleet
@@ -284,16 +326,23 @@ VERSION_PLAY = """
 """
 
 
-def test_a_module_or_module_utils_changed_on_the_controller_never_runs_stale(make_fleet, make_runner, tmp_path,
-                                                                            pool_dir, collections_root):
+def test_a_module_or_module_utils_changed_on_the_controller_never_runs_stale(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     """Between two playbooks on the same executor, the module changes, then one of its module_utils: each
     run reports the versions on the controller at that time (no stale zip, no template of other utils)."""
     fleet = make_fleet(count=1)
     library, utils = tmp_path / "library", tmp_path / "module_utils"
     library.mkdir()
     utils.mkdir()
-    runner = make_runner(fleet, extra_env={"ANSIBLE_LIBRARY": str(library), "ANSIBLE_MODULE_UTILS": str(utils),
-                                           "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"})
+    runner = make_runner(
+        fleet,
+        extra_env={
+            "ANSIBLE_LIBRARY": str(library),
+            "ANSIBLE_MODULE_UTILS": str(utils),
+            "ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto",
+        },
+    )
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     seen = []
     for module_version, utils_version in ((1, 1), (2, 1), (2, 2)):

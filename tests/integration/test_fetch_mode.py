@@ -26,13 +26,17 @@ PLAY = """
 """
 
 
-@pytest.mark.parametrize(("remote_mode", "umask", "expected"), [
-    ("0644", 0o022, 0o644),
-    ("0640", 0o027, 0o640),
-    ("0644", 0o077, 0o600),
-])
-def test_a_fetched_file_gets_the_mode_ssh_gives_it(make_fleet, make_runner, tmp_path, pool_dir, remote_mode, umask,
-                                                   expected):
+@pytest.mark.parametrize(
+    ("remote_mode", "umask", "expected"),
+    [
+        ("0644", 0o022, 0o644),
+        ("0640", 0o027, 0o640),
+        ("0644", 0o077, 0o600),
+    ],
+)
+def test_a_fetched_file_gets_the_mode_ssh_gives_it(
+    make_fleet, make_runner, tmp_path, pool_dir, remote_mode, umask, expected
+):
     fleet = make_fleet(count=1)
     runner = make_runner(fleet)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")

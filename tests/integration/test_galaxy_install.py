@@ -18,8 +18,18 @@ PLAY = """
         that: out.stdout == 'installed'
 """
 
-FORBIDDEN = ("tests/", "benchmarks/", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis",
-             ".git/", ".ci/", ".pyc")
+FORBIDDEN = (
+    "tests/",
+    "benchmarks/",
+    ".venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".git/",
+    ".ci/",
+    ".pyc",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import sys
 
     galaxy = str(Path(sys.executable).parent / "ansible-galaxy")
-    subprocess.run([galaxy, "collection", "build", str(REPO_ROOT), "--output-path", str(out)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [galaxy, "collection", "build", str(REPO_ROOT), "--output-path", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (tarball,) = out.glob("healer-pooled_ssh-*.tar.gz")
     return tarball
 
@@ -51,8 +65,17 @@ def test_installed_collection_runs_by_fqcn_and_short_name(source, built, make_fl
     runner = make_runner(fleet)
     dest = tmp_path / "collections"
     env = {"ANSIBLE_COLLECTIONS_PATH": str(dest)}
-    installed = runner.run([runner.executable("ansible-galaxy"), "collection", "install",
-                            str(built if source == "tarball" else REPO_ROOT), "-p", str(dest)], env=env)
+    installed = runner.run(
+        [
+            runner.executable("ansible-galaxy"),
+            "collection",
+            "install",
+            str(built if source == "tarball" else REPO_ROOT),
+            "-p",
+            str(dest),
+        ],
+        env=env,
+    )
     assert installed.rc == 0, installed.output_tail()
     plugin_dir = dest / "ansible_collections" / "healer" / "pooled_ssh" / "plugins" / "connection"
     assert (plugin_dir / "pooled_ssh.py").is_file()

@@ -25,9 +25,25 @@ PLAY = """
 def certify(host: SshdHost, ca: Path, principals: str, validity: str = "-5m:+1h") -> Path:
     """Sign the host's key with ``ca`` and make sshd offer the certificate."""
     key = host.host_key_paths[0]
-    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", f"{host.name}-cert", "-h", "-n", principals,
-                    "-V", validity, str(key.with_name(key.name + ".pub"))], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            str(ca),
+            "-I",
+            f"{host.name}-cert",
+            "-h",
+            "-n",
+            principals,
+            "-V",
+            validity,
+            str(key.with_name(key.name + ".pub")),
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     cert = key.with_name(key.name + "-cert.pub")
     host.set_config([*host.extra_config, f"HostCertificate {cert}"])
     return cert
@@ -56,10 +72,13 @@ def _both(fleet, make_runner, tmp_path: Path, known_hosts: Path) -> Dict[str, Di
     for plugin in ("healer.pooled_ssh.pooled_ssh", "ssh"):
         group_vars: Optional[Dict[str, Any]] = None
         if plugin == "ssh":
-            group_vars = {"ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
-                          "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null"}
-        inventory = fleet.write_inventory(tmp_path / f"inventory-{plugin}.yml", connection=plugin,
-                                          group_vars=group_vars)
+            group_vars = {
+                "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
+                "-o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null"
+            }
+        inventory = fleet.write_inventory(
+            tmp_path / f"inventory-{plugin}.yml", connection=plugin, group_vars=group_vars
+        )
         run = make_runner(known_hosts).playbook(PLAY, inventory, timeout=300)
         results[plugin] = _outcome(run)
     return results
@@ -79,17 +98,23 @@ def test_a_certificate_from_a_listed_ca_is_accepted(make_fleet, make_runner, tmp
     assert results["healer.pooled_ssh.pooled_ssh"]["status"] == "ok", results
 
 
-@pytest.mark.parametrize(("case", "words"), [
-    ("expired", "Certificate invalid: expired"),
-    ("wrong-principal", "Certificate invalid: name is not a listed principal"),
-    ("revoked-ca", "marked @revoked"),
-])
-def test_a_bad_certificate_is_refused_with_a_clear_line(make_fleet, make_runner, tmp_path, pool_dir, ca,
-                                                        case, words):
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("expired", "Certificate invalid: expired"),
+        ("wrong-principal", "Certificate invalid: name is not a listed principal"),
+        ("revoked-ca", "marked @revoked"),
+    ],
+)
+def test_a_bad_certificate_is_refused_with_a_clear_line(make_fleet, make_runner, tmp_path, pool_dir, ca, case, words):
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
-    certify(host, ca, principals="other.example.com" if case == "wrong-principal" else host.address,
-            validity="20200101:20200102" if case == "expired" else "-5m:+1h")
+    certify(
+        host,
+        ca,
+        principals="other.example.com" if case == "wrong-principal" else host.address,
+        validity="20200101:20200102" if case == "expired" else "-5m:+1h",
+    )
     known_hosts = ca_known_hosts(tmp_path / "known_hosts", host, ca, revoked=case == "revoked-ca")
     results = _both(fleet, make_runner, tmp_path, known_hosts)
     assert results["ssh"]["status"] == "unreachable", results

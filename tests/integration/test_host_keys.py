@@ -22,8 +22,9 @@ def _message(stdout: str, host: str) -> str:
 
 def _fingerprint(host) -> str:
     pub = host.host_key_paths[0].with_name(host.host_key_paths[0].name + ".pub")
-    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return out.split()[1]
 
 
@@ -52,8 +53,9 @@ def test_unknown_host_is_refused_with_its_fingerprint(make_fleet, make_runner, t
 def test_auto_add_with_ten_forks_records_each_host_once(make_fleet, make_runner, tmp_path, pool_dir):
     fleet = make_fleet(count=10)
     fleet.known_hosts.write_text("")
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml",
-                                      group_vars={"ansible_pooled_ssh_host_key_auto_add": True})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_pooled_ssh_host_key_auto_add": True}
+    )
     runner = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "10"})
     for _run in range(2):
         result = runner.playbook(PLAY, inventory)
@@ -69,11 +71,14 @@ def test_auto_add_ten_names_for_one_address_record_one_line(make_fleet, make_run
     names = "\n".join(
         f"        alias{i}: {{ansible_host: {host.address}, ansible_port: {host.port}, ansible_user: {fleet.user}, "
         f"ansible_ssh_private_key_file: {fleet.client_key}, ansible_python_interpreter: {fleet.python}}}"
-        for i in range(10))
+        for i in range(10)
+    )
     inventory = tmp_path / "aliases.yml"
-    inventory.write_text("all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
-                         "    ansible_pooled_ssh_host_key_auto_add: true\n"
-                         f"  children:\n    fleet:\n      hosts:\n{names}\n")
+    inventory.write_text(
+        "all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
+        "    ansible_pooled_ssh_host_key_auto_add: true\n"
+        f"  children:\n    fleet:\n      hosts:\n{names}\n"
+    )
     result = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "10"}).playbook(PLAY, inventory)
     assert result.rc == 0, result.output_tail()
     assert fleet.known_hosts.read_text().splitlines() == [host.host_key_line()]
@@ -84,8 +89,9 @@ def test_auto_add_ten_names_for_one_address_record_one_line(make_fleet, make_run
 def test_changed_host_key_is_refused_naming_file_and_line(make_fleet, make_runner, tmp_path, pool_dir, auto_add):
     fleet = make_fleet(count=2)
     changed = fleet.hosts[1]
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml",
-                                      group_vars={"ansible_pooled_ssh_host_key_auto_add": auto_add})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_pooled_ssh_host_key_auto_add": auto_add}
+    )
     runner = make_runner(fleet)
     assert runner.playbook(PLAY, inventory).rc == 0
     before = fleet.known_hosts.read_text()

@@ -30,8 +30,10 @@ def _ssh_proxy(fleet, bastion, tail: str) -> str:
     ssh = shutil.which("ssh")
     if ssh is None:
         pytest.skip("the OpenSSH client (ssh) is not installed")
-    return (f"{ssh} -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i {fleet.client_key} "
-            f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes -p {bastion.port} {tail}")
+    return (
+        f"{ssh} -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i {fleet.client_key} "
+        f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes -p {bastion.port} {tail}"
+    )
 
 
 def _cases(fleet, bastion, target, marker: Path, attacker_key: str):
@@ -39,8 +41,10 @@ def _cases(fleet, bastion, target, marker: Path, attacker_key: str):
     direct = f"-W {target.address}:{target.port} {fleet.user}@{bastion.address}"
     return {
         # -W <target>:<port> -oProxyCommand=touch <marker>:<port> user@bastion
-        "space": (f"{target.address}:{target.port} -oProxyCommand=touch\\ {marker}",
-                  _ssh_proxy(fleet, bastion, f"-W %h:%p {fleet.user}@{bastion.address}")),
+        "space": (
+            f"{target.address}:{target.port} -oProxyCommand=touch\\ {marker}",
+            _ssh_proxy(fleet, bastion, f"-W %h:%p {fleet.user}@{bastion.address}"),
+        ),
         # known_hosts gains "* ssh-ed25519 <attacker key>" (the proxy ignores %h: the login would succeed)
         "newline": (f"{target.address}\n* ssh-ed25519 {attacker_key}\n#", _ssh_proxy(fleet, bastion, direct)),
         # ssh reads the host as its option -oProxyCommand=touch <marker>
@@ -59,9 +63,13 @@ def test_bad_ansible_host_fails_clearly_and_changes_nothing(make_fleet, make_run
     known_hosts = tmp_path / "plugin_known_hosts"
     known_hosts.write_text(f"{target.host_key_line()}\n" if case != "newline" else "")
     before = known_hosts.read_bytes()
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=[target], group="targets", host_vars={
-        target.name: {"ansible_host": value}}, group_vars={
-        "ansible_paramiko_proxy_command": proxy, "ansible_pooled_ssh_host_key_auto_add": True})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        hosts=[target],
+        group="targets",
+        host_vars={target.name: {"ansible_host": value}},
+        group_vars={"ansible_paramiko_proxy_command": proxy, "ansible_pooled_ssh_host_key_auto_add": True},
+    )
 
     run = make_runner(known_hosts).run_json(PLAY, inventory)
 
@@ -70,8 +78,9 @@ def test_bad_ansible_host_fails_clearly_and_changes_nothing(make_fleet, make_run
     assert res.get("failed") or res.get("unreachable"), res
     message = res["msg"]
     assert "\n" not in message, message
-    assert (f"pooled_ssh option for {target.name}: remote_addr (ansible_host): the host name {value!r}"
-            in message), message
+    assert f"pooled_ssh option for {target.name}: remote_addr (ansible_host): the host name {value!r}" in message, (
+        message
+    )
     assert "OpenSSH refuses" in message, message
     # Nothing happened: no proxy ran, nothing was recorded, neither sshd saw a login.
     assert not list(tmp_path.glob(f"{marker.name}*")), "the proxy command ran the inventory's ProxyCommand"
@@ -85,10 +94,15 @@ def test_the_same_proxy_command_works_with_a_clean_host(make_fleet, make_runner,
     fleet = make_fleet(count=2, per_host_config={"host1": BASTION_CONFIG})
     bastion, target = fleet.hosts
     proxy = _ssh_proxy(fleet, bastion, f"-W %h:%p {fleet.user}@{bastion.address}")
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=[target], group="targets",
-                                      group_vars={"ansible_paramiko_proxy_command": proxy})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        hosts=[target],
+        group="targets",
+        group_vars={"ansible_paramiko_proxy_command": proxy},
+    )
     result = make_runner(fleet).playbook(PLAY, inventory)
     assert result.rc == 0, result.output_tail()
     assert bastion.accepted_count("publickey") == 1 and target.accepted_count("publickey") == 1
     assert json.dumps(result.recap()[target.name]) == json.dumps(
-        {"ok": 1, "changed": 1, "unreachable": 0, "failed": 0, "skipped": 0, "rescued": 0, "ignored": 0})
+        {"ok": 1, "changed": 1, "unreachable": 0, "failed": 0, "skipped": 0, "rescued": 0, "ignored": 0}
+    )

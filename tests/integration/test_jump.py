@@ -36,14 +36,16 @@ def _direct_tcpip_targets(log: str) -> list:
     return re.findall(r"server_request_direct_tcpip: originator \S+ port \d+, target (\S+) port (\d+)", log)
 
 
-def test_three_hosts_behind_one_bastion_share_one_bastion_login(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                collections_root):
+def test_three_hosts_behind_one_bastion_share_one_bastion_login(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=4, per_host_config={"host1": BASTION_CONFIG})
     bastion, *targets = fleet.hosts
     assert "AllowTcpForwarding yes" in bastion.config_path.read_text()
     jump = f"{fleet.user}@{bastion.address}:{bastion.port}"
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=targets, group="targets",
-                                      group_vars={"ansible_pooled_ssh_proxy_jump": jump})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", hosts=targets, group="targets", group_vars={"ansible_pooled_ssh_proxy_jump": jump}
+    )
     runner = make_runner(fleet)
     result = runner.playbook(PLAY, inventory)
     assert result.rc == 0, result.output_tail()
@@ -80,8 +82,9 @@ def test_a_chain_of_two_jump_hosts(make_fleet, make_runner, tmp_path, pool_dir, 
     fleet = make_fleet(count=3, extra_config=BASTION_CONFIG)
     first, second, target = fleet.hosts
     chain = f"{first.address}:{first.port},{fleet.user}@{second.address}:{second.port}"
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=[target], group="targets",
-                                      group_vars={"ansible_pooled_ssh_proxy_jump": chain})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", hosts=[target], group="targets", group_vars={"ansible_pooled_ssh_proxy_jump": chain}
+    )
     result = make_runner(fleet).playbook(PLAY, inventory)
     assert result.rc == 0, result.output_tail()
     assert [h.accepted_count("publickey") for h in fleet] == [1, 1, 1]
@@ -93,8 +96,12 @@ def test_a_chain_of_two_jump_hosts(make_fleet, make_runner, tmp_path, pool_dir, 
 def test_jump_host_that_refuses_forwarding_names_it(make_fleet, make_runner, tmp_path, pool_dir):
     fleet = make_fleet(count=2, per_host_config={"host1": ["AllowTcpForwarding no"]})
     bastion, target = fleet.hosts
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=[target], group="targets", group_vars={
-        "ansible_pooled_ssh_proxy_jump": f"{bastion.address}:{bastion.port}"})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        hosts=[target],
+        group="targets",
+        group_vars={"ansible_pooled_ssh_proxy_jump": f"{bastion.address}:{bastion.port}"},
+    )
     result = make_runner(fleet).playbook(PLAY, inventory)
     assert result.recap()[target.name]["unreachable"] == 1, result.output_tail()
     assert f"the jump host {fleet.user}@{bastion.address}:{bastion.port} refused to connect to it" in result.stdout
@@ -107,11 +114,17 @@ def test_proxy_command_with_openssh_w(make_fleet, make_runner, tmp_path, pool_di
         pytest.skip("the OpenSSH client (ssh) is not installed")
     fleet = make_fleet(count=2, per_host_config={"host1": BASTION_CONFIG})
     bastion, target = fleet.hosts
-    command = (f"{ssh} -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i {fleet.client_key} "
-               f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
-               f"-p {bastion.port} -W %h:%p {fleet.user}@{bastion.address}")
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", hosts=[target], group="targets",
-                                      group_vars={"ansible_paramiko_proxy_command": command})
+    command = (
+        f"{ssh} -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i {fleet.client_key} "
+        f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
+        f"-p {bastion.port} -W %h:%p {fleet.user}@{bastion.address}"
+    )
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        hosts=[target],
+        group="targets",
+        group_vars={"ansible_paramiko_proxy_command": command},
+    )
     result = make_runner(fleet).playbook(PLAY, inventory)
     assert result.rc == 0, result.output_tail()
     assert bastion.accepted_count("publickey") == 1
@@ -149,7 +162,8 @@ all:
         web-behind-bastion: {{}}
 """)
     result = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_LOOK_FOR_KEYS": "0"}).playbook(
-        PLAY, inventory, env={"SSH_AUTH_SOCK": None})
+        PLAY, inventory, env={"SSH_AUTH_SOCK": None}
+    )
     assert result.rc == 0, result.output_tail()
     assert bastion.accepted_count("publickey") == 1 and target.accepted_count("publickey") == 1
     assert _direct_tcpip_targets(bastion.log_text()) == [(target.address, str(target.port))]

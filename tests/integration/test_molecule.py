@@ -97,8 +97,12 @@ def test_molecule_test_passes(tmp_path):
             )
         finally:
             # Whatever happened, nothing create started may outlive the test (a no-op after destroy).
-            subprocess.run([sys.executable, str(SCENARIO / "fleet.py"), "stop", str(ephemeral)],
-                           capture_output=True, timeout=120, check=False)
+            subprocess.run(
+                [sys.executable, str(SCENARIO / "fleet.py"), "stop", str(ephemeral)],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
     output = ANSI.sub("", proc.stdout + proc.stderr)
     tail = "\n".join(output.splitlines()[-80:])
     assert proc.returncode == 0, f"molecule test failed ({proc.returncode}):\n{tail}"

@@ -35,16 +35,20 @@ PLAY = """
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? -?[0-9.eE+-]+$')
 
 
-def test_callback_table_agrees_with_pool_info_and_sshd(make_fleet, make_runner, tmp_path, pool_dir,
-                                                       collections_root):
+def test_callback_table_agrees_with_pool_info_and_sshd(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=3)
-    runner = make_runner(fleet, extra_env={"ANSIBLE_CALLBACKS_ENABLED": "healer.pooled_ssh.pool_stats",
-                                           "ANSIBLE_POOLED_SSH_STATS_JSON": str(tmp_path / "stats.json")})
+    runner = make_runner(
+        fleet,
+        extra_env={
+            "ANSIBLE_CALLBACKS_ENABLED": "healer.pooled_ssh.pool_stats",
+            "ANSIBLE_POOLED_SSH_STATS_JSON": str(tmp_path / "stats.json"),
+        },
+    )
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     out = tmp_path / "info.json"
     result = runner.playbook(PLAY, inventory, "-e", f"out={out}")
     assert result.rc == 0, result.output_tail()
-    table = result.stdout[result.stdout.index("POOLED SSH"):]
+    table = result.stdout[result.stdout.index("POOLED SSH") :]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:] if line.strip()}
     header = rows.pop("host")
     assert header[:3] == ["host", "hits", "misses"]
@@ -74,8 +78,15 @@ def test_stats_json_and_prometheus_parse(make_fleet, make_runner, tmp_path, pool
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
     data = json.loads(pool.cli(collections_root, pool_dir, "stats", "--json").stdout)
-    for name in ("poolHits", "poolMisses", "activeConnections", "idleConnections", "totalConnections",
-                 "healthCheckFailures", "healthChecksPassed"):
+    for name in (
+        "poolHits",
+        "poolMisses",
+        "activeConnections",
+        "idleConnections",
+        "totalConnections",
+        "healthCheckFailures",
+        "healthChecksPassed",
+    ):
         assert name in data["total"] and all(name in h for h in data["hosts"].values())
     text = pool.cli(collections_root, pool_dir, "stats", "--prometheus").stdout
     declared = set()
@@ -147,10 +158,20 @@ def test_console_script_from_pip_install(make_fleet, make_runner, tmp_path, pool
     runner = make_runner(fleet)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
-    out = subprocess.run([str(script), "--pool-dir", str(pool_dir), "stats", "--json"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(script), "--pool-dir", str(pool_dir), "stats", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert json.loads(out)["hosts"]["host1"]["poolMisses"] == 1
-    missing = subprocess.run([str(script), "--pool-dir", str(tmp_path / "nothing-here"), "status"],
-                             capture_output=True, text=True, timeout=60, check=False)
+    missing = subprocess.run(
+        [str(script), "--pool-dir", str(tmp_path / "nothing-here"), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert missing.returncode == 3 and "no pool daemon is running" in missing.stderr
     assert not (tmp_path / "nothing-here").exists(), "a read-only command must not create the pool dir"

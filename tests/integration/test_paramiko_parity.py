@@ -67,8 +67,9 @@ def require_compat() -> Path:
 
 
 def _documentation(source: str) -> Dict[str, Any]:
-    return yaml.safe_load(source.split('DOCUMENTATION = r"""', 1)[-1].split('DOCUMENTATION = """', 1)[-1]
-                          .split('"""', 1)[0])
+    return yaml.safe_load(
+        source.split('DOCUMENTATION = r"""', 1)[-1].split('DOCUMENTATION = """', 1)[-1].split('"""', 1)[0]
+    )
 
 
 def _names(option: Dict[str, Any]) -> Dict[str, set]:
@@ -84,9 +85,16 @@ def _names(option: Dict[str, Any]) -> Dict[str, set]:
 def test_every_paramiko_option_name_is_accepted() -> None:
     bindir = require_compat()
     source = subprocess.run(
-        [str(bindir / "python"), "-c",
-         "import inspect, ansible.plugins.connection.paramiko_ssh as m; print(inspect.getsource(m))"],
-        capture_output=True, text=True, check=True, timeout=120).stdout
+        [
+            str(bindir / "python"),
+            "-c",
+            "import inspect, ansible.plugins.connection.paramiko_ssh as m; print(inspect.getsource(m))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     theirs = _documentation(source)["options"]
     ours = _documentation(PLUGIN.read_text())["options"]
     missing = []
@@ -137,42 +145,75 @@ def test_paramiko_variable_and_env_names_are_honoured(make_fleet, make_runner, t
     inventory = tmp_path / "inventory.yml"
     common = {"ansible_python_interpreter": fleet.python}
     hosts = {
-        "p1": dict(common, ansible_paramiko_host=h1.address, ansible_paramiko_port=h1.port,
-                   ansible_paramiko_user=fleet.user, ansible_paramiko_private_key_file=str(fleet.client_key)),
-        "p2": dict(common, ansible_ssh_host=h2.address, ansible_ssh_port=h2.port, ansible_ssh_user=fleet.user,
-                   ansible_ssh_private_key_file=str(fleet.client_key)),
-        "p3": dict(common, ansible_host=h3.address, ansible_port=h3.port, ansible_user=fleet.user,
-                   ansible_private_key_file=str(fleet.client_key),
-                   ansible_paramiko_proxy_command=f"{sys.executable} {relay} %h %p"),
-        "p4": dict(common, ansible_host=h4.address, ansible_user=fleet.user,
-                   ansible_ssh_private_key_file=str(fleet.client_key)),
+        "p1": dict(
+            common,
+            ansible_paramiko_host=h1.address,
+            ansible_paramiko_port=h1.port,
+            ansible_paramiko_user=fleet.user,
+            ansible_paramiko_private_key_file=str(fleet.client_key),
+        ),
+        "p2": dict(
+            common,
+            ansible_ssh_host=h2.address,
+            ansible_ssh_port=h2.port,
+            ansible_ssh_user=fleet.user,
+            ansible_ssh_private_key_file=str(fleet.client_key),
+        ),
+        "p3": dict(
+            common,
+            ansible_host=h3.address,
+            ansible_port=h3.port,
+            ansible_user=fleet.user,
+            ansible_private_key_file=str(fleet.client_key),
+            ansible_paramiko_proxy_command=f"{sys.executable} {relay} %h %p",
+        ),
+        "p4": dict(
+            common, ansible_host=h4.address, ansible_user=fleet.user, ansible_ssh_private_key_file=str(fleet.client_key)
+        ),
     }
-    inventory.write_text(yaml.safe_dump({"all": {"vars": {"ansible_connection": "healer.pooled_ssh.pooled_ssh"},
-                                                 "children": {"fleet": {"hosts": hosts}}}}))
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": {"ansible_connection": "healer.pooled_ssh.pooled_ssh"},
+                    "children": {"fleet": {"hosts": hosts}},
+                }
+            }
+        )
+    )
     runner = make_runner(fleet)
     runner.config_path.write_text(
         "[defaults]\n"
         "[paramiko_connection]\n"
         "host_key_auto_add = True\nrecord_host_keys = False\nlook_for_keys = False\npty = False\n"
-        "banner_timeout = 7\ntimeout = 7\nuse_rsa_sha2_algorithms = False\n")
-    play = PLAY + """
+        "banner_timeout = 7\ntimeout = 7\nuse_rsa_sha2_algorithms = False\n"
+    )
+    play = (
+        PLAY
+        + """
     - name: no pty (pty = False)
       ansible.builtin.raw: tty || true
       register: tty
     - ansible.builtin.assert:
         that: "'not a tty' in tty.stdout"
 """
-    result = runner.playbook(play, inventory, env={"SSH_AUTH_SOCK": None,
-                                                   "ANSIBLE_REMOTE_PARAMIKO_PORT": str(h4.port)})
+    )
+    result = runner.playbook(play, inventory, env={"SSH_AUTH_SOCK": None, "ANSIBLE_REMOTE_PARAMIKO_PORT": str(h4.port)})
     assert result.rc == 0, result.output_tail()
     assert [h.accepted_count("publickey") for h in fleet] == [1, 1, 1, 1]
     assert fleet.known_hosts.read_text() == ""
     # host_key_checking = False (paramiko's env name): no known_hosts entry and no auto-add needed.
     runner.config_path.write_text("[defaults]\n")
     # host_key_checking is part of the pool key: these are new transports, checked against an empty file.
-    unchecked = runner.playbook(PLAY, inventory, env={"SSH_AUTH_SOCK": None,
-                                                      "ANSIBLE_PARAMIKO_HOST_KEY_CHECKING": "False",
-                                                      "ANSIBLE_REMOTE_PARAMIKO_PORT": str(h4.port)})
+    unchecked = runner.playbook(
+        PLAY,
+        inventory,
+        env={
+            "SSH_AUTH_SOCK": None,
+            "ANSIBLE_PARAMIKO_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_REMOTE_PARAMIKO_PORT": str(h4.port),
+        },
+    )
     assert unchecked.rc == 0, unchecked.output_tail()
     assert [h.accepted_count("publickey") for h in fleet] == [2, 2, 2, 2]
 
@@ -180,19 +221,36 @@ def test_paramiko_variable_and_env_names_are_honoured(make_fleet, make_runner, t
 def _compat_inventory(fleet, connection: str) -> str:
     """An inventory of the paramiko_ssh era: only old variable names."""
     key_host, pass_host, legacy_host = fleet.hosts
-    data = {"all": {"vars": {"ansible_connection": connection, "ansible_python_interpreter": fleet.python},
-                    "children": {"fleet": {"hosts": {
-                        "old-key": {"ansible_ssh_host": key_host.address, "ansible_ssh_port": key_host.port,
-                                    "ansible_ssh_user": fleet.user,
-                                    "ansible_ssh_private_key_file": str(fleet.client_key)},
-                        "old-pass": {"ansible_ssh_host": pass_host.address, "ansible_ssh_port": pass_host.port,
-                                     "ansible_ssh_user": fleet.user, "ansible_ssh_pass": DEFAULT_PASSWORD},
-                        "old-paramiko": {"ansible_paramiko_host": legacy_host.address,
-                                         "ansible_paramiko_port": legacy_host.port,
-                                         "ansible_paramiko_user": fleet.user,
-                                         "ansible_paramiko_pass": DEFAULT_PASSWORD,
-                                         "ansible_paramiko_host_key_checking": True},
-                    }}}}}
+    data = {
+        "all": {
+            "vars": {"ansible_connection": connection, "ansible_python_interpreter": fleet.python},
+            "children": {
+                "fleet": {
+                    "hosts": {
+                        "old-key": {
+                            "ansible_ssh_host": key_host.address,
+                            "ansible_ssh_port": key_host.port,
+                            "ansible_ssh_user": fleet.user,
+                            "ansible_ssh_private_key_file": str(fleet.client_key),
+                        },
+                        "old-pass": {
+                            "ansible_ssh_host": pass_host.address,
+                            "ansible_ssh_port": pass_host.port,
+                            "ansible_ssh_user": fleet.user,
+                            "ansible_ssh_pass": DEFAULT_PASSWORD,
+                        },
+                        "old-paramiko": {
+                            "ansible_paramiko_host": legacy_host.address,
+                            "ansible_paramiko_port": legacy_host.port,
+                            "ansible_paramiko_user": fleet.user,
+                            "ansible_paramiko_pass": DEFAULT_PASSWORD,
+                            "ansible_paramiko_host_key_checking": True,
+                        },
+                    }
+                }
+            },
+        }
+    }
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -205,8 +263,12 @@ def test_paramiko_inventory_works_unchanged(make_fleet, make_runner, tmp_path, p
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
     (home / ".ssh" / "known_hosts").write_text(fleet.known_hosts.read_text())
-    env = {"HOME": str(home), "SSH_AUTH_SOCK": None, "ANSIBLE_POOLED_SSH_KNOWN_HOSTS_FILE": None,
-           "ANSIBLE_DEPRECATION_WARNINGS": "False"}
+    env = {
+        "HOME": str(home),
+        "SSH_AUTH_SOCK": None,
+        "ANSIBLE_POOLED_SSH_KNOWN_HOSTS_FILE": None,
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+    }
     old = tmp_path / "inventory-paramiko.yml"
     old.write_text(_compat_inventory(fleet, "paramiko"))
     legacy = make_runner(fleet, python_bin_dir=str(bindir))
@@ -217,8 +279,9 @@ def test_paramiko_inventory_works_unchanged(make_fleet, make_runner, tmp_path, p
     assert all(n >= 2 for n in before), before  # paramiko_ssh logs in again in every task's worker
 
     new = tmp_path / "inventory-pooled.yml"
-    new.write_text(old.read_text().replace("ansible_connection: paramiko",
-                                           "ansible_connection: healer.pooled_ssh.pooled_ssh"))
+    new.write_text(
+        old.read_text().replace("ansible_connection: paramiko", "ansible_connection: healer.pooled_ssh.pooled_ssh")
+    )
     assert len(old.read_text().splitlines()) == len(new.read_text().splitlines())
     second = make_runner(fleet).playbook(PLAY, new, env=env)
     assert second.rc == 0, second.output_tail()

@@ -51,9 +51,12 @@ def test_seven_tasks_five_hosts_one_handshake_per_host(fleet, runner, tmp_path, 
     assert first.rc == 0, first.output_tail()
     recap = first.recap()
     assert all(recap[h.name]["ok"] == 7 and recap[h.name]["failed"] == 0 for h in fleet), recap
-    assert "héllo wörld ✓" in runner.run_json(
-        "- hosts: fleet\n  gather_facts: false\n  tasks:\n    - raw: echo 'héllo wörld ✓'\n", inventory
-    ).task("host1", "raw")["stdout"]
+    assert (
+        "héllo wörld ✓"
+        in runner.run_json(
+            "- hosts: fleet\n  gather_facts: false\n  tasks:\n    - raw: echo 'héllo wörld ✓'\n", inventory
+        ).task("host1", "raw")["stdout"]
+    )
     assert accepted(fleet) == {h.name: 1 for h in fleet}
 
     stats = pool.stats(collections_root, pool_dir)
@@ -70,8 +73,9 @@ def test_seven_tasks_five_hosts_one_handshake_per_host(fleet, runner, tmp_path, 
     assert pool.stats(collections_root, pool_dir)["total"]["poolMisses"] == 5
 
 
-def test_twenty_forks_on_one_host_stay_within_max_connections(make_fleet, make_runner, tmp_path, collections_root,
-                                                              pool_dir):
+def test_twenty_forks_on_one_host_stay_within_max_connections(
+    make_fleet, make_runner, tmp_path, collections_root, pool_dir
+):
     fleet = make_fleet(count=1)
     target = fleet.hosts[0]
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
@@ -93,11 +97,14 @@ def test_twenty_forks_on_one_host_stay_within_max_connections(make_fleet, make_r
       vars:
         ansible_connection: healer.pooled_ssh.pooled_ssh
 """
-    runner = make_runner(fleet, extra_env={
-        "ANSIBLE_FORKS": "20",
-        "SSH_POOL_MAX_CONNECTIONS": "2",  # the origin's name for max_connections
-        "ANSIBLE_POOLED_SSH_MAX_CHANNELS": "4",
-    })
+    runner = make_runner(
+        fleet,
+        extra_env={
+            "ANSIBLE_FORKS": "20",
+            "SSH_POOL_MAX_CONNECTIONS": "2",  # the origin's name for max_connections
+            "ANSIBLE_POOLED_SSH_MAX_CHANNELS": "4",
+        },
+    )
     result = runner.playbook(playbook, inventory, "-i", str(tmp_path / "workers.yml"))
     assert result.rc == 0, result.output_tail()
     recap = result.recap()
@@ -171,8 +178,9 @@ def test_sshd_restarted_between_tasks_reconnects(make_fleet, make_runner, tmp_pa
 def test_idle_transport_is_closed_after_idle_timeout(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=1)
     # The origin's variable, in milliseconds, is honoured as an alias of idle_timeout.
-    runner = make_runner(fleet, extra_env={"SSH_POOL_IDLE_TIMEOUT_MS": "2000",
-                                            "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "600"})
+    runner = make_runner(
+        fleet, extra_env={"SSH_POOL_IDLE_TIMEOUT_MS": "2000", "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "600"}
+    )
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
     assert pool.stats(collections_root, pool_dir)["total"]["totalConnections"] == 1
@@ -194,8 +202,9 @@ def test_idle_transport_is_closed_after_idle_timeout(make_fleet, make_runner, tm
 
 def test_daemon_exits_after_holding_nothing(make_fleet, make_runner, tmp_path, pool_dir):
     fleet = make_fleet(count=1)
-    runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": "1",
-                                            "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "1"})
+    runner = make_runner(
+        fleet, extra_env={"ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": "1", "ANSIBLE_POOLED_SSH_DAEMON_IDLE_TIMEOUT": "1"}
+    )
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     assert runner.adhoc("fleet", "ansible.builtin.command", "true", inventory).rc == 0
     pid = pool.daemon_pid(pool_dir)

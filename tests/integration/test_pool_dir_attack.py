@@ -46,16 +46,27 @@ def swapper(make_fleet):
 def test_worker_refuses_a_pool_dir_another_uid_can_swap(make_fleet, make_runner, tmp_path, swapper):
     fleet = make_fleet(count=1, password=DEFAULT_PASSWORD, encrypted_key_passphrase=ENCRYPTED_KEY_PASSPHRASE)
     host = fleet.hosts[0]
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", use_key=False, host_vars={"host1": {
-        "ansible_password": DEFAULT_PASSWORD, "ansible_ssh_private_key_file": str(fleet.encrypted_key),
-        "ansible_pooled_ssh_private_key_passphrase": ENCRYPTED_KEY_PASSPHRASE}})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        use_key=False,
+        host_vars={
+            "host1": {
+                "ansible_password": DEFAULT_PASSWORD,
+                "ansible_ssh_private_key_file": str(fleet.encrypted_key),
+                "ansible_pooled_ssh_private_key_passphrase": ENCRYPTED_KEY_PASSPHRASE,
+            }
+        },
+    )
     swapper.start(proto.socket_name(), proto.PROTOCOL_VERSION)
 
     run = make_runner(fleet, pool=swapper.pool_dir).run_json(PLAY, inventory, env={"SSH_AUTH_SOCK": None})
 
     received = swapper.received()
-    leaked = [name for name, secret in (("login password", DEFAULT_PASSWORD),
-                                        ("key passphrase", ENCRYPTED_KEY_PASSPHRASE)) if secret.encode() in received]
+    leaked = [
+        name
+        for name, secret in (("login password", DEFAULT_PASSWORD), ("key passphrase", ENCRYPTED_KEY_PASSPHRASE))
+        if secret.encode() in received
+    ]
     assert not leaked, f"the fake daemon received the {', '.join(leaked)}; it saw {swapper.events()}"
     assert received == b"", f"the worker talked to the fake daemon: {swapper.events()}"
     assert run.rc != 0

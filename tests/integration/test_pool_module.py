@@ -63,8 +63,9 @@ def test_pool_info_changes_nothing(make_fleet, make_runner, tmp_path, pool_dir, 
     assert all(h.accepted_count("publickey") == 1 for h in fleet)
 
 
-def test_pool_flushes_one_host_in_check_mode_then_for_real(make_fleet, make_runner, tmp_path, pool_dir,
-                                                           collections_root):
+def test_pool_flushes_one_host_in_check_mode_then_for_real(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=2)
     runner = make_runner(fleet, extra_env=LONG_LIVED)
     inventory = _warm(runner, fleet, tmp_path)
@@ -89,8 +90,7 @@ def test_pool_flushes_one_host_in_check_mode_then_for_real(make_fleet, make_runn
     assert [h.accepted_count("publickey") for h in fleet] == [2, 1]
 
 
-def test_pool_flushes_everything_when_no_host_is_named(make_fleet, make_runner, tmp_path, pool_dir,
-                                                       collections_root):
+def test_pool_flushes_everything_when_no_host_is_named(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=2)
     runner = make_runner(fleet, extra_env=LONG_LIVED)
     inventory = _warm(runner, fleet, tmp_path)

@@ -45,18 +45,26 @@ def wait_for(path: Path, what: str, thread: threading.Thread) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_on_exhausted_fail_and_direct_past_max_connections(make_fleet, make_runner, tmp_path, shared_dir,
-                                                           collections_root, pool_dir):
+def test_on_exhausted_fail_and_direct_past_max_connections(
+    make_fleet, make_runner, tmp_path, shared_dir, collections_root, pool_dir
+):
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
     runner = make_runner(fleet)
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={
-        "ansible_pooled_ssh_max_connections": 1, "ansible_pooled_ssh_max_channels": 1,
-        "ansible_pooled_ssh_pool_wait_timeout": 600})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml",
+        group_vars={
+            "ansible_pooled_ssh_max_connections": 1,
+            "ansible_pooled_ssh_max_channels": 1,
+            "ansible_pooled_ssh_pool_wait_timeout": 600,
+        },
+    )
     held, release = shared_dir / "held", shared_dir / "release"
     results = {}
-    holder = threading.Thread(target=lambda: results.setdefault(
-        "hold", runner.run_json(HOLD.format(held=held, release=release), inventory)), daemon=True)
+    holder = threading.Thread(
+        target=lambda: results.setdefault("hold", runner.run_json(HOLD.format(held=held, release=release), inventory)),
+        daemon=True,
+    )
     holder.start()
     try:
         wait_for(held, "the transport to be held", holder)

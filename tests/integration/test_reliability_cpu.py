@@ -37,8 +37,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def test_command_with_output_closed_costs_the_daemon_under_a_tenth_of_a_core(make_fleet, make_runner, tmp_path,
-                                                                            pool_dir):
+def test_command_with_output_closed_costs_the_daemon_under_a_tenth_of_a_core(
+    make_fleet, make_runner, tmp_path, pool_dir
+):
     fleet = make_fleet(count=1)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml", group_vars={"ansible_pooled_ssh_pty": False})
     runner = make_runner(fleet)

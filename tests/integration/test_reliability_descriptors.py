@@ -27,15 +27,18 @@ PLAY = """
 """
 
 
-def test_1100_transports_and_50_workers_under_a_soft_limit_of_1024(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                   collections_root):
+def test_1100_transports_and_50_workers_under_a_soft_limit_of_1024(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=4)
     inventory = spread_inventory(tmp_path / "inventory.yml", fleet, NAMES)
     runner = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "50", "ANSIBLE_POOLED_SSH_IDLE_TIMEOUT": "3600"})
     playbook = tmp_path / "cheap.yml"
     playbook.write_text(PLAY, encoding="utf-8")
-    result = runner.run(under_nofile(SOFT_LIMIT, [runner.executable("ansible-playbook"), "-i", str(inventory),
-                                                  str(playbook)]), timeout=3000)
+    result = runner.run(
+        under_nofile(SOFT_LIMIT, [runner.executable("ansible-playbook"), "-i", str(inventory), str(playbook)]),
+        timeout=3000,
+    )
     recap = result.recap()
     bad = {h: r for h, r in recap.items() if r["ok"] != 1 or r["failed"] or r["unreachable"]}
     assert result.rc == 0 and len(recap) == NAMES and not bad, (len(recap), len(bad), result.output_tail())

@@ -44,8 +44,10 @@ WARM = """
 
 
 def faulted_play(task: Dict[str, Any], host_vars: Dict[str, Any]) -> str:
-    return yaml.safe_dump([{"hosts": "fleet", "gather_facts": False, "vars": host_vars,
-                            "tasks": [dict(task, name="append once")]}], sort_keys=False)
+    return yaml.safe_dump(
+        [{"hosts": "fleet", "gather_facts": False, "vars": host_vars, "tasks": [dict(task, name="append once")]}],
+        sort_keys=False,
+    )
 
 
 def module_file_in(directory: Path) -> Callable[[], bool]:
@@ -63,8 +65,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_unanswered_exec_runs_once_and_reports_unknown_outcome(make_fleet, make_runner, tmp_path, pool_dir,
-                                                               shared_dir, case):
+def test_unanswered_exec_runs_once_and_reports_unknown_outcome(
+    make_fleet, make_runner, tmp_path, pool_dir, shared_dir, case
+):
     pipelining, pty, kind = CASES[case]
     fleet = make_fleet(count=1)
     marker = shared_dir / "marker"
@@ -79,7 +82,7 @@ def test_unanswered_exec_runs_once_and_reports_unknown_outcome(make_fleet, make_
     else:
         task = {"ansible.builtin.shell": "true", "environment": {"POOLED_PAD": PAD}}
         wrapper = shared_dir / "python"
-        wrapper.write_text(f"#!/bin/sh\n{command}\nexec {fleet.python} \"$@\"\n", encoding="utf-8")
+        wrapper.write_text(f'#!/bin/sh\n{command}\nexec {fleet.python} "$@"\n', encoding="utf-8")
         wrapper.chmod(0o755)
         host_vars["ansible_python_interpreter"] = str(wrapper)
     with FaultProxy((fleet.hosts[0].address, fleet.hosts[0].port)) as proxy:

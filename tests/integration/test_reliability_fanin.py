@@ -43,12 +43,14 @@ def alias_inventory(path: Path, fleet, names: int, connection: str, extra: str =
         f"    ansible_python_interpreter: {fleet.python}\n"
         f"{extra}"
         "  children:\n    fleet:\n      hosts:\n" + "\n".join(lines) + "\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return path
 
 
-def test_twenty_forks_twenty_names_one_tight_sshd_lose_nothing(make_fleet, make_runner, tmp_path, pool_dir,
-                                                              collections_root):
+def test_twenty_forks_twenty_names_one_tight_sshd_lose_nothing(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root
+):
     fleet = make_fleet(count=1, extra_config=LIMITS)
     host = fleet.hosts[0]
     inventory = alias_inventory(tmp_path / "fanin.yml", fleet, 20, "healer.pooled_ssh.pooled_ssh")
@@ -66,17 +68,22 @@ def test_twenty_forks_twenty_names_one_tight_sshd_lose_nothing(make_fleet, make_
     # sshd did drop handshakes (the limit was real), and the pool absorbed every drop.
     drops = host.log_text().count("drop connection #")
     log = (Path(pool_dir) / "daemon.log").read_text()
-    print(f"\npooled_ssh: recap all ok, sshd dropped {drops} handshakes, "
-          f"retried {log.count('handshake dropped by the server')} times")
+    print(
+        f"\npooled_ssh: recap all ok, sshd dropped {drops} handshakes, "
+        f"retried {log.count('handshake dropped by the server')} times"
+    )
 
 
 def test_builtin_ssh_contrast_is_recorded_not_asserted(make_fleet, make_runner, tmp_path):
     """The same play with ``ansible_connection=ssh``: record its recap, assert nothing about ssh."""
     fleet = make_fleet(count=1, extra_config=LIMITS)
-    args = (f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
-            "-o ControlMaster=no -o ControlPath=none -o IdentitiesOnly=yes")
-    inventory = alias_inventory(tmp_path / "fanin-ssh.yml", fleet, 20, "ssh",
-                                extra=f"    ansible_ssh_common_args: '{args}'\n")
+    args = (
+        f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes "
+        "-o ControlMaster=no -o ControlPath=none -o IdentitiesOnly=yes"
+    )
+    inventory = alias_inventory(
+        tmp_path / "fanin-ssh.yml", fleet, 20, "ssh", extra=f"    ansible_ssh_common_args: '{args}'\n"
+    )
     runner = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "20"})
     result = runner.playbook(FANIN_PLAY, inventory, timeout=300)
     recap = result.recap()

@@ -32,7 +32,6 @@ OTHER_VERSION = PROTOCOL_VERSION + 1
 # --------------------------------------------------------------------------- helpers
 
 
-
 def lines(path: Path) -> int:
     try:
         return len(path.read_text().splitlines())
@@ -104,10 +103,12 @@ def proxied_inventory(fleet, path: Path, proxy: FaultProxy, name: str = "host1")
     """An inventory whose host reaches sshd through ``proxy`` (known_hosts has the real address)."""
     host = fleet.hosts[0]
     known = fleet.known_hosts.read_text()
-    fleet.known_hosts.write_text(known + host.host_key_line().replace(
-        f"[{host.address}]:{host.port}", f"[{proxy.address}]:{proxy.port}") + "\n")
-    return fleet.write_inventory(path, hosts=[host], host_vars={
-        name: {"ansible_host": proxy.address, "ansible_port": proxy.port}})
+    fleet.known_hosts.write_text(
+        known + host.host_key_line().replace(f"[{host.address}]:{host.port}", f"[{proxy.address}]:{proxy.port}") + "\n"
+    )
+    return fleet.write_inventory(
+        path, hosts=[host], host_vars={name: {"ansible_host": proxy.address, "ansible_port": proxy.port}}
+    )
 
 
 # --------------------------------------------------------------------------- sshd faults
@@ -121,9 +122,11 @@ def test_sshd_restarted_mid_play_running_work_finishes(make_fleet, make_runner, 
     marker = shared_dir / "restart"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     late = tmp_path / "late.yml"
-    late.write_text(f"fleet:\n  hosts:\n    late: {{ansible_host: {host.address}, ansible_port: {host.port}, "
-                    f"ansible_user: {fleet.user}, ansible_ssh_private_key_file: {fleet.client_key}, "
-                    f"ansible_python_interpreter: {fleet.python}}}\n")
+    late.write_text(
+        f"fleet:\n  hosts:\n    late: {{ansible_host: {host.address}, ansible_port: {host.port}, "
+        f"ansible_user: {fleet.user}, ansible_ssh_private_key_file: {fleet.client_key}, "
+        f"ansible_python_interpreter: {fleet.python}}}\n"
+    )
     runner = make_runner(fleet)
     playbook = play(marked_command(marker, 2), hosts="host1") + NEXT
     run = Background(runner, playbook, inventory)
@@ -150,8 +153,9 @@ def test_refused_connects_back_off_while_sshd_restarts(make_fleet, make_runner, 
         proxy.refuse_new(True)
         run = Background(runner, NEXT, inventory)
         log = Path(pool_dir) / "daemon.log"
-        wait_until(lambda: log.exists() and "connection refused (attempt 1" in log.read_text(), 60,
-                   what="a refused connect")
+        wait_until(
+            lambda: log.exists() and "connection refused (attempt 1" in log.read_text(), 60, what="a refused connect"
+        )
         proxy.refuse_new(False)
         result = run.result()
         assert result.rc == 0, result.output_tail()
@@ -159,8 +163,9 @@ def test_refused_connects_back_off_while_sshd_restarts(make_fleet, make_runner, 
     assert fleet.hosts[0].accepted_count("publickey") == 1
 
 
-def test_sshd_killed_mid_command_reports_unknown_outcome(make_fleet, make_runner, tmp_path, pool_dir, shared_dir,
-                                                         collections_root):
+def test_sshd_killed_mid_command_reports_unknown_outcome(
+    make_fleet, make_runner, tmp_path, pool_dir, shared_dir, collections_root
+):
     """#17: sshd (listener and sessions) killed while a command runs: UNREACHABLE, outcome unknown, not re-run."""
     fleet = make_fleet(count=1)
     host = fleet.hosts[0]
@@ -209,15 +214,19 @@ def test_silent_link_is_detected_by_keepalives(make_fleet, make_runner, tmp_path
     marker = shared_dir / "stall"
     with FaultProxy((fleet.hosts[0].address, fleet.hosts[0].port)) as proxy:
         inventory = proxied_inventory(fleet, tmp_path / "inventory.yml", proxy)
-        runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL": "1",
-                                                "ANSIBLE_POOLED_SSH_KEEPALIVE_MAX_MISSED": "2"})
+        runner = make_runner(
+            fleet,
+            extra_env={"ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL": "1", "ANSIBLE_POOLED_SSH_KEEPALIVE_MAX_MISSED": "2"},
+        )
         run = Background(runner, play(marked_command(marker, 60)), inventory)
         wait_until(lambda: lines(marker) == 1, 60, what="the command to start")
         proxy.stall()
         result = run.result()
         message = unreachable(result, "host1")
-        assert f"{proxy.address}:{proxy.port}: the SSH connection was lost while the command ran (the server " \
-               "did not answer keepalives for 2s); its outcome is unknown and it was not re-run" in message, message
+        assert (
+            f"{proxy.address}:{proxy.port}: the SSH connection was lost while the command ran (the server "
+            "did not answer keepalives for 2s); its outcome is unknown and it was not re-run" in message
+        ), message
         proxy.resume()
         next_task_works(runner, inventory)
     assert lines(marker) == 1
@@ -230,8 +239,9 @@ def test_silent_link_is_bounded_by_command_timeout(make_fleet, make_runner, tmp_
     marker = shared_dir / "timeout"
     with FaultProxy((fleet.hosts[0].address, fleet.hosts[0].port)) as proxy:
         inventory = proxied_inventory(fleet, tmp_path / "inventory.yml", proxy)
-        runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL": "0",
-                                                "ANSIBLE_POOLED_SSH_COMMAND_TIMEOUT": "3"})
+        runner = make_runner(
+            fleet, extra_env={"ANSIBLE_POOLED_SSH_KEEPALIVE_INTERVAL": "0", "ANSIBLE_POOLED_SSH_COMMAND_TIMEOUT": "3"}
+        )
         run = Background(runner, play(marked_command(marker, 60)), inventory)
         wait_until(lambda: lines(marker) == 1, 60, what="the command to start")
         proxy.stall()
@@ -246,8 +256,9 @@ def test_silent_link_is_bounded_by_command_timeout(make_fleet, make_runner, tmp_
 # --------------------------------------------------------------------------- pool processes
 
 
-def test_daemon_killed_mid_command_fails_clearly_and_is_not_rerun(make_fleet, make_runner, tmp_path, pool_dir,
-                                                                  shared_dir):
+def test_daemon_killed_mid_command_fails_clearly_and_is_not_rerun(
+    make_fleet, make_runner, tmp_path, pool_dir, shared_dir
+):
     """#17: SIGKILL of the pool daemon mid-command: the task fails at once, "outcome unknown"; not re-run."""
     fleet = make_fleet(count=1)
     marker = shared_dir / "daemon"
@@ -266,21 +277,29 @@ def test_daemon_killed_mid_command_fails_clearly_and_is_not_rerun(make_fleet, ma
     assert lines(marker) == 1
 
 
-def test_worker_killed_mid_command_returns_its_slot(make_fleet, make_runner, tmp_path, pool_dir, shared_dir,
-                                                    collections_root):
+def test_worker_killed_mid_command_returns_its_slot(
+    make_fleet, make_runner, tmp_path, pool_dir, shared_dir, collections_root
+):
     """#17: ansible-playbook and its workers SIGKILLed mid-task: the daemon closes the channel and
     frees the slot. With one transport allowed, a leaked slot would block the next task until pool_wait_timeout."""
     fleet = make_fleet(count=1, extra_config=["MaxSessions 1"])
     marker = shared_dir / "worker"
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
-    runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_MAX_CONNECTIONS": "1",
-                                            "ANSIBLE_POOLED_SSH_POOL_WAIT_TIMEOUT": "20"})
+    runner = make_runner(
+        fleet, extra_env={"ANSIBLE_POOLED_SSH_MAX_CONNECTIONS": "1", "ANSIBLE_POOLED_SSH_POOL_WAIT_TIMEOUT": "20"}
+    )
     playbook = tmp_path / "worker.yml"
     playbook.write_text(play(marked_command(marker, 60)))
     with (tmp_path / "worker.out").open("wb") as out:
-        proc = subprocess.Popen([runner.executable("ansible-playbook"), "-i", str(inventory), str(playbook)],
-                                cwd=runner.workdir, env=runner.env(), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [runner.executable("ansible-playbook"), "-i", str(inventory), str(playbook)],
+            cwd=runner.workdir,
+            env=runner.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_until(lambda: lines(marker) == 1, 60, what="the command to start")
             assert pool.stats(collections_root, pool_dir)["total"]["channelsInUse"] == 1
@@ -293,8 +312,12 @@ def test_worker_killed_mid_command_returns_its_slot(make_fleet, make_runner, tmp
                     os.kill(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
-    wait_until(lambda: pool.stats(collections_root, pool_dir)["total"]["channelsInUse"] == 0, 30, interval=0.2,
-               what="the slot to be returned")
+    wait_until(
+        lambda: pool.stats(collections_root, pool_dir)["total"]["channelsInUse"] == 0,
+        30,
+        interval=0.2,
+        what="the slot to be returned",
+    )
     assert "worker went away mid-command" in (Path(pool_dir) / "daemon.log").read_text()
     next_task_works(runner, inventory)
     # sshd keeps a session's MaxSessions slot until its command exits (the orphaned `sleep` still
@@ -312,13 +335,16 @@ def test_stale_socket_and_twenty_workers_racing_start_one_daemon(make_fleet, mak
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(Path(pool_dir) / PROTOCOL_SOCKET))
     stale.close()  # the file stays; connecting to it is refused
-    names = "\n".join(f"        n{i:02d}: {{ansible_host: {host.address}, ansible_port: {host.port}}}"
-                      for i in range(20))
+    names = "\n".join(
+        f"        n{i:02d}: {{ansible_host: {host.address}, ansible_port: {host.port}}}" for i in range(20)
+    )
     inventory = tmp_path / "twenty.yml"
-    inventory.write_text(f"all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
-                         f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
-                         f"    ansible_python_interpreter: {fleet.python}\n"
-                         f"  children:\n    fleet:\n      hosts:\n{names}\n")
+    inventory.write_text(
+        f"all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
+        f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
+        f"    ansible_python_interpreter: {fleet.python}\n"
+        f"  children:\n    fleet:\n      hosts:\n{names}\n"
+    )
     runner = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "20"})
     result = next_task_works(runner, inventory)
     assert len(result.recap()) == 20
@@ -376,8 +402,9 @@ def test_a_process_of_another_version_on_the_socket_is_refused(make_fleet, make_
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     runner = make_runner(fleet)
     body = json.dumps({"t": "hello", "version": OTHER_VERSION, "pid": 1}).encode()
-    fake = FakeDaemon(Path(pool_dir) / PROTOCOL_SOCKET,
-                      b"HPS" + bytes([OTHER_VERSION]) + struct.pack("!II", len(body), 0) + body)
+    fake = FakeDaemon(
+        Path(pool_dir) / PROTOCOL_SOCKET, b"HPS" + bytes([OTHER_VERSION]) + struct.pack("!II", len(body), 0) + body
+    )
     try:
         result = runner.playbook(NEXT, inventory, timeout=120)
     finally:
@@ -390,8 +417,7 @@ def test_a_process_of_another_version_on_the_socket_is_refused(make_fleet, make_
     next_task_works(runner, inventory)
 
 
-def test_two_playbooks_share_one_daemon_concurrently(make_fleet, make_runner, tmp_path, pool_dir,
-                                                     collections_root):
+def test_two_playbooks_share_one_daemon_concurrently(make_fleet, make_runner, tmp_path, pool_dir, collections_root):
     fleet = make_fleet(count=3)
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     playbook = """

@@ -47,8 +47,9 @@ def test_200_raw_items_alternating_sudo_and_20_with_stdin(
     set_password(fleet.user, DEFAULT_PASSWORD)
     sudoers(_password_rule(fleet.user))
     user_uid = pwd.getpwnam(fleet.user).pw_uid
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml",
-                                      group_vars={"ansible_become_password": DEFAULT_PASSWORD})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_become_password": DEFAULT_PASSWORD}
+    )
     run = make_runner(fleet).run_json(PLAY, inventory, timeout=600)
     assert run.rc == 0, run.result.output_tail()
     raw = run.task("host1", "raw items")["results"]

@@ -29,12 +29,16 @@ def unreachable(stdout: str, host: str) -> str:
 
 def aliases(path: Path, fleet, count: int) -> Path:
     host = fleet.hosts[0]
-    names = "\n".join(f"        n{i:02d}: {{ansible_host: {host.address}, ansible_port: {host.port}}}"
-                      for i in range(count))
-    path.write_text(f"all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
-                    f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
-                    f"    ansible_python_interpreter: {fleet.python}\n"
-                    f"  children:\n    fleet:\n      hosts:\n{names}\n", encoding="utf-8")
+    names = "\n".join(
+        f"        n{i:02d}: {{ansible_host: {host.address}, ansible_port: {host.port}}}" for i in range(count)
+    )
+    path.write_text(
+        f"all:\n  vars:\n    ansible_connection: healer.pooled_ssh.pooled_ssh\n"
+        f"    ansible_user: {fleet.user}\n    ansible_ssh_private_key_file: {fleet.client_key}\n"
+        f"    ansible_python_interpreter: {fleet.python}\n"
+        f"  children:\n    fleet:\n      hosts:\n{names}\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -52,13 +56,13 @@ ONE_TASK = """
 """
 
 
-
 # --------------------------------------------------------------------------- 1, 2: server limits
 
 
 @pytest.mark.parametrize("max_sessions", [1, 2])
-def test_1_max_sessions_three_concurrent_tasks_on_one_host(make_fleet, make_runner, tmp_path, pool_dir,
-                                                           collections_root, max_sessions):
+def test_1_max_sessions_three_concurrent_tasks_on_one_host(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root, max_sessions
+):
     """#1: sshd refuses channels past MaxSessions ("administratively prohibited"): the pool learns
     the limit, queues or opens another transport, and no task fails. Pipelining is off so that
     SFTP transfers (which also hold a session) compete too."""
@@ -104,8 +108,10 @@ def test_2_max_startups_1_fifty_first_connects(make_fleet, make_runner, tmp_path
     assert host.accepted_count("publickey") == 50
     log = (Path(pool_dir) / "daemon.log").read_text()
     attempts = [int(n) for n in re.findall(r"handshake dropped by the server \(attempt (\d+)\)", log)]
-    print(f"\nMaxStartups 1: sshd dropped {host.log_text().count('drop connection #')}, "
-          f"the pool retried {len(attempts)}, at most {max(attempts, default=0)} times for one host")
+    print(
+        f"\nMaxStartups 1: sshd dropped {host.log_text().count('drop connection #')}, "
+        f"the pool retried {len(attempts)}, at most {max(attempts, default=0)} times for one host"
+    )
 
 
 # --------------------------------------------------------------------------- 4: tarpit
@@ -116,9 +122,11 @@ def test_4_tarpit_fails_at_the_banner_timeout_and_spares_the_others(make_fleet, 
     with Tarpit() as tarpit:
         inventory = fleet.write_inventory(tmp_path / "inventory.yml")
         extra = tmp_path / "tarpit.yml"
-        extra.write_text(f"fleet:\n  hosts:\n    tarpit: {{ansible_host: {tarpit.address}, "
-                         f"ansible_port: {tarpit.port}, ansible_user: {fleet.user}, "
-                         "ansible_pooled_ssh_banner_timeout: 2}\n")
+        extra.write_text(
+            f"fleet:\n  hosts:\n    tarpit: {{ansible_host: {tarpit.address}, "
+            f"ansible_port: {tarpit.port}, ansible_user: {fleet.user}, "
+            "ansible_pooled_ssh_banner_timeout: 2}\n"
+        )
         runner = make_runner(fleet)
         result = runner.playbook(ONE_TASK, inventory, "-i", str(extra), timeout=120)
         recap = result.recap()
@@ -142,8 +150,12 @@ def test_6_idle_transport_closed_by_the_server_reconnects_at_checkout(make_fleet
     # plain path's case (the pool's own idle_timeout closes a transport that holds an executor).
     runner = make_runner(fleet, extra_env={"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "off"})
     assert runner.playbook(ONE_TASK, inventory).rc == 0
-    wait_until(lambda: host.accepted_count() == 1 and not host.session_pids(), 30, interval=0.1,
-               what="sshd to close the idle connection")
+    wait_until(
+        lambda: host.accepted_count() == 1 and not host.session_pids(),
+        30,
+        interval=0.1,
+        what="sshd to close the idle connection",
+    )
     result = runner.playbook(ONE_TASK, inventory)
     assert result.rc == 0, result.output_tail()
     assert host.accepted_count("publickey") == 2
@@ -191,8 +203,9 @@ def test_12_known_hosts_oddities_and_concurrent_adds(make_fleet, make_runner, tm
         "*.wildcard.example,!bad.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJunkJunkJunkJunkJunkJunk",
     ]
     fleet.known_hosts.write_text("\n".join(before) + "\n")
-    inventory = fleet.write_inventory(tmp_path / "inventory.yml",
-                                      group_vars={"ansible_pooled_ssh_host_key_auto_add": True})
+    inventory = fleet.write_inventory(
+        tmp_path / "inventory.yml", group_vars={"ansible_pooled_ssh_host_key_auto_add": True}
+    )
     result = make_runner(fleet, extra_env={"ANSIBLE_FORKS": "5"}).playbook(ONE_TASK, inventory)
     recap = result.recap()
     assert all(recap[h.name]["ok"] == 1 for h in fleet.hosts if h is not revoked), result.output_tail()
@@ -201,7 +214,7 @@ def test_12_known_hosts_oddities_and_concurrent_adds(make_fleet, make_runner, tm
     assert revoked.accepted_count() == 0
     after = fleet.known_hosts.read_text().splitlines()
     assert after[: len(before)] == before  # nothing lost or rewritten
-    assert sorted(after[len(before):]) == sorted(h.host_key_line() for h in fleet.hosts[2:])  # each once
+    assert sorted(after[len(before) :]) == sorted(h.host_key_line() for h in fleet.hosts[2:])  # each once
 
 
 # --------------------------------------------------------------------------- 18: big transfers, rekeying, a cut
@@ -227,9 +240,17 @@ def big_file(tmp_path: Path) -> Path:
 
 
 def _spec(fleet, address: str, port: int) -> Dict[str, Any]:
-    return {"host": "big", "addr": address, "port": port, "user": fleet.user,
-            "private_key_file": str(fleet.client_key), "look_for_keys": False,
-            "known_hosts_files": [str(fleet.known_hosts)], "host_key_checking": True, "timeout": 10.0}
+    return {
+        "host": "big",
+        "addr": address,
+        "port": port,
+        "user": fleet.user,
+        "private_key_file": str(fleet.client_key),
+        "look_for_keys": False,
+        "known_hosts_files": [str(fleet.known_hosts)],
+        "host_key_checking": True,
+        "timeout": 10.0,
+    }
 
 
 def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_path, pool_dir, shared_dir, big_file):
@@ -255,8 +276,11 @@ def test_18_big_transfer_with_rekeying_and_a_cut(make_fleet, make_runner, tmp_pa
 
     target = shared_dir / "cut.bin"
     with FaultProxy((host.address, host.port)) as proxy:
-        fleet.known_hosts.write_text(fleet.known_hosts.read_text() + host.host_key_line().replace(
-            f"[{host.address}]:{host.port}", f"[{proxy.address}]:{proxy.port}") + "\n")
+        fleet.known_hosts.write_text(
+            fleet.known_hosts.read_text()
+            + host.host_key_line().replace(f"[{host.address}]:{host.port}", f"[{proxy.address}]:{proxy.port}")
+            + "\n"
+        )
         spec = _spec(fleet, proxy.address, proxy.port)
         request = {"op": "put", "local": str(big_file), "remote": str(target)}
         client = PoolClient(str(pool_dir))

@@ -36,8 +36,16 @@ def unit_values(path: Path) -> Dict[str, str]:
 def start_service(exec_start: str) -> subprocess.CompletedProcess:
     """What systemd does for a oneshot unit: run ExecStart with a bare environment."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/root")}
-    return subprocess.run([exec_start], env=env, capture_output=True, text=True, timeout=900,
-                          stdin=subprocess.DEVNULL, start_new_session=True, check=False)
+    return subprocess.run(
+        [exec_start],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        check=False,
+    )
 
 
 def test_two_scheduled_runs_share_a_warm_pool_and_never_overlap(make_fleet, make_runner, tmp_path, pool_dir):
@@ -46,24 +54,61 @@ def test_two_scheduled_runs_share_a_warm_pool_and_never_overlap(make_fleet, make
     runner = make_runner(fleet)
     report, state, units = tmp_path / "report", tmp_path / "state", tmp_path / "units"
     units.mkdir()
-    hosts_inventory = fleet.write_inventory(tmp_path / "fleet.yml", group_vars={
-        "diagnose_report_dir": str(report), "diagnose_fail_on": "never", "diagnose_checks": ["load", "uptime"]})
+    hosts_inventory = fleet.write_inventory(
+        tmp_path / "fleet.yml",
+        group_vars={
+            "diagnose_report_dir": str(report),
+            "diagnose_fail_on": "never",
+            "diagnose_checks": ["load", "uptime"],
+        },
+    )
     env = runner.env()
-    carried = {k: env[k] for k in ("ANSIBLE_CONFIG", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_POOLED_SSH_POOL_DIR",
-                                   "ANSIBLE_POOLED_SSH_KNOWN_HOSTS_FILE", "ANSIBLE_HOME", "ANSIBLE_LOCAL_TEMP",
-                                   "ANSIBLE_PIPELINING", "LC_ALL")}
+    carried = {
+        k: env[k]
+        for k in (
+            "ANSIBLE_CONFIG",
+            "ANSIBLE_COLLECTIONS_PATH",
+            "ANSIBLE_POOLED_SSH_POOL_DIR",
+            "ANSIBLE_POOLED_SSH_KNOWN_HOSTS_FILE",
+            "ANSIBLE_HOME",
+            "ANSIBLE_LOCAL_TEMP",
+            "ANSIBLE_PIPELINING",
+            "LC_ALL",
+        )
+    }
     # the pool's counters as a node_exporter textfile too, from the pool_stats callback
     textfile = tmp_path / "textfile" / "pooled_ssh.prom"
     textfile.parent.mkdir()
-    carried.update(ANSIBLE_CALLBACKS_ENABLED="healer.pooled_ssh.pool_stats",
-                   ANSIBLE_POOLED_SSH_STATS_PROMETHEUS=str(textfile))
+    carried.update(
+        ANSIBLE_CALLBACKS_ENABLED="healer.pooled_ssh.pool_stats", ANSIBLE_POOLED_SSH_STATS_PROMETHEUS=str(textfile)
+    )
     controller = tmp_path / "controller.yml"
-    controller.write_text(json.dumps({"all": {"hosts": {"localhost": {
-        "ansible_connection": "local", "ansible_python_interpreter": fleet.python}}}}), encoding="utf-8")
-    install = runner.run_json(PLAY, controller, "-e", json.dumps({
-        "schedule_inventory": str(hosts_inventory), "schedule_interval_minutes": 1, "schedule_method": "systemd",
-        "schedule_enable": False, "schedule_state_dir": str(state), "schedule_unit_dir": str(units),
-        "schedule_environment": carried}))
+    controller.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": fleet.python}}
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    install = runner.run_json(
+        PLAY,
+        controller,
+        "-e",
+        json.dumps(
+            {
+                "schedule_inventory": str(hosts_inventory),
+                "schedule_interval_minutes": 1,
+                "schedule_method": "systemd",
+                "schedule_enable": False,
+                "schedule_state_dir": str(state),
+                "schedule_unit_dir": str(units),
+                "schedule_environment": carried,
+            }
+        ),
+    )
     assert install.rc == 0, install.result.output_tail()
 
     service = unit_values(units / "healer-diagnose.service")
@@ -101,21 +146,46 @@ def test_two_scheduled_runs_share_a_warm_pool_and_never_overlap(make_fleet, make
     assert len((report / "history.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
     # The installation is idempotent.
-    again = runner.run_json(PLAY, controller, "-e", json.dumps({
-        "schedule_inventory": str(hosts_inventory), "schedule_interval_minutes": 1, "schedule_method": "systemd",
-        "schedule_enable": False, "schedule_state_dir": str(state), "schedule_unit_dir": str(units),
-        "schedule_environment": carried}))
+    again = runner.run_json(
+        PLAY,
+        controller,
+        "-e",
+        json.dumps(
+            {
+                "schedule_inventory": str(hosts_inventory),
+                "schedule_interval_minutes": 1,
+                "schedule_method": "systemd",
+                "schedule_enable": False,
+                "schedule_state_dir": str(state),
+                "schedule_unit_dir": str(units),
+                "schedule_environment": carried,
+            }
+        ),
+    )
     assert again.rc == 0 and sum(s["changed"] for s in again.stats.values()) == 0, again.stats
 
 
 def test_the_schedule_refuses_an_idle_timeout_below_the_interval(make_runner, tmp_path):
     runner = make_runner(tmp_path / "known_hosts")
     controller = tmp_path / "controller.yml"
-    controller.write_text(json.dumps({"all": {"hosts": {"localhost": {"ansible_connection": "local"}}}}),
-                          encoding="utf-8")
-    run = runner.run_json(PLAY, controller, "-e", json.dumps({
-        "schedule_inventory": "/nonexistent", "schedule_interval_minutes": 10, "schedule_idle_timeout": 300,
-        "schedule_state_dir": str(tmp_path / "state"), "schedule_method": "cron", "schedule_enable": False}))
+    controller.write_text(
+        json.dumps({"all": {"hosts": {"localhost": {"ansible_connection": "local"}}}}), encoding="utf-8"
+    )
+    run = runner.run_json(
+        PLAY,
+        controller,
+        "-e",
+        json.dumps(
+            {
+                "schedule_inventory": "/nonexistent",
+                "schedule_interval_minutes": 10,
+                "schedule_idle_timeout": 300,
+                "schedule_state_dir": str(tmp_path / "state"),
+                "schedule_method": "cron",
+                "schedule_enable": False,
+            }
+        ),
+    )
     assert run.rc == 2, run.result.output_tail()
     assert "above the interval" in run.result.stdout
     assert not (tmp_path / "state").exists()

@@ -40,8 +40,9 @@ def _ok_or_in_openssh_words(result: Dict[str, Any]) -> None:
     assert "\n" not in msg.strip() and "Traceback" not in msg, msg
 
 
-def test_a_noisy_shell_never_locks_the_host_out(make_fleet, make_runner, tmp_path, pool_dir, collections_root,
-                                                shared_dir):
+def test_a_noisy_shell_never_locks_the_host_out(
+    make_fleet, make_runner, tmp_path, pool_dir, collections_root, shared_dir
+):
     fleet = make_fleet(count=1, shell_rc=NOISY_RC, extra_config=[EXTERNAL_SFTP])
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     source = tmp_path / "source.txt"
@@ -80,8 +81,10 @@ def test_a_noisy_shell_never_locks_the_host_out(make_fleet, make_runner, tmp_pat
     assert stats["channelsInUse"] == 0, stats
     pool.cli(collections_root, pool_dir, "flush")
     assert pool.transports(collections_root, pool_dir) == []
-    print(f"\nnoisy shell: {len(copied)}/10 copies and {len(fetched)}/10 fetches worked; "
-          f"{fleet.hosts[0].accepted_count('publickey')} login(s)")
+    print(
+        f"\nnoisy shell: {len(copied)}/10 copies and {len(fetched)}/10 fetches worked; "
+        f"{fleet.hosts[0].accepted_count('publickey')} login(s)"
+    )
 
 
 @pytest.mark.parametrize("mode", ["pipelining", "no-pipelining", "executor"])
@@ -100,8 +103,7 @@ def test_max_sessions_1_logs_in_once_for_25_copies(make_fleet, make_runner, tmp_
       loop: "{{{{ range(25) | list }}}}"
 """
     env = {"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "auto"} if mode == "executor" else None
-    run = make_runner(fleet, pipelining=mode != "no-pipelining", extra_env=env).playbook(play, inventory,
-                                                                                          timeout=600)
+    run = make_runner(fleet, pipelining=mode != "no-pipelining", extra_env=env).playbook(play, inventory, timeout=600)
     daemon_log = (pool_dir / "daemon.log").read_text(encoding="utf-8", errors="replace")
     assert run.rc == 0, run.output_tail()
     for i in range(25):
@@ -112,8 +114,10 @@ def test_max_sessions_1_logs_in_once_for_25_copies(make_fleet, make_runner, tmp_
         assert "remote executor started" in daemon_log, daemon_log[-3000:]
     host = fleet.hosts[0]
     assert host.accepted_count("publickey") == 1, f"{host.log_tail()}\n{daemon_log[-3000:]}"
-    print(f"\nMaxSessions 1 ({mode}): 25/25 copies, {host.accepted_count('publickey')} login(s), "
-          f"{daemon_log.count('open FAILED')} refused channel open(s)")
+    print(
+        f"\nMaxSessions 1 ({mode}): 25/25 copies, {host.accepted_count('publickey')} login(s), "
+        f"{daemon_log.count('open FAILED')} refused channel open(s)"
+    )
 
 
 def test_permit_tty_no_non_pipelined_tasks_and_raw_succeed(make_fleet, make_runner, tmp_path, pool_dir):

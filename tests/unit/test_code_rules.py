@@ -25,10 +25,17 @@ MAX_CODE_LINES = 400
 OVER_THE_LIMIT = {"module_utils/_diagnose_checks.py": 708}
 
 #: Paramiko classes, by how the code names their instances when no annotation says.
-PARAMIKO_BY_NAME = {"transport": paramiko.Transport, "chan": paramiko.Channel, "channel": paramiko.Channel,
-                    "sftp": paramiko.SFTPClient}
-PARAMIKO_BY_ANNOTATION = {"Transport": paramiko.Transport, "Channel": paramiko.Channel,
-                          "SFTPClient": paramiko.SFTPClient}
+PARAMIKO_BY_NAME = {
+    "transport": paramiko.Transport,
+    "chan": paramiko.Channel,
+    "channel": paramiko.Channel,
+    "sftp": paramiko.SFTPClient,
+}
+PARAMIKO_BY_ANNOTATION = {
+    "Transport": paramiko.Transport,
+    "Channel": paramiko.Channel,
+    "SFTPClient": paramiko.SFTPClient,
+}
 
 
 def _own_attributes(cls: type) -> Set[str]:
@@ -81,8 +88,10 @@ def attributes_set_on_paramiko(source: str) -> List[Tuple[int, str]]:
     """(line, "name.attr") of every assignment of an attribute Paramiko does not define itself."""
     tree = ast.parse(source)
     bad: List[Tuple[int, str]] = []
-    scopes: List[ast.AST] = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef,
-                                                                                    ast.AsyncFunctionDef)))]
+    scopes: List[ast.AST] = [
+        tree,
+        *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
+    ]
     seen: Set[int] = set()
     for scope in scopes:
         typed = _typed_names(scope)
@@ -92,8 +101,13 @@ def attributes_set_on_paramiko(source: str) -> List[Tuple[int, str]]:
                 targets = list(node.targets)
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
                 targets = [node.target]
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
-                  and node.args and _paramiko_class(node.args[0], typed) is not None):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "setattr"
+                and node.args
+                and _paramiko_class(node.args[0], typed) is not None
+            ):
                 bad.append((node.lineno, f"setattr({ast.unparse(node.args[0])}, ...)"))
             for target in targets:
                 for t in ast.walk(target):
@@ -115,14 +129,17 @@ def test_nothing_is_set_on_paramiko_objects(path: Path) -> None:
     assert attributes_set_on_paramiko(path.read_text(encoding="utf-8")) == []
 
 
-@pytest.mark.parametrize(("snippet", "expected"), [
-    ("def f(t: paramiko.Transport):\n    t.pooled_conn = 1\n", [(2, "t.pooled_conn")]),
-    ("chan.pooled_spare = True\n", [(1, "chan.pooled_spare")]),
-    ("self.transport.owner = self\n", [(1, "self.transport.owner")]),
-    ("setattr(chan, 'x', 1)\n", [(1, "setattr(chan, ...)")]),
-    ("transport.banner_timeout = 5\n", []),
-    ("self.spare = None\nentry.conn.settings = s\n", []),
-])
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("def f(t: paramiko.Transport):\n    t.pooled_conn = 1\n", [(2, "t.pooled_conn")]),
+        ("chan.pooled_spare = True\n", [(1, "chan.pooled_spare")]),
+        ("self.transport.owner = self\n", [(1, "self.transport.owner")]),
+        ("setattr(chan, 'x', 1)\n", [(1, "setattr(chan, ...)")]),
+        ("transport.banner_timeout = 5\n", []),
+        ("self.spare = None\nentry.conn.settings = s\n", []),
+    ],
+)
 def test_the_scan_finds_what_it_must(snippet: str, expected: List[Tuple[int, str]]) -> None:
     assert attributes_set_on_paramiko(snippet) == expected
 
@@ -133,16 +150,27 @@ def code_lines(source: str) -> int:
     excluded: Set[int] = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
-                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             excluded.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             excluded.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     lines: Set[int] = set()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                            tokenize.ENDMARKER):
+        if tok.type not in (
+            tokenize.COMMENT,
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+            tokenize.ENDMARKER,
+        ):
             lines.update(range(tok.start[0], tok.end[0] + 1))
     return len(lines - excluded)
 
@@ -158,6 +186,8 @@ def test_no_module_over_400_lines_of_code(path: Path) -> None:
 
 
 def test_code_lines_counts_code_only() -> None:
-    source = ('"""Doc\n\nmore."""\n\nDOCUMENTATION = r"""\na: b\n"""\n# comment\n\nx = 1\n\n\n'
-              'def f():\n    """Doc."""\n    return (\n        2)\n')
+    source = (
+        '"""Doc\n\nmore."""\n\nDOCUMENTATION = r"""\na: b\n"""\n# comment\n\nx = 1\n\n\n'
+        'def f():\n    """Doc."""\n    return (\n        2)\n'
+    )
     assert code_lines(source) == 4

@@ -7,8 +7,18 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"major_changes", "minor_changes", "breaking_changes", "deprecated_features", "removed_features",
-            "security_fixes", "bugfixes", "known_issues", "trivial", "release_summary"}
+SECTIONS = {
+    "major_changes",
+    "minor_changes",
+    "breaking_changes",
+    "deprecated_features",
+    "removed_features",
+    "security_fixes",
+    "bugfixes",
+    "known_issues",
+    "trivial",
+    "release_summary",
+}
 
 
 def test_every_changelog_fragment_uses_known_sections() -> None:

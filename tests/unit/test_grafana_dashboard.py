@@ -47,8 +47,9 @@ def fixture_fleet() -> Dict[str, Any]:
         before = copy.deepcopy(before)
         before["counters"]["collected_at"] -= 300
         before["totals"]["cpu_seconds_total"] = {m: v * 0.9 for m, v in before["totals"]["cpu_seconds_total"].items()}
-        entries.append(report.host_entry([first], before, mode="combined", alert_after=1, fail_on="never",
-                                         reported_at=NOW))
+        entries.append(
+            report.host_entry([first], before, mode="combined", alert_after=1, fail_on="never", reported_at=NOW)
+        )
         assert entries[-1]["rates"]["cpu_busy_ratio"] >= 0, (name, entries[-1]["rate_resets"])
     return report.fleet(["web1", "db1", "gone"], [*entries, {}], {}, NOW)
 

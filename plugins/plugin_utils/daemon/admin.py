@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 
 def evict(session: Session, op_id: int, req: msgs.Evict) -> None:
     def match(key: PoolKey) -> bool:
-        return ((req.host is None or key.host == req.host) and (req.port is None or key.port == req.port)
-                and (req.user is None or key.user == req.user))
+        return (
+            (req.host is None or key.host == req.host)
+            and (req.port is None or key.port == req.port)
+            and (req.user is None or key.user == req.user)
+        )
 
     daemon = session.daemon
     closed = daemon.pool.evict(match)
@@ -46,12 +49,22 @@ def _dumpable() -> Optional[bool]:
 
 def status(session: Session, op_id: int, req: msgs.Empty) -> None:
     daemon = session.daemon
-    info = {"pid": os.getpid(), "protocol": frames.PROTOCOL_VERSION, "socket": daemon.socket_path,
-            "started": daemon.started, "uptime": round(time.time() - daemon.started, 3),
-            "clients": daemon.client_count(), "requests": daemon.requests, "paramiko": paramiko.__version__,
-            "threads": threading.active_count(), "dumpable": _dumpable(), "executor": xrun.counters()}
-    session.send(msgs.reply(msgs.Reply.STATUS, op_id,
-                            msgs.StatusReply(info, daemon.pool.stats(), daemon.pool.snapshot())))
+    info = {
+        "pid": os.getpid(),
+        "protocol": frames.PROTOCOL_VERSION,
+        "socket": daemon.socket_path,
+        "started": daemon.started,
+        "uptime": round(time.time() - daemon.started, 3),
+        "clients": daemon.client_count(),
+        "requests": daemon.requests,
+        "paramiko": paramiko.__version__,
+        "threads": threading.active_count(),
+        "dumpable": _dumpable(),
+        "executor": xrun.counters(),
+    }
+    session.send(
+        msgs.reply(msgs.Reply.STATUS, op_id, msgs.StatusReply(info, daemon.pool.stats(), daemon.pool.snapshot()))
+    )
 
 
 def stop(session: Session, op_id: int, req: msgs.Empty) -> None:

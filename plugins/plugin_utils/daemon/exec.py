@@ -91,9 +91,12 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
             last = e
             meaning = classify(e) if isinstance(e, paramiko.SSHException) else None
             # Paramiko's bare "Unable to open channel." is a ChannelException another thread took.
-            verdict = judge(Step.OPEN, alive=lease.conn.is_active(),
-                            refused=isinstance(e, paramiko.ChannelException) or meaning is ParamikoText.CHANNEL_REFUSED,
-                            answered=meaning is not ParamikoText.CHANNEL_TIMEOUT)
+            verdict = judge(
+                Step.OPEN,
+                alive=lease.conn.is_active(),
+                refused=isinstance(e, paramiko.ChannelException) or meaning is ParamikoText.CHANNEL_REFUSED,
+                answered=meaning is not ParamikoText.CHANNEL_TIMEOUT,
+            )
             if verdict is Verdict.REFUSED:
                 raise _refused(binding, lease, e) from None
             # RETRY_SAME: the pool learns the server's MaxSessions from the refusal and the next lease
@@ -103,8 +106,10 @@ def with_channel(binding: Binding, opener: Opener[T]) -> Tuple[Lease[PooledTrans
             # Whatever else the opener raised (an SFTP session that cannot start...): the lease goes back.
             lease.release(broken=not lease.conn.is_active())
             raise
-    raise PoolError(f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
-                    kind=ErrorKind.CONNECT)
+    raise PoolError(
+        f"{binding.spec.where}: could not open a channel ({last}); check sshd's MaxSessions and logs",
+        kind=ErrorKind.CONNECT,
+    )
 
 
 def send_exec(chan: paramiko.Channel, cmd: str) -> None:
@@ -189,8 +194,7 @@ class _Starter:
                 raise
         chan.close()
         pt.pty_refused = True
-        log.info("%s: the server refused a pty (PermitTTY no?); commands on this transport run without one",
-                 pt.label)
+        log.info("%s: the server refused a pty (PermitTTY no?); commands on this transport run without one", pt.label)
         fresh = pt.open_channel(CHANNEL_TIMEOUT)
         fresh.settimeout(CHANNEL_TIMEOUT)
         return fresh
@@ -206,9 +210,12 @@ def _start(binding: Binding, starter: _Starter) -> Tuple[Lease[PooledTransport],
         verdict = judge(Step.EXEC_SENT, alive=alive, refused=True, from_spare=starter.from_spare[-1])
         lease.release(broken=not alive)
         if verdict is Verdict.UNKNOWN:
-            raise PoolError(f"{binding.spec.where}: the SSH connection was lost after the command was sent and "
-                            f"before the server answered{lease.conn.lost_suffix()}; its outcome is unknown and it "
-                            "was not re-run: check the host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME)
+            raise PoolError(
+                f"{binding.spec.where}: the SSH connection was lost after the command was sent and "
+                f"before the server answered{lease.conn.lost_suffix()}; its outcome is unknown and it "
+                "was not re-run: check the host before retrying",
+                kind=ErrorKind.UNKNOWN_OUTCOME,
+            )
         if verdict is Verdict.REFUSED:
             raise PoolError(f"{binding.spec.where}: the server refused the request (exec)", kind=ErrorKind.REFUSED)
         starter.use_spare = False  # a spare the server had closed: a fresh channel
@@ -221,8 +228,9 @@ def run_exec(session: Session, op_id: int, req: msgs.Exec, payload: bytes) -> No
     broken = False
     try:
         prime_spare(lease)
-        session.send(msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id,
-                                                                          round(lease.waited, 6))))
+        session.send(
+            msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id, round(lease.waited, 6)))
+        )
         broken = relay(session.sock, chan, lease.conn, op_id, req.command_timeout, binding.spec.where, session.send)
     finally:
         chan.close()

@@ -43,16 +43,28 @@ class JumpOpener:
         where = spec.where
         try:
             chan = lease.conn.transport.open_channel(
-                "direct-tcpip", dest_addr=(spec.addr, spec.port), src_addr=("127.0.0.1", 0), timeout=timeout)
+                "direct-tcpip", dest_addr=(spec.addr, spec.port), src_addr=("127.0.0.1", 0), timeout=timeout
+            )
         except paramiko.ChannelException as e:
             lease.release()
-            raise PoolError(f"{where}: the jump host {key.label} refused to connect to it ({e.text or e}); "
-                            "check that the target is reachable from the jump host and that its sshd has "
-                            "AllowTcpForwarding yes", kind=ErrorKind.CONNECT) from None
+            raise PoolError(
+                f"{where}: the jump host {key.label} refused to connect to it ({e.text or e}); "
+                "check that the target is reachable from the jump host and that its sshd has "
+                "AllowTcpForwarding yes",
+                kind=ErrorKind.CONNECT,
+            ) from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             lease.release(broken=not lease.conn.is_active())
-            raise PoolError(f"{where}: no channel through the jump host {key.label} within {timeout:g}s ({e}); "
-                            "raise timeout or check the jump host", kind=ErrorKind.CONNECT) from None
-        log.info("%s: tunnelled through jump host %s (transport %d, %s)", where, key.label, lease.entry.id,
-                 "reused" if lease.hit else "new")
+            raise PoolError(
+                f"{where}: no channel through the jump host {key.label} within {timeout:g}s ({e}); "
+                "raise timeout or check the jump host",
+                kind=ErrorKind.CONNECT,
+            ) from None
+        log.info(
+            "%s: tunnelled through jump host %s (transport %d, %s)",
+            where,
+            key.label,
+            lease.entry.id,
+            "reused" if lease.hit else "new",
+        )
         return chan, lease

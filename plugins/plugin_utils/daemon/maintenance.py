@@ -40,8 +40,9 @@ class Maintainer:
             interval = settings.keepalive_interval
             if entry.in_use and interval > 0 and now - pt.last_probe >= interval:
                 pt.last_probe = now
-                threading.Thread(target=self._keepalive, args=(entry, interval * settings.keepalive_max_missed),
-                                 daemon=True).start()
+                threading.Thread(
+                    target=self._keepalive, args=(entry, interval * settings.keepalive_max_missed), daemon=True
+                ).start()
         if daemon.client_count() > 0 or not daemon.pool.is_empty():
             daemon.last_busy = now
         elif daemon.idle_exit >= 0 and now - daemon.last_busy >= daemon.idle_exit:

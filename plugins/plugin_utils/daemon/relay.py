@@ -37,16 +37,19 @@ FRAME_TIMEOUT = 30.0
 
 
 class _Relay:
-    def __init__(self, sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_id: int,
-                 send: Send) -> None:
+    def __init__(
+        self, sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_id: int, send: Send
+    ) -> None:
         self.sock, self.chan, self.pt, self.op_id, self.send = sock, chan, pt, op_id, send
         self.pending = bytearray()  # worker input the channel has not taken yet
         self.eof_wanted = False  # the worker ended its input: shut the channel's write side once drained
         self.input_done = False  # nothing more goes to the command (it ended, or its input is closed)
 
     def forward_output(self) -> None:
-        for ready, recv, t in ((self.chan.recv_ready, self.chan.recv, msgs.Reply.OUT),
-                               (self.chan.recv_stderr_ready, self.chan.recv_stderr, msgs.Reply.ERR)):
+        for ready, recv, t in (
+            (self.chan.recv_ready, self.chan.recv, msgs.Reply.OUT),
+            (self.chan.recv_stderr_ready, self.chan.recv_stderr, msgs.Reply.ERR),
+        ):
             while ready():
                 data = recv(65536)
                 if not data:
@@ -101,8 +104,14 @@ class _Relay:
                 return False
             self.pump_input()
             return None
-        self.send(msgs.error(op_id, ErrorKind.PROTOCOL, f"a command (operation {self.op_id}) is still running "
-                             "on this connection: one operation at a time"), b"")
+        self.send(
+            msgs.error(
+                op_id,
+                ErrorKind.PROTOCOL,
+                f"a command (operation {self.op_id}) is still running on this connection: one operation at a time",
+            ),
+            b"",
+        )
         return None
 
     def finished(self) -> bool:
@@ -110,8 +119,9 @@ class _Relay:
         return chan.closed or (chan.eof_received and chan.exit_status_ready()) or not chan.get_transport().is_active()
 
 
-def relay(sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_id: int, timeout: float,
-          where: str, send: Send) -> bool:
+def relay(
+    sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_id: int, timeout: float, where: str, send: Send
+) -> bool:
     """Relay until the command ends; True when the transport turned out to be dead.
 
     Input is buffered and handed to the channel as its window allows, so a command that does not
@@ -152,8 +162,15 @@ def relay(sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_i
                 break
             if deadline is not None and time.monotonic() > deadline:
                 log.info("%s: command_timeout of %gs reached; closing the channel", where, timeout)
-                send(msgs.error(op_id, ErrorKind.TIMEOUT, f"{where}: command did not finish within {timeout:g}s "
-                                "(command_timeout); it may still be running on the host"), b"")
+                send(
+                    msgs.error(
+                        op_id,
+                        ErrorKind.TIMEOUT,
+                        f"{where}: command did not finish within {timeout:g}s "
+                        "(command_timeout); it may still be running on the host",
+                    ),
+                    b"",
+                )
                 return False
     r.forward_output()
     if chan.exit_status_ready() and chan.exit_status != -1:
@@ -166,8 +183,14 @@ def relay(sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_i
         send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(status_of(killed))), b"")
         return False
     alive = chan.get_transport().is_active()
-    send(msgs.error(op_id, ErrorKind.UNKNOWN_OUTCOME,
-                    f"{where}: the SSH {'session' if alive else 'connection'} was lost while the command ran"
-                    f"{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check the host before "
-                    "retrying"), b"")
+    send(
+        msgs.error(
+            op_id,
+            ErrorKind.UNKNOWN_OUTCOME,
+            f"{where}: the SSH {'session' if alive else 'connection'} was lost while the command ran"
+            f"{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check the host before "
+            "retrying",
+        ),
+        b"",
+    )
     return not alive

@@ -54,8 +54,9 @@ class Verdict(Enum):
 ATTEMPTS: Dict[Step, int] = {Step.OPEN: 6, Step.EXEC_UNSENT: 3, Step.EXEC_SENT: 3, Step.TRANSFER: 2}
 
 
-def judge(step: Step, *, alive: bool, refused: bool = False, from_spare: bool = False,
-          answered: bool = True) -> Verdict:
+def judge(
+    step: Step, *, alive: bool, refused: bool = False, from_spare: bool = False, answered: bool = True
+) -> Verdict:
     """The verdict for a failure at ``step`` (see the table above).
 
     ``alive``: the transport still works; ``refused``: the server said no (a refused channel

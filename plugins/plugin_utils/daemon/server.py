@@ -181,17 +181,30 @@ class Daemon:
         try:
             self.publish()
         except OSError as e:
-            log.error("cannot publish the pool socket in %s (%s): free space on its file system or make it "
-                      "writable", self.pool_dir, e.strerror or e)
+            log.error(
+                "cannot publish the pool socket in %s (%s): free space on its file system or make it writable",
+                self.pool_dir,
+                e.strerror or e,
+            )
             return START_FAILED
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        log.info("started pid=%d socket=%s protocol=%d paramiko=%s", os.getpid(), self.socket_path,
-                 frames.PROTOCOL_VERSION, paramiko.__version__)
-        log.info("descriptor limit %d (inherited %d): up to %d clients and %d transports", self.fd_limit, inherited,
-                 self.max_clients, self.pool.max_transports)
+        log.info(
+            "started pid=%d socket=%s protocol=%d paramiko=%s",
+            os.getpid(),
+            self.socket_path,
+            frames.PROTOCOL_VERSION,
+            paramiko.__version__,
+        )
+        log.info(
+            "descriptor limit %d (inherited %d): up to %d clients and %d transports",
+            self.fd_limit,
+            inherited,
+            self.max_clients,
+            self.pool.max_transports,
+        )
         threading.Thread(target=Maintainer(self).run, name="maintain", daemon=True).start()
         try:
             self._accept_loop()
@@ -254,9 +267,12 @@ class Daemon:
                 self.last_busy = time.monotonic()
         if busy:
             log.warning("refused a client: %d clients already", self.max_clients)
-            _answer_and_close(conn, ErrorKind.BUSY,
-                              f"the pool daemon serves {self.max_clients} workers already (what its descriptor "
-                              f"limit of {self.fd_limit} allows): use fewer forks or raise the limit (ulimit -n)")
+            _answer_and_close(
+                conn,
+                ErrorKind.BUSY,
+                f"the pool daemon serves {self.max_clients} workers already (what its descriptor "
+                f"limit of {self.fd_limit} allows): use fewer forks or raise the limit (ulimit -n)",
+            )
             return
         conn.settimeout(None)
         try:
@@ -320,7 +336,8 @@ def _answer_and_close(conn: socket.socket, kind: ErrorKind, message: str) -> Non
 
 def setup_logging(pool_dir: str, level: str) -> None:
     handler = logging.handlers.RotatingFileHandler(
-        os.path.join(pool_dir, LOG_NAME), maxBytes=1024 * 1024, backupCount=3)
+        os.path.join(pool_dir, LOG_NAME), maxBytes=1024 * 1024, backupCount=3
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(ParamikoLogFilter(debug=level.lower() == "debug"))
     root = logging.getLogger()
@@ -346,9 +363,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         # No log to write to (a full disk, a read-only directory): one line on stderr, which the
         # worker that started us quotes; never a traceback.
         with contextlib.suppress(OSError):
-            print(f"pooled_ssh daemon: cannot write its log {os.path.join(args.dir, LOG_NAME)} ({e.strerror or e}): "
-                  "free space on that file system or set pool_dir to a writable directory", file=sys.stderr,
-                  flush=True)
+            print(
+                f"pooled_ssh daemon: cannot write its log {os.path.join(args.dir, LOG_NAME)} ({e.strerror or e}): "
+                "free space on that file system or set pool_dir to a writable directory",
+                file=sys.stderr,
+                flush=True,
+            )
         return START_FAILED
     try:
         return Daemon(args.dir, args.idle_exit).serve()

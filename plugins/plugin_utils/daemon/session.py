@@ -91,8 +91,9 @@ class Session:
             for part in parts.split(message, growing) if growing and not payload else [message]:
                 frames.send_frame(self.sock, part, payload)
         except (parts.TooLarge, frames.MessageTooLarge) as e:
-            raise PoolError(f"the pool daemon's {message.get('t')} reply is too large to send ({e})",
-                            kind=ErrorKind.TOO_LARGE) from None
+            raise PoolError(
+                f"the pool daemon's {message.get('t')} reply is too large to send ({e})", kind=ErrorKind.TOO_LARGE
+            ) from None
 
     def bound(self) -> Binding:
         if self.binding is None:
@@ -127,8 +128,14 @@ class Session:
         # A client that connects and says nothing (or half a header) is dropped at a deadline.
         msg, _payload = frames.recv_frame(self.sock, deadline=time.monotonic() + HELLO_TIMEOUT)
         if msg.get("op") != msgs.Op.HELLO.value or msg.get("version") != frames.PROTOCOL_VERSION:
-            self.send(msgs.error(None, ErrorKind.PROTOCOL, f"expected hello for protocol {frames.PROTOCOL_VERSION}, "
-                                 f"got op {str(msg.get('op'))[:40]!r} version {str(msg.get('version'))[:20]!r}"))
+            self.send(
+                msgs.error(
+                    None,
+                    ErrorKind.PROTOCOL,
+                    f"expected hello for protocol {frames.PROTOCOL_VERSION}, "
+                    f"got op {str(msg.get('op'))[:40]!r} version {str(msg.get('version'))[:20]!r}",
+                )
+            )
             _drain_before_close(self.sock)
             return False
         self.send(msgs.reply(msgs.Reply.HELLO, None, msgs.HelloReply(frames.PROTOCOL_VERSION, os.getpid())))
@@ -146,8 +153,11 @@ class Session:
                 self.send(msgs.error(op_id, ErrorKind.PROTOCOL, f"unknown op {str(msg.get('op'))[:40]!r}"))
                 continue
             if op_id is None:
-                self.send(msgs.error(None, ErrorKind.PROTOCOL, f"malformed {op.value} request: id must be a "
-                                     "positive whole number"))
+                self.send(
+                    msgs.error(
+                        None, ErrorKind.PROTOCOL, f"malformed {op.value} request: id must be a positive whole number"
+                    )
+                )
                 continue
             if not self._dispatch(op, op_id, msg, payload):
                 return
@@ -169,8 +179,11 @@ class Session:
         except Exception as e:
             # A bug, not the client's fault: say so, and end this conversation only.
             log.exception("unexpected error serving %s", op.value)
-            self.send(msgs.error(op_id, ErrorKind.INTERNAL, f"pool daemon error in {op.value}: {e!r}"[:200]
-                                 + "; see daemon.log"))
+            self.send(
+                msgs.error(
+                    op_id, ErrorKind.INTERNAL, f"pool daemon error in {op.value}: {e!r}"[:200] + "; see daemon.log"
+                )
+            )
             return False
         return True
 

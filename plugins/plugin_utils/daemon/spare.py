@@ -72,8 +72,13 @@ def prime_spare(lease: Lease[PooledTransport]) -> None:
     with pt.spare_lock:
         if not pt.spare_off and spares_unsafe(pt.transport.remote_version):
             pt.spare_off = True
-        if (pt.spare is not None or pt.spare_pending is not None or pt.spare_off
-                or entry.in_use + 2 > entry.max_channels or not entry.usable):
+        if (
+            pt.spare is not None
+            or pt.spare_pending is not None
+            or pt.spare_off
+            or entry.in_use + 2 > entry.max_channels
+            or not entry.usable
+        ):
             return
         ready = pt.spare_pending = threading.Event()
     threading.Thread(target=_open_spare, args=(pt, ready), name="spare", daemon=True).start()
@@ -83,8 +88,7 @@ def _open_spare(pt: PooledTransport, ready: threading.Event) -> None:
     chan = None
     refused = False
     try:
-        chan = pt.transport.open_session(window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET,
-                                         timeout=CHANNEL_TIMEOUT)
+        chan = pt.transport.open_session(window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=CHANNEL_TIMEOUT)
     except paramiko.SSHException as e:
         refused = open_refused(pt, e)  # the server is full: no spares on this transport
     except Exception:

@@ -157,16 +157,22 @@ def _give_back(lease: Lease[PooledTransport], sftp: paramiko.SFTPClient, healthy
     """Keep the session for the next transfer when there is room on the server, else close it."""
     pt = lease.conn
     with pt.sftp_lock:
-        if (healthy and pt.sftp is None and pt.is_active() and not pt.sessions_tight
-                and lease.entry.max_channels >= KEEP_SFTP_MIN_CHANNELS):
+        if (
+            healthy
+            and pt.sftp is None
+            and pt.is_active()
+            and not pt.sessions_tight
+            and lease.entry.max_channels >= KEEP_SFTP_MIN_CHANNELS
+        ):
             pt.sftp = sftp
             return
     with contextlib.suppress(Exception):
         sftp.close()
 
 
-def _sftp_copy(binding: Binding, lease: Lease[PooledTransport], sftp: paramiko.SFTPClient, req: msgs.Transfer,
-               put: bool) -> None:
+def _sftp_copy(
+    binding: Binding, lease: Lease[PooledTransport], sftp: paramiko.SFTPClient, req: msgs.Transfer, put: bool
+) -> None:
     """Copy, then rename into place (raises PoolError, or _Broken when the transport broke)."""
     local, remote, where = req.local, req.remote, binding.spec.where
     partial = partial_name(remote if put else local)
@@ -195,7 +201,9 @@ def _sftp_copy(binding: Binding, lease: Lease[PooledTransport], sftp: paramiko.S
         error = PoolError(
             f"{where}: transfer of {local if put else remote} failed ({str(e) or type(e).__name__})"
             f"{'; the connection was lost' if broken else ''}; no partial file was left at "
-            f"{remote if put else local}", kind=ErrorKind.CONNECT if broken else ErrorKind.FILE)
+            f"{remote if put else local}",
+            kind=ErrorKind.CONNECT if broken else ErrorKind.FILE,
+        )
         raise _Broken(error, broken, partial if put else None) from None
 
 
@@ -267,8 +275,10 @@ def fetch_command(remote: str, marker: str) -> str:
     """Print ``marker size`` on a line of its own, then the file: whatever a login shell printed
     comes before the marker and is skipped."""
     f = shlex.quote(remote)
-    return (f"if test -f {f} && test -r {f}; then printf '%s %s\\n' {marker} \"$(wc -c < {f})\" && exec cat -- {f}; "
-            f"else exit {_UNREADABLE}; fi")
+    return (
+        f"if test -f {f} && test -r {f}; then printf '%s %s\\n' {marker} \"$(wc -c < {f})\" && exec cat -- {f}; "
+        f"else exit {_UNREADABLE}; fi"
+    )
 
 
 class MarkerReader:
@@ -295,10 +305,10 @@ class MarkerReader:
             return b""
         self.noise = self.head[:at]
         try:
-            self.size = int(self.head[at + len(self.marker):end])
+            self.size = int(self.head[at + len(self.marker) : end])
         except ValueError:
             raise ValueError("the remote size could not be read") from None
-        rest, self.head = self.head[end + 1:], b""
+        rest, self.head = self.head[end + 1 :], b""
         self.received = len(rest)
         return rest
 
@@ -306,8 +316,9 @@ class MarkerReader:
         return self.size is not None and self.received == self.size
 
 
-def _cat_stream(chan: paramiko.Channel, req: msgs.Transfer, put: bool, partial: str,
-                marker: str) -> Tuple[int, Optional[MarkerReader]]:
+def _cat_stream(
+    chan: paramiko.Channel, req: msgs.Transfer, put: bool, partial: str, marker: str
+) -> Tuple[int, Optional[MarkerReader]]:
     if put:
         with open(req.local, "rb") as f:
             while True:
@@ -351,8 +362,9 @@ def _transfer_with_cat(session: Session, op_id: int, req: msgs.Transfer, put: bo
         try:
             rc, reader = _cat_stream(chan, req, put, partial, marker)
         except ValueError as e:
-            raise PoolError(f"{where}: fetch of {req.remote} failed ({e}); {NOISY_SHELL}", kind=ErrorKind.FILE) \
-                from None
+            raise PoolError(
+                f"{where}: fetch of {req.remote} failed ({e}); {NOISY_SHELL}", kind=ErrorKind.FILE
+            ) from None
         if not put and rc == 0 and reader is not None and reader.complete():
             os.chmod(partial, local_mode(req, None))
             os.replace(partial, req.local)
@@ -367,10 +379,15 @@ def _transfer_with_cat(session: Session, op_id: int, req: msgs.Transfer, put: bo
     if rc != 0 or (reader is not None and not reader.complete()):
         got = f"; {reader.received} of {reader.size} bytes arrived" if reader is not None and reader.size else ""
         broken = not lease.conn.is_active()
-        raise _Broken(PoolError(
-            f"{where}: transfer of {req.local if put else req.remote} through cat failed (exit {rc}{got})"
-            f"{'; the connection was lost' if broken else ''}; no partial file was left at "
-            f"{req.remote if put else req.local}", kind=ErrorKind.CONNECT if broken else ErrorKind.FILE), broken)
+        raise _Broken(
+            PoolError(
+                f"{where}: transfer of {req.local if put else req.remote} through cat failed (exit {rc}{got})"
+                f"{'; the connection was lost' if broken else ''}; no partial file was left at "
+                f"{req.remote if put else req.local}",
+                kind=ErrorKind.CONNECT if broken else ErrorKind.FILE,
+            ),
+            broken,
+        )
     if reader is not None and reader.noise:
         log.debug("%s: skipped %d bytes the remote shell printed before the file", where, len(reader.noise))
     session.send(msgs.reply(msgs.Reply.DONE, op_id, msgs.Done(lease.hit, lease.entry.id, "cat")))

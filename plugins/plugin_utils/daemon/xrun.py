@@ -99,8 +99,12 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
         return f"the executor did not start ({e})"
     COUNTERS.started += 1
     python = hello.get("python")
-    log.info("%s: remote executor started (Python %s, pid %s)", pt.label,
-             ".".join(str(v) for v in python) if isinstance(python, list) else "?", hello.get("pid"))
+    log.info(
+        "%s: remote executor started (Python %s, pid %s)",
+        pt.label,
+        ".".join(str(v) for v in python) if isinstance(python, list) else "?",
+        hello.get("pid"),
+    )
     return executor
 
 
@@ -168,12 +172,19 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
             COUNTERS.fallbacks += 1
             session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(why)))
             return
-        session.send(msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id,
-                                                                          round(lease.waited, 6))))
+        session.send(
+            msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id, round(lease.waited, 6)))
+        )
         hits = executor.stats.cache_hits
         try:
-            runs = executor.run(head, zip_text, tail, env, timeout=req.command_timeout or None,
-                                abandoned=lambda: _worker_gone(session.sock))
+            runs = executor.run(
+                head,
+                zip_text,
+                tail,
+                env,
+                timeout=req.command_timeout or None,
+                abandoned=lambda: _worker_gone(session.sock),
+            )
             for kind, data in runs:
                 if kind is EventKind.EXIT:
                     COUNTERS.runs += 1
@@ -191,12 +202,17 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
             if not e.killed:  # no word back from the host: as the plain path, the host may be gone
                 log.info("%s: command_timeout of %gs reached; the executor did not confirm the kill", where, e.seconds)
                 executor.close()
-                raise PoolError(f"{where}: command did not finish within {e.seconds:g}s (command_timeout); it may "
-                                "still be running on the host", kind=ErrorKind.TIMEOUT) from None
+                raise PoolError(
+                    f"{where}: command did not finish within {e.seconds:g}s (command_timeout); it may "
+                    "still be running on the host",
+                    kind=ErrorKind.TIMEOUT,
+                ) from None
             log.info("%s: command_timeout of %gs reached; the executor killed the module", where, e.seconds)
-            raise PoolError(f"{where}: command did not finish within {e.seconds:g}s (command_timeout); "
-                            "the remote executor killed the module and its children",
-                            kind=ErrorKind.KILLED_AT_TIMEOUT) from None
+            raise PoolError(
+                f"{where}: command did not finish within {e.seconds:g}s (command_timeout); "
+                "the remote executor killed the module and its children",
+                kind=ErrorKind.KILLED_AT_TIMEOUT,
+            ) from None
         except ExecutorError as e:
             if not e.started:
                 COUNTERS.fallbacks += 1
@@ -207,8 +223,11 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
             broken = not pt.is_active()
             log.info("%s: %s", binding.spec.where, e)
             # Worded as the plain path's loss: the same cause, the same advice.
-            raise PoolError(f"{binding.spec.where}: the SSH {'connection' if broken else 'session'} was lost while "
-                            f"the command ran{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check "
-                            "the host before retrying", kind=ErrorKind.UNKNOWN_OUTCOME) from None
+            raise PoolError(
+                f"{binding.spec.where}: the SSH {'connection' if broken else 'session'} was lost while "
+                f"the command ran{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check "
+                "the host before retrying",
+                kind=ErrorKind.UNKNOWN_OUTCOME,
+            ) from None
     finally:
         lease.release(broken=broken)

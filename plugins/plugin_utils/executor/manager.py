@@ -25,8 +25,11 @@ from . import remote
 def executor_source() -> bytes:
     """What runs on the host, one source: ``remote_child.py``, then ``remote.py`` without its own imports of it."""
     here = Path(__file__).parent
-    parent = [line for line in (here / "remote.py").read_bytes().splitlines(True)
-              if not line.startswith((b"from __future__ ", b"from .remote_child "))]
+    parent = [
+        line
+        for line in (here / "remote.py").read_bytes().splitlines(True)
+        if not line.startswith((b"from __future__ ", b"from .remote_child "))
+    ]
     return (here / "remote_child.py").read_bytes() + b"".join(parent)
 
 
@@ -93,7 +96,7 @@ def bootstrap(interpreter: str) -> str:
     size = len(SOURCE)
     loader = (
         "import os,sys;b=b'';"
-        f"exec(\"while len(b)<{size}:\\n c=os.read(0,{size}-len(b))\\n if not c:sys.exit(3)\\n b+=c\");"
+        f'exec("while len(b)<{size}:\\n c=os.read(0,{size}-len(b))\\n if not c:sys.exit(3)\\n b+=c");'
         "del os,sys;exec(compile(b,'<pooled_ssh executor>','exec'))"
     )
     return f"{shlex.quote(interpreter)} -c {shlex.quote(loader)}"
@@ -214,8 +217,15 @@ class Executor:
 
     # -- runs --
 
-    def run(self, head: bytes, zip_text: bytes, tail: bytes, env: Dict[str, str],
-            timeout: Optional[float] = None, abandoned: Optional[Callable[[], bool]] = None) -> Iterator[Event]:
+    def run(
+        self,
+        head: bytes,
+        zip_text: bytes,
+        tail: bytes,
+        env: Dict[str, str],
+        timeout: Optional[float] = None,
+        abandoned: Optional[Callable[[], bool]] = None,
+    ) -> Iterator[Event]:
         """Run the wrapper ``head + zip_text + tail`` in a fresh child; yield its output then its exit status.
 
         Raises :class:`ExecutorError`: ``started=False`` when nothing ran (the caller may take the
@@ -231,8 +241,9 @@ class Executor:
             rid = self._next
             self._next += 1
             pending = self._pending[rid] = _Pending()
-        request = json.dumps({"zip": digest.hex(), "head": head.decode("latin-1"), "tail": tail.decode("latin-1"),
-                              "env": env}).encode()
+        request = json.dumps(
+            {"zip": digest.hex(), "head": head.decode("latin-1"), "tail": tail.decode("latin-1"), "env": env}
+        ).encode()
         sent = False
         finished = False
         try:
@@ -282,8 +293,9 @@ class Executor:
                     raise ExecutorError(f"executor: {info.get('message')}", started=bool(info.get("started")))
                 else:
                     finished = True
-                    raise ExecutorError(f"the executor was lost while the module ran ({self._why or 'closed'})",
-                                        started=True)
+                    raise ExecutorError(
+                        f"the executor was lost while the module ran ({self._why or 'closed'})", started=True
+                    )
         finally:
             with self._lock:
                 self._pending.pop(rid, None)

@@ -49,7 +49,7 @@ def split_wrapper(in_data: bytes) -> Optional[Tuple[bytes, bytes, bytes]]:
     if not in_data.startswith(b"#!") or b"\n_ANSIBALLZ_WRAPPER = True\n" not in in_data:
         return None
     matches = list(_ZIP.finditer(in_data))
-    if len(matches) != 1 or not in_data[matches[0].end():].startswith(b")\n"):
+    if len(matches) != 1 or not in_data[matches[0].end() :].startswith(b")\n"):
         return None
     start, end = matches[0].span(1)
     return in_data[:start], in_data[start:end], in_data[end:]
@@ -68,7 +68,7 @@ def _inner_of_become(body: str, executable: str, success: str) -> Optional[str]:
             return None
         word = words[-1]
         if word.startswith(marker):
-            return word[len(marker):]
+            return word[len(marker) :]
         if not word.startswith(f"{executable} -c "):
             return None
     return None
@@ -140,5 +140,12 @@ def recognise(
     startup = tuple(sorted((k, v) for k, v in env.items() if _STARTUP.fullmatch(k)))
     run_env = {k: v for k, v in env.items() if not _STARTUP.fullmatch(k)}
     head, zip_text, tail = parts
-    return PipelinedRun(interpreter=interpreter, env=run_env, startup_env=startup, head=head, zip_text=zip_text,
-                        tail=tail, key=(executable, become_id, interpreter, startup))
+    return PipelinedRun(
+        interpreter=interpreter,
+        env=run_env,
+        startup_env=startup,
+        head=head,
+        zip_text=zip_text,
+        tail=tail,
+        key=(executable, become_id, interpreter, startup),
+    )

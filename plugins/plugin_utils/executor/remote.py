@@ -11,6 +11,7 @@ its stdin closes (the transport is gone).
 
 Frames: a 9-byte header (body length, kind, request id; big-endian) then the body.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,26 +40,65 @@ MAX_RUNS = 64
 DIR_PREFIX = "pooled-ssh-exec-"
 
 # Controller -> executor.
-K_INIT = 1      # json: {"version", "tmp"}
-K_PUT = 2       # 32-byte sha256 of the zip text, then the zip text
-K_RUN = 3       # json: {"zip", "head", "tail", "env", "key"}
-K_CANCEL = 4    # kill that run's process group
+K_INIT = 1  # json: {"version", "tmp"}
+K_PUT = 2  # 32-byte sha256 of the zip text, then the zip text
+K_RUN = 3  # json: {"zip", "head", "tail", "env", "key"}
+K_CANCEL = 4  # kill that run's process group
 # Executor -> controller.
-K_HELLO = 10    # json: {"version", "python", "pid", "dir"} or {"error"}
-K_NEED = 11     # the run's payload is not held: send it, then the run again (nothing started)
+K_HELLO = 10  # json: {"version", "python", "pid", "dir"} or {"error"}
+K_NEED = 11  # the run's payload is not held: send it, then the run again (nothing started)
 K_OUT = 12
 K_ERR = 13
-K_EXIT = 14     # json: {"rc"}; all output of that run came before it
-K_FAIL = 15     # json: {"started", "message"}: the run did not complete through the executor
+K_EXIT = 14  # json: {"rc"}; all output of that run came before it
+K_FAIL = 15  # json: {"started", "message"}: the run did not complete through the executor
 
 #: What the wrapper and ``basic`` import from the standard library; the executor imports them once
 #: so that templates start faster. Importing them has no effect a fresh interpreter would not have.
 STDLIB = (
-    "ast", "base64", "collections", "contextlib", "copy", "datetime", "dataclasses", "enum", "errno",
-    "fcntl", "functools", "glob", "grp", "importlib", "importlib.util", "inspect", "io", "itertools",
-    "json", "locale", "numbers", "platform", "pwd", "re", "resource", "runpy", "select", "selectors",
-    "shlex", "shutil", "signal", "stat", "string", "struct", "subprocess", "syslog", "tempfile",
-    "textwrap", "time", "traceback", "types", "typing", "zipfile", "zipimport",
+    "ast",
+    "base64",
+    "collections",
+    "contextlib",
+    "copy",
+    "datetime",
+    "dataclasses",
+    "enum",
+    "errno",
+    "fcntl",
+    "functools",
+    "glob",
+    "grp",
+    "importlib",
+    "importlib.util",
+    "inspect",
+    "io",
+    "itertools",
+    "json",
+    "locale",
+    "numbers",
+    "platform",
+    "pwd",
+    "re",
+    "resource",
+    "runpy",
+    "select",
+    "selectors",
+    "shlex",
+    "shutil",
+    "signal",
+    "stat",
+    "string",
+    "struct",
+    "subprocess",
+    "syslog",
+    "tempfile",
+    "textwrap",
+    "time",
+    "traceback",
+    "types",
+    "typing",
+    "zipfile",
+    "zipimport",
 )
 
 
@@ -86,7 +126,7 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         except InterruptedError:
             continue
 
@@ -130,8 +170,12 @@ class Executor:
             maxfd = 1024
         umask = os.umask(0o077)
         os.umask(umask)
-        self.start: Dict[str, Any] = {"umask": umask, "cwd": os.getcwd(), "maxfd": max(256, min(maxfd, 65536)),
-                      "stdio": (sys.stdin, sys.stdout, sys.stderr)}
+        self.start: Dict[str, Any] = {
+            "umask": umask,
+            "cwd": os.getcwd(),
+            "maxfd": max(256, min(maxfd, 65536)),
+            "stdio": (sys.stdin, sys.stdout, sys.stderr),
+        }
         self.payloads: Dict[str, bytes] = {}  # zip hash -> zip text, oldest first
         self.trees: Dict[str, str] = {}  # zip hash -> module_utils hash
         self.templates: Dict[str, _Template] = {}  # module_utils hash -> _Template
@@ -290,8 +334,9 @@ class Executor:
                 if run is not None:
                     for fd in run.fds:
                         os.close(fd)
-                    self.send_json(K_FAIL, rid, {"started": run.started,
-                                                 "message": "the executor's template process exited"})
+                    self.send_json(
+                        K_FAIL, rid, {"started": run.started, "message": "the executor's template process exited"}
+                    )
 
     def on_output(self, run: _Run, fd: int) -> None:
         try:
@@ -394,7 +439,7 @@ def _make_dir(tmp_base: str) -> str:
         os.umask(old)
     for name in os.listdir(base):
         if name.startswith(DIR_PREFIX):
-            pid = name[len(DIR_PREFIX):].split("-", 1)[0]
+            pid = name[len(DIR_PREFIX) :].split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 import shutil
 

@@ -75,8 +75,14 @@ def _stdio(fd: int, like: TextIO, reading: bool) -> io.TextIOWrapper:
     raw = io.FileIO(fd, "rb" if reading else "wb", closefd=False)
     raw.name = like.name
     buf = io.BufferedReader(raw) if reading else io.BufferedWriter(raw) if buffered else raw
-    return io.TextIOWrapper(buf, encoding=like.encoding, errors=like.errors, newline="\n",
-                            line_buffering=bool(like.line_buffering), write_through=not buffered and not reading)
+    return io.TextIOWrapper(
+        buf,
+        encoding=like.encoding,
+        errors=like.errors,
+        newline="\n",
+        line_buffering=bool(like.line_buffering),
+        write_through=not buffered and not reading,
+    )
 
 
 def _child(
@@ -118,8 +124,15 @@ def _child(
         import types
 
         main = types.ModuleType("__main__")
-        main.__dict__.update(__loader__=importlib.machinery.BuiltinImporter, __spec__=None, __package__=None,
-                             __annotations__={}, __builtins__=builtins, __file__="<stdin>", __cached__=None)
+        main.__dict__.update(
+            __loader__=importlib.machinery.BuiltinImporter,
+            __spec__=None,
+            __package__=None,
+            __annotations__={},
+            __builtins__=builtins,
+            __file__="<stdin>",
+            __cached__=None,
+        )
         sys.modules["__main__"] = main
     except BaseException:
         os._exit(70)
@@ -254,8 +267,9 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str],
                 break
             rid = pids.pop(pid, None)
             if rid is not None:
-                _send_msg(sock, {"t": "exit", "id": rid, "rc": _status_rc(status),
-                                 "notice": _shell_notice(status).decode()})
+                _send_msg(
+                    sock, {"t": "exit", "id": rid, "rc": _status_rc(status), "notice": _shell_notice(status).decode()}
+                )
         if sock.fileno() in readable:
             if not reader.read():
                 os._exit(0)

@@ -32,8 +32,15 @@ def enabled(value: Any) -> bool:
     return value is not False and str(value).strip().lower() not in OFF
 
 
-def xrun(client: Any, cmd: str, in_data: Optional[bytes], remote_tmp: str, executable: str = "/bin/sh",
-         command_timeout: float = 0.0, become: bool = False) -> Outcome:
+def xrun(
+    client: Any,
+    cmd: str,
+    in_data: Optional[bytes],
+    remote_tmp: str,
+    executable: str = "/bin/sh",
+    command_timeout: float = 0.0,
+    become: bool = False,
+) -> Outcome:
     """Run ``cmd`` through the transport's executor when it is exactly a pipelined module run.
 
     ``become``: the task escalates. Its command then wraps the interpreter in the become command,
@@ -48,9 +55,15 @@ def xrun(client: Any, cmd: str, in_data: Optional[bytes], remote_tmp: str, execu
     if len(payload) > frames.MAX_PAYLOAD:
         return Outcome(None, f"payload of {len(payload)} bytes is over the daemon's frame limit")
     start = f"{executable} -c {shlex.quote(run.start_command(bootstrap(run.interpreter)))}"
-    message = {"key": json.dumps(run.key), "start": start, "tmp": remote_tmp, "env": json.dumps(run.env),
-               "head_len": len(run.head), "zip_len": len(run.zip_text),
-               "command_timeout": float(command_timeout or 0)}
+    message = {
+        "key": json.dumps(run.key),
+        "start": start,
+        "tmp": remote_tmp,
+        "env": json.dumps(run.env),
+        "head_len": len(run.head),
+        "zip_len": len(run.zip_text),
+        "command_timeout": float(command_timeout or 0),
+    }
     out: List[bytes] = []
     err: List[bytes] = []
     started = None

@@ -7,5 +7,15 @@ from .core import Pool, PoolExhausted
 from .entries import Conn, Connector, Entry, Lease
 from .settings import OnExhausted, PoolKey, PoolSettings, Priority
 
-__all__ = ["Conn", "Connector", "Entry", "Lease", "OnExhausted", "Pool", "PoolExhausted", "PoolKey", "PoolSettings",
-           "Priority"]
+__all__ = [
+    "Conn",
+    "Connector",
+    "Entry",
+    "Lease",
+    "OnExhausted",
+    "Pool",
+    "PoolExhausted",
+    "PoolKey",
+    "PoolSettings",
+    "Priority",
+]

@@ -33,8 +33,12 @@ def _shutting_down() -> PoolError:
 class Pool(Generic[C]):
     """Thread-safe pool of transports keyed by :class:`PoolKey`."""
 
-    def __init__(self, connector: Connector[C], clock: Callable[[], float] = time.monotonic,
-                 on_event: Optional[Callable[..., None]] = None) -> None:
+    def __init__(
+        self,
+        connector: Connector[C],
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Optional[Callable[..., None]] = None,
+    ) -> None:
         self._connector = connector
         self._clock = clock
         self._cond = threading.Condition()
@@ -191,9 +195,19 @@ class Pool(Generic[C]):
             kp.connecting -= 1
             if self._keys.get(key) is kp:
                 now = self._clock()
-                entry = Entry(key=key, conn=conn, created=now, last_used=now, last_checked=now, last_swept=now,
-                              max_channels=kp.channel_limit(settings), settings=settings, in_use=1, opened=1,
-                              retire=one_off)
+                entry = Entry(
+                    key=key,
+                    conn=conn,
+                    created=now,
+                    last_used=now,
+                    last_checked=now,
+                    last_swept=now,
+                    max_channels=kp.channel_limit(settings),
+                    settings=settings,
+                    in_use=1,
+                    opened=1,
+                    retire=one_off,
+                )
                 kp.entries.append(entry)
                 counters = self._counters.of(key)
                 counters["poolMisses"] += 1
@@ -373,8 +387,9 @@ class Pool(Generic[C]):
     def shed_idle(self, count: int) -> int:
         """Close up to ``count`` idle transports, least recently used first (descriptor pressure)."""
         with self._cond:
-            idle = sorted((e for kp in self._keys.values() for e in kp.entries if e.in_use == 0),
-                          key=lambda e: e.last_used)[:max(0, count)]
+            idle = sorted(
+                (e for kp in self._keys.values() for e in kp.entries if e.in_use == 0), key=lambda e: e.last_used
+            )[: max(0, count)]
             for entry in idle:
                 kp = self._keys.get(entry.key)
                 if kp is not None:

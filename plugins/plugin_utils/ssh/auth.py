@@ -45,11 +45,13 @@ def _needs_passphrase(e: Exception) -> bool:
     """Paramiko raises PasswordRequiredException for PEM keys; for OpenSSH-format keys cryptography's
     TypeError ("Key is password-protected, but password was not provided") comes through."""
     return isinstance(e, paramiko.PasswordRequiredException) or (
-        isinstance(e, TypeError) and classify(e) is ParamikoText.KEY_NEEDS_PASSPHRASE)
+        isinstance(e, TypeError) and classify(e) is ParamikoText.KEY_NEEDS_PASSPHRASE
+    )
 
 
-def load_key(path: str, passphrase: Optional[str], spec: ConnectionSpec,
-             password: Optional[str] = None) -> paramiko.PKey:
+def load_key(
+    path: str, passphrase: Optional[str], spec: ConnectionSpec, password: Optional[str] = None
+) -> paramiko.PKey:
     """Load a key as OpenSSH does: without a passphrase first; only an encrypted key gets one.
 
     The passphrase is ``private_key_passphrase``, else the login password (paramiko_ssh's habit):
@@ -65,20 +67,29 @@ def load_key(path: str, passphrase: Optional[str], spec: ConnectionSpec,
             raise fail(spec, f"cannot load private key {path} ({e})", "check the file", auth) from e
     except (paramiko.SSHException, ValueError) as e:
         raise fail(spec, f"cannot load private key {path} ({e})", "check the file", auth) from e
-    tried = [(value, name) for value, name in ((passphrase, "private_key_passphrase"),
-                                               (password, "ansible_password")) if value]
+    tried = [
+        (value, name)
+        for value, name in ((passphrase, "private_key_passphrase"), (password, "ansible_password"))
+        if value
+    ]
     for value, _name in tried:
         try:
             return paramiko.PKey.from_path(path, _passphrase(value))  # type: ignore[arg-type]
         except (paramiko.SSHException, ValueError, TypeError):
             continue
     if not tried:
-        raise fail(spec, f"private key {path} is encrypted; set its passphrase with private_key_passphrase "
-                   "(no passphrase was given)", "or load the key into an ssh-agent", auth)
+        raise fail(
+            spec,
+            f"private key {path} is encrypted; set its passphrase with private_key_passphrase "
+            "(no passphrase was given)",
+            "or load the key into an ssh-agent",
+            auth,
+        )
     names = " nor ".join(name for _key, name in tried)
     what = f"neither {names} decrypts it" if len(tried) > 1 else f"{names} does not decrypt it"
-    raise fail(spec, f"private key {path} is encrypted and {what}",
-               "set private_key_passphrase to the key's passphrase", auth)
+    raise fail(
+        spec, f"private key {path} is encrypted and {what}", "set private_key_passphrase to the key's passphrase", auth
+    )
 
 
 def _default_key(path: str, passphrase: Optional[str]) -> Optional[paramiko.PKey]:
@@ -166,5 +177,9 @@ def auth_error(spec: ConnectionSpec, tried: int, error: Optional[BaseException])
     what = "no key or password to offer" if not tried else f"{tried} method(s) tried"
     if error is not None and str(error) and classify(error) is not ParamikoText.NO_SESSION:
         what += f": {error}"
-    return fail(spec, f"authentication failed for user {spec.user!r} ({what})",
-                "check ansible_user, the private key or ansible_password", ErrorKind.AUTH)
+    return fail(
+        spec,
+        f"authentication failed for user {spec.user!r} ({what})",
+        "check ansible_user, the private key or ansible_password",
+        ErrorKind.AUTH,
+    )

@@ -94,9 +94,12 @@ class AuthFailures:
             if expiry <= now:
                 del self._failures[key]
                 return
-        raise PoolError(f"{message} (not retried: this login failed {AUTH_FAILURE_TTL - (expiry - now):.0f}s ago; "
-                        f"the failure is remembered for {AUTH_FAILURE_TTL:g}s to spare the server's MaxAuthTries "
-                        "and fail2ban)", kind=ErrorKind.AUTH)
+        raise PoolError(
+            f"{message} (not retried: this login failed {AUTH_FAILURE_TTL - (expiry - now):.0f}s ago; "
+            f"the failure is remembered for {AUTH_FAILURE_TTL:g}s to spare the server's MaxAuthTries "
+            "and fail2ban)",
+            kind=ErrorKind.AUTH,
+        )
 
     def remember(self, key: PoolKey, message: str) -> None:
         now = self._clock()
@@ -161,12 +164,19 @@ class Connector:
                 spent += time.monotonic() - started
                 delay = min(2.0, 0.1 * 2 ** (dropped_times - 1)) * (0.5 + random.random())
                 if dropped_times >= MAX_DROPS or spent + delay >= timeout:
-                    raise fail(spec, f"the server dropped the connection before its banner {dropped_times} times "
-                               f"({e})", "sshd's MaxStartups is too low for this many forks: raise it, "
-                               "or lower max_handshakes_per_address") from None
+                    raise fail(
+                        spec,
+                        f"the server dropped the connection before its banner {dropped_times} times ({e})",
+                        "sshd's MaxStartups is too low for this many forks: raise it, "
+                        "or lower max_handshakes_per_address",
+                    ) from None
                 spent += delay
-                log.info("%s: handshake dropped by the server (attempt %d), retrying in %.2fs",
-                         key.label, dropped_times, delay)
+                log.info(
+                    "%s: handshake dropped by the server (attempt %d), retrying in %.2fs",
+                    key.label,
+                    dropped_times,
+                    delay,
+                )
             except _Refused as e:
                 # Nothing reached sshd, so no MaxStartups slot, penalty or fail2ban count is spent.
                 refused += 1
@@ -175,8 +185,12 @@ class Connector:
                 if refused > REFUSED_RETRIES or spent + delay >= timeout:
                     raise e.error from None
                 spent += delay
-                log.info("%s: connection refused (attempt %d; sshd may be restarting), retrying in %.2fs",
-                         key.label, refused, delay)
+                log.info(
+                    "%s: connection refused (attempt %d; sshd may be restarting), retrying in %.2fs",
+                    key.label,
+                    refused,
+                    delay,
+                )
             finally:
                 # A drop pauses every handshake to this address for the backoff (see HandshakeLimiter).
                 self.limiter.release(address, dropped, backoff=delay if dropped else 0.0)
@@ -204,10 +218,16 @@ class Connector:
         disabled: Dict[str, List[str]] = {}
         if not spec.use_rsa_sha2_algorithms:
             disabled = {
-                "pubkeys": [a for a in paramiko.Transport._preferred_pubkeys  # type: ignore[attr-defined]
-                            if "rsa-sha2" in a],
-                "keys": [a for a in paramiko.Transport._preferred_keys  # type: ignore[attr-defined]
-                         if "rsa-sha2" in a],
+                "pubkeys": [
+                    a
+                    for a in paramiko.Transport._preferred_pubkeys  # type: ignore[attr-defined]
+                    if "rsa-sha2" in a
+                ],
+                "keys": [
+                    a
+                    for a in paramiko.Transport._preferred_keys  # type: ignore[attr-defined]
+                    if "rsa-sha2" in a
+                ],
             }
         transport = exit_signal.transport_class(paramiko.Transport)(sock, disabled_algorithms=disabled or None)
         ok = False
@@ -235,25 +255,31 @@ def _load_known_hosts(spec: ConnectionSpec) -> List[_known_hosts.KnownHost]:
     try:
         return _known_hosts.load(spec.known_hosts_files)
     except _known_hosts.Unreadable as e:
-        raise fail(spec, f"{e}; the host key cannot be checked",
-                   f"make {e.path} a readable file, or list the files to use in known_hosts_files",
-                   ErrorKind.HOSTKEY) from None
+        raise fail(
+            spec,
+            f"{e}; the host key cannot be checked",
+            f"make {e.path} a readable file, or list the files to use in known_hosts_files",
+            ErrorKind.HOSTKEY,
+        ) from None
 
 
 def _tcp_socket(spec: ConnectionSpec, timeout: float) -> socket.socket:
     try:
         sock = socket.create_connection((spec.addr, spec.port), timeout=timeout)
     except socket.gaierror as e:
-        raise fail(spec, f"cannot resolve host name ({e.strerror})",
-                   "check ansible_host and your DNS or /etc/hosts") from e
+        raise fail(
+            spec, f"cannot resolve host name ({e.strerror})", "check ansible_host and your DNS or /etc/hosts"
+        ) from e
     except UnicodeError as e:
         raise fail(spec, "cannot resolve host name (not a valid DNS name)", "check ansible_host") from e
     except ConnectionRefusedError as e:
-        raise _Refused(fail(spec, "connection refused",
-                            "check that sshd is running and listening on that port")) from e
+        raise _Refused(fail(spec, "connection refused", "check that sshd is running and listening on that port")) from e
     except TimeoutError as e:
-        raise fail(spec, f"TCP connect timed out after {timeout:g}s",
-                   "check that the host is up and no firewall drops SSH, or raise timeout") from e
+        raise fail(
+            spec,
+            f"TCP connect timed out after {timeout:g}s",
+            "check that the host is up and no firewall drops SSH, or raise timeout",
+        ) from e
     except OSError as e:
         raise fail(spec, f"cannot connect ({e.strerror or e})", "check the address and the network") from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -261,8 +287,9 @@ def _tcp_socket(spec: ConnectionSpec, timeout: float) -> socket.socket:
     return sock
 
 
-def _prefer_key_types(transport: paramiko.Transport, spec: ConnectionSpec,
-                      known: List[_known_hosts.KnownHost], name: str) -> None:
+def _prefer_key_types(
+    transport: paramiko.Transport, spec: ConnectionSpec, known: List[_known_hosts.KnownHost], name: str
+) -> None:
     """Ask first for what known_hosts can vouch for, as OpenSSH does: host certificates where a CA
     is trusted for this server, then the key types it has for it."""
     if not spec.host_key_checking:
@@ -292,8 +319,11 @@ def _start(transport: paramiko.Transport, spec: ConnectionSpec, timeout: float) 
         if classify(e) is ParamikoText.NO_BANNER:
             if isinstance(context, (EOFError, ConnectionResetError, BrokenPipeError)):
                 raise _Dropped(str(e)) from None
-            raise fail(spec, f"no SSH banner within {transport.banner_timeout:g}s",
-                       "the port answers but is not a responsive sshd; check ansible_port") from None
+            raise fail(
+                spec,
+                f"no SSH banner within {transport.banner_timeout:g}s",
+                "the port answers but is not a responsive sshd; check ansible_port",
+            ) from None
         kind = negotiation.kind_of(str(e))
         if kind is not None:
             raise _incompatible(transport, spec, kind, timeout) from None
@@ -301,8 +331,11 @@ def _start(transport: paramiko.Transport, spec: ConnectionSpec, timeout: float) 
     except (EOFError, OSError) as e:
         raise _Dropped(repr(e)) from None
     if transport.host_key is None:
-        raise fail(spec, f"SSH negotiation timed out after {time.monotonic() - started:.1f}s",
-                   "check the network, or raise timeout")
+        raise fail(
+            spec,
+            f"SSH negotiation timed out after {time.monotonic() - started:.1f}s",
+            "check the network, or raise timeout",
+        )
 
 
 def _offered_certificate(transport: paramiko.Transport, server_key: paramiko.PKey) -> Optional[bytes]:
@@ -313,26 +346,34 @@ def _offered_certificate(transport: paramiko.Transport, server_key: paramiko.PKe
     return getattr(blob, "key_blob", None)
 
 
-def _incompatible(transport: paramiko.Transport, spec: ConnectionSpec, kind: negotiation.Kind,
-                  timeout: float) -> PoolError:
+def _incompatible(
+    transport: paramiko.Transport, spec: ConnectionSpec, kind: negotiation.Kind, timeout: float
+) -> PoolError:
     """No algorithm of a kind in common: name both sides (the server's offer is read again on a
     direct connection; through a proxy or jump host it is not)."""
     offer = None
     if not spec.proxy_command and not spec.proxy_jump:
         offer = negotiation.server_offer(spec.addr, spec.port, min(timeout, 10.0))
     options = transport.get_security_options()
-    supported = {negotiation.Kind.KEX: options.kex, negotiation.Kind.HOST_KEY: transport.preferred_keys,
-                 negotiation.Kind.CIPHER: options.ciphers, negotiation.Kind.MAC: options.digests,
-                 negotiation.Kind.COMPRESSION: options.compression}[kind]
-    detail = negotiation.explain(kind, offer.get(kind.field) if offer else None, list(supported),
-                                 paramiko.__version__)
-    return fail(spec, f"SSH negotiation failed: {detail}",
-                "this is a Paramiko limitation: use ansible_connection=ssh for this host, or enable one of "
-                "those algorithms on the server")
+    supported = {
+        negotiation.Kind.KEX: options.kex,
+        negotiation.Kind.HOST_KEY: transport.preferred_keys,
+        negotiation.Kind.CIPHER: options.ciphers,
+        negotiation.Kind.MAC: options.digests,
+        negotiation.Kind.COMPRESSION: options.compression,
+    }[kind]
+    detail = negotiation.explain(kind, offer.get(kind.field) if offer else None, list(supported), paramiko.__version__)
+    return fail(
+        spec,
+        f"SSH negotiation failed: {detail}",
+        "this is a Paramiko limitation: use ansible_connection=ssh for this host, or enable one of "
+        "those algorithms on the server",
+    )
 
 
-def verify_host_key(transport: paramiko.Transport, spec: ConnectionSpec, name: str,
-                    known: List[_known_hosts.KnownHost]) -> bool:
+def verify_host_key(
+    transport: paramiko.Transport, spec: ConnectionSpec, name: str, known: List[_known_hosts.KnownHost]
+) -> bool:
     """Check the server's key (or host certificate) before any credential is sent; True when
     known_hosts vouched for it."""
     server_key = transport.get_remote_server_key()
@@ -344,24 +385,38 @@ def verify_host_key(transport: paramiko.Transport, spec: ConnectionSpec, name: s
     offered = f"{keytype} {_known_hosts.fingerprint(blob)}"
     if verdict.status is _known_hosts.Status.KNOWN:
         if cert is not None and cert.cert is not None and cert.status is _host_certs.CertStatus.ACCEPTED:
-            log.info("%s: host certificate %s accepted (CA at %s)", spec.where, cert.cert.describe(),
-                     cert.entry.where if cert.entry else "?")
+            log.info(
+                "%s: host certificate %s accepted (CA at %s)",
+                spec.where,
+                cert.cert.describe(),
+                cert.entry.where if cert.entry else "?",
+            )
         return True
     entry = verdict.entry
     if verdict.status is _known_hosts.Status.REVOKED and entry is not None:
-        what = f"host certificate {cert.cert.describe()}: {cert.reason}" if cert and cert.cert else \
-            f"host key {offered} is marked @revoked in {entry.where}"
+        what = (
+            f"host certificate {cert.cert.describe()}: {cert.reason}"
+            if cert and cert.cert
+            else f"host key {offered} is marked @revoked in {entry.where}"
+        )
         raise fail(spec, what, "the server's key or its CA was revoked: do not connect", ErrorKind.HOSTKEY)
     if verdict.status is _known_hosts.Status.CHANGED and entry is not None:
-        raise fail(spec, f"REMOTE HOST IDENTIFICATION HAS CHANGED: the server offers {offered} but "
-                   f"{entry.where} has {entry.keytype} {_known_hosts.fingerprint(entry.key)}",
-                   f"if the change is expected, remove that line (ssh-keygen -R '{name}') and reconnect",
-                   ErrorKind.HOSTKEY)
+        raise fail(
+            spec,
+            f"REMOTE HOST IDENTIFICATION HAS CHANGED: the server offers {offered} but "
+            f"{entry.where} has {entry.keytype} {_known_hosts.fingerprint(entry.key)}",
+            f"if the change is expected, remove that line (ssh-keygen -R '{name}') and reconnect",
+            ErrorKind.HOSTKEY,
+        )
     if cert is not None and cert.cert is not None and cert.status is _host_certs.CertStatus.INVALID:
         # A CA is trusted for this host and its certificate failed: never fall back to learning the key.
-        raise fail(spec, f"host certificate refused: {cert.reason} ({cert.cert.describe()}, CA trusted at "
-                   f"{cert.entry.where if cert.entry else '?'})",
-                   "renew or re-sign the host's certificate (ssh-keygen -s ... -h -n <name>)", ErrorKind.HOSTKEY)
+        raise fail(
+            spec,
+            f"host certificate refused: {cert.reason} ({cert.cert.describe()}, CA trusted at "
+            f"{cert.entry.where if cert.entry else '?'})",
+            "renew or re-sign the host's certificate (ssh-keygen -s ... -h -n <name>)",
+            ErrorKind.HOSTKEY,
+        )
     if spec.host_key_auto_add:
         files = spec.known_hosts_files
         try:
@@ -369,13 +424,25 @@ def verify_host_key(transport: paramiko.Transport, spec: ConnectionSpec, name: s
                 log.info("recorded host key %s for %s in %s", offered, name, files[0])
         except (OSError, _known_hosts.Unreadable) as e:
             # As OpenSSH: the key was accepted for this connection; only remembering it failed.
-            log.warning("%s: failed to add the host key %s to %s (%s); it will be asked about again", spec.where,
-                        offered, files[0], getattr(e, "strerror", None) or e)
+            log.warning(
+                "%s: failed to add the host key %s to %s (%s); it will be asked about again",
+                spec.where,
+                offered,
+                files[0],
+                getattr(e, "strerror", None) or e,
+            )
         return False
     if cert is not None and cert.cert is not None:
-        raise fail(spec, f"host certificate not trusted: {cert.reason}",
-                   f"add its CA as '@cert-authority {name} <CA public key>' to known_hosts, or the host key "
-                   f"(ssh-keyscan -p {spec.port} {spec.addr})", ErrorKind.HOSTKEY)
-    raise fail(spec, f"host key is unknown ({offered})",
-               f"verify it and add it to known_hosts (ssh-keyscan -p {spec.port} {spec.addr}), "
-               "or set host_key_auto_add=true", ErrorKind.HOSTKEY)
+        raise fail(
+            spec,
+            f"host certificate not trusted: {cert.reason}",
+            f"add its CA as '@cert-authority {name} <CA public key>' to known_hosts, or the host key "
+            f"(ssh-keyscan -p {spec.port} {spec.addr})",
+            ErrorKind.HOSTKEY,
+        )
+    raise fail(
+        spec,
+        f"host key is unknown ({offered})",
+        f"verify it and add it to known_hosts (ssh-keyscan -p {spec.port} {spec.addr}), or set host_key_auto_add=true",
+        ErrorKind.HOSTKEY,
+    )

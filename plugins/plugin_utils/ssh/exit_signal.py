@@ -20,8 +20,9 @@ from typing import Any, Dict, Optional
 from .paramiko_guard import paramiko
 
 #: Signal numbers by the names RFC 4254 uses (without "SIG").
-SIGNALS: Dict[str, int] = {s.name[3:]: int(s) for s in signal.Signals if s.name.startswith("SIG")
-                           and not s.name.startswith("SIG_")}
+SIGNALS: Dict[str, int] = {
+    s.name[3:]: int(s) for s in signal.Signals if s.name.startswith("SIG") and not s.name.startswith("SIG_")
+}
 
 
 #: How often each transport's reader thread wakes when nothing arrives (Paramiko: 0.1 s). It wakes
@@ -86,8 +87,12 @@ def transport_class(base: Any) -> Any:
         base.__init__(self, *args, **kwargs)
         self.exit_signals = ExitSignals()
 
-    return type("PooledParamikoTransport", (base,), {
-        "__init__": __init__,
-        "_channel_handler_table": {**table, request: handle_request},
-        "_active_check_timeout": IDLE_WAKEUP,
-    })
+    return type(
+        "PooledParamikoTransport",
+        (base,),
+        {
+            "__init__": __init__,
+            "_channel_handler_table": {**table, request: handle_request},
+            "_active_check_timeout": IDLE_WAKEUP,
+        },
+    )

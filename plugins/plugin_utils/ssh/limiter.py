@@ -34,8 +34,7 @@ class HandshakeLimiter:
         self._waiting: Dict[Tuple[str, int], List[int]] = {}  # tickets, a heap per address
         self._tickets = itertools.count()
 
-    def acquire(self, address: Tuple[str, int], limit: int, deadline: float,
-                ticket: Optional[int] = None) -> int:
+    def acquire(self, address: Tuple[str, int], limit: int, deadline: float, ticket: Optional[int] = None) -> int:
         """Wait for a slot; returns the ticket to pass back when retrying after a drop."""
         with self._cond:
             if ticket is None:
@@ -48,8 +47,7 @@ class HandshakeLimiter:
                     current = self._active.get(address, 0)
                     now = time.monotonic()
                     paused = self._not_before.get(address, 0.0) - now
-                    if (paused <= 0 and waiting[0] == ticket
-                            and current < min(limit, self._limit.get(address, limit))):
+                    if paused <= 0 and waiting[0] == ticket and current < min(limit, self._limit.get(address, limit)):
                         self._active[address] = current + 1
                         return ticket
                     remaining = deadline - now

@@ -16,8 +16,18 @@ from enum import Enum
 from typing import Dict, List, Optional, Sequence
 
 #: KEXINIT's name-lists, in order (RFC 4253 7.1).
-_LISTS = ("kex", "host_keys", "ciphers_c2s", "ciphers_s2c", "macs_c2s", "macs_s2c", "compression_c2s",
-          "compression_s2c", "languages_c2s", "languages_s2c")
+_LISTS = (
+    "kex",
+    "host_keys",
+    "ciphers_c2s",
+    "ciphers_s2c",
+    "macs_c2s",
+    "macs_s2c",
+    "compression_c2s",
+    "compression_s2c",
+    "languages_c2s",
+    "languages_s2c",
+)
 MSG_KEXINIT = 20
 #: Names in the kex list that are signals, not algorithms.
 _PSEUDO = ("kex-strict-", "ext-info-", "kexguess2@")
@@ -54,8 +64,8 @@ def parse_kexinit(payload: bytes) -> Dict[str, List[str]]:
     for name in _LISTS:
         if pos + 4 > len(payload):
             raise ValueError("truncated KEXINIT")
-        (n,) = struct.unpack(">I", payload[pos:pos + 4])
-        value = payload[pos + 4:pos + 4 + n]
+        (n,) = struct.unpack(">I", payload[pos : pos + 4])
+        value = payload[pos + 4 : pos + 4 + n]
         if len(value) != n:
             raise ValueError("truncated KEXINIT")
         lists[name] = [x for x in value.decode("ascii", "replace").split(",") if x]
@@ -91,7 +101,7 @@ def read_kexinit(sock: socket.socket, banner: bytes = b"SSH-2.0-pooled_ssh_probe
                 raise ValueError("truncated packet")
             data += chunk
         padding = data[4]
-        return parse_kexinit(data[5:4 + length - padding])
+        return parse_kexinit(data[5 : 4 + length - padding])
     finally:
         sock.close()
 
@@ -110,5 +120,7 @@ def explain(kind: Kind, offered: Optional[Sequence[str]], supported: Sequence[st
     """``no key exchange in common: the server offers …; Paramiko 5.1.0 supports …``."""
     real = [a for a in offered or () if not a.startswith(_PSEUDO)]
     theirs = ", ".join(real) if real else "(not readable from here: see the server's sshd -T)"
-    return (f"no {kind.words} algorithm in common: the server offers {theirs}; Paramiko {version} supports "
-            f"{', '.join(supported)}")
+    return (
+        f"no {kind.words} algorithm in common: the server offers {theirs}; Paramiko {version} supports "
+        f"{', '.join(supported)}"
+    )

@@ -27,8 +27,9 @@ def open_refused(pt: PooledTransport, error: BaseException) -> bool:
     The refusal is a ChannelException, or only its text when another thread's open took
     Paramiko's one saved exception of the transport.
     """
-    return pt.is_active() and (isinstance(error, paramiko.ChannelException)
-                               or classify(error) is ParamikoText.CHANNEL_REFUSED)
+    return pt.is_active() and (
+        isinstance(error, paramiko.ChannelException) or classify(error) is ParamikoText.CHANNEL_REFUSED
+    )
 
 
 class Releasable(Protocol):
@@ -53,8 +54,13 @@ class PooledTransport:
     last, kept by the pool with its other bookkeeping (``pool.entries.Entry.settings``).
     """
 
-    def __init__(self, transport: paramiko.Transport, label: str, via: Optional[Releasable] = None,
-                 host_key_verified: bool = False) -> None:
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        label: str,
+        via: Optional[Releasable] = None,
+        host_key_verified: bool = False,
+    ) -> None:
         self.transport = transport
         self.label = label
         #: The bastion's lease, released when we close (a transport tunnelled through a jump host).
@@ -131,7 +137,7 @@ class PooledTransport:
         return True
 
     def lost_suffix(self) -> str:
-        """" (why)" when the daemon itself gave up on this transport (keepalives), else ""."""
+        """ " (why)" when the daemon itself gave up on this transport (keepalives), else ""."""
         return f" ({self.lost_reason})" if self.lost_reason else ""
 
     def close(self) -> None:

@@ -75,8 +75,11 @@ def _check_scalar(name: str, value: Any, rule: Rule, types: Tuple[type, ...]) ->
     if isinstance(value, str) and rule.path and "\0" in value:
         raise Malformed(f"{name} contains a NUL byte")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isnan(value) or (rule.low is not None and value < rule.low) or (
-                rule.high is not None and value > rule.high):
+        if (
+            math.isnan(value)
+            or (rule.low is not None and value < rule.low)
+            or (rule.high is not None and value > rule.high)
+        ):
             raise Malformed(f"{name} {rule.problem or 'is out of range'}")
         if float in types and int not in types:
             return float(value)

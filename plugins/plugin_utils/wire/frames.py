@@ -98,8 +98,7 @@ def decode(data: bytes) -> Tuple[Frame, bytes]:
     return (message, data[HEADER.size + json_len : end]), data[end:]
 
 
-def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False,
-                  deadline: Optional[float] = None) -> bytes:
+def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False, deadline: Optional[float] = None) -> bytes:
     chunks = []
     remaining = size
     while remaining:
@@ -118,8 +117,7 @@ def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False,
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket, deadline: Optional[float] = None,
-               frame_timeout: Optional[float] = None) -> Frame:
+def recv_frame(sock: socket.socket, deadline: Optional[float] = None, frame_timeout: Optional[float] = None) -> Frame:
     """Read one frame. ``deadline`` (monotonic) bounds the whole frame; ``frame_timeout`` bounds
     the rest of it once its first bytes arrived (the wait for them keeps the socket's timeout).
     A peer sending one byte at a time cannot keep a read alive past either."""

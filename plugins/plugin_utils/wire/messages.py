@@ -183,8 +183,16 @@ class Empty(Message):
 
 
 REQUESTS: Dict[Op, Any] = {
-    Op.BIND: Bind, Op.EXEC: Exec, Op.PUT: Transfer, Op.FETCH: Transfer, Op.EVICT: Evict,
-    Op.STATS: Empty, Op.STATUS: Empty, Op.STOP: Empty, Op.PING: Empty, Op.XRUN: XRun,
+    Op.BIND: Bind,
+    Op.EXEC: Exec,
+    Op.PUT: Transfer,
+    Op.FETCH: Transfer,
+    Op.EVICT: Evict,
+    Op.STATS: Empty,
+    Op.STATUS: Empty,
+    Op.STOP: Empty,
+    Op.PING: Empty,
+    Op.XRUN: XRun,
 }
 
 
@@ -195,7 +203,7 @@ def envelope(data: Dict[str, Any]) -> Tuple[Optional[Op], Optional[int]]:
     except ValueError:
         op = None
     op_id = data.get("id")
-    if isinstance(op_id, bool) or not isinstance(op_id, int) or not 0 < op_id < 2 ** 53:
+    if isinstance(op_id, bool) or not isinstance(op_id, int) or not 0 < op_id < 2**53:
         op_id = None
     return op, op_id
 

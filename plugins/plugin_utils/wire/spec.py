@@ -98,10 +98,17 @@ class ConnectionSpec:
         receive. It offers the target's key file unless it has its own (a signature reveals no secret).
         """
         hop = self.proxy_jump[-1]
-        changes: Dict[str, Any] = {"host": hop.host, "addr": hop.addr, "port": hop.port, "user": hop.user,
-                                   "proxy_jump": list(self.proxy_jump[:-1]), "proxy_command": None,
-                                   "password": hop.password, "private_key_passphrase": None,
-                                   "agent_socket": hop.agent_socket}
+        changes: Dict[str, Any] = {
+            "host": hop.host,
+            "addr": hop.addr,
+            "port": hop.port,
+            "user": hop.user,
+            "proxy_jump": list(self.proxy_jump[:-1]),
+            "proxy_command": None,
+            "password": hop.password,
+            "private_key_passphrase": None,
+            "agent_socket": hop.agent_socket,
+        }
         if hop.private_key_file:
             changes.update(private_key_file=hop.private_key_file, key_fingerprint=hop.key_fingerprint)
         return dataclasses.replace(self, **changes)

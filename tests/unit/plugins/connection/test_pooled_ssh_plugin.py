@@ -29,8 +29,9 @@ STARTED: Frame = ("started", {"hit": True, "transport": 7, "waited": 0.0})
 class FakeClient:
     """Stands in for PoolClient: records everything, answers from the test's script."""
 
-    def __init__(self, wire: Wire, pool_dir: str, idle_exit: float = 60.0, log_level: str = "info",
-                 spawn: bool = True) -> None:
+    def __init__(
+        self, wire: Wire, pool_dir: str, idle_exit: float = 60.0, log_level: str = "info", spawn: bool = True
+    ) -> None:
         self.wire = wire
         self.pool_dir = pool_dir
         self.idle_exit = idle_exit
@@ -129,8 +130,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_conn(tmp_path: Path) -> Callable[..., Any]:
     def make(var_options: Optional[Dict[str, Any]] = None, **direct: Any) -> Any:
         conn = new_connection()
-        variables = {"inventory_hostname": "web1", "ansible_host": "192.0.2.10", "ansible_user": "deploy",
-                     "ansible_pooled_ssh_pool_dir": str(tmp_path / "pool")}
+        variables = {
+            "inventory_hostname": "web1",
+            "ansible_host": "192.0.2.10",
+            "ansible_user": "deploy",
+            "ansible_pooled_ssh_pool_dir": str(tmp_path / "pool"),
+        }
         variables.update(var_options or {})
         conn.set_options(var_options=variables, direct=direct or None)
         return conn
@@ -167,8 +172,15 @@ def test_loaded_by_ansible_under_its_fqcn() -> None:
 
 
 def test_options_from_direct_names(make_conn: Callable[..., Any], wire: Wire) -> None:
-    conn = make_conn(remote_addr="10.1.1.1", port=2200, remote_user="ops", password="pw", pty=False,
-                     max_connections=3, idle_timeout=12.5)
+    conn = make_conn(
+        remote_addr="10.1.1.1",
+        port=2200,
+        remote_user="ops",
+        password="pw",
+        pty=False,
+        max_connections=3,
+        idle_timeout=12.5,
+    )
     assert conn.get_option("remote_addr") == "10.1.1.1"
     assert conn.get_option("port") == 2200
     assert conn.get_option("remote_user") == "ops"
@@ -179,16 +191,18 @@ def test_options_from_direct_names(make_conn: Callable[..., Any], wire: Wire) ->
 
 
 def test_paramiko_variable_names_are_honoured(make_conn: Callable[..., Any], wire: Wire) -> None:
-    conn = make_conn({
-        "ansible_host": None,
-        "ansible_user": None,
-        "ansible_paramiko_host": "10.9.9.9",
-        "ansible_paramiko_port": 2022,
-        "ansible_paramiko_user": "legacy",
-        "ansible_paramiko_pass": "old-secret",
-        "ansible_paramiko_proxy_command": "nc -x proxy %h %p",
-        "ansible_paramiko_use_rsa_sha2_algorithms": False,
-    })
+    conn = make_conn(
+        {
+            "ansible_host": None,
+            "ansible_user": None,
+            "ansible_paramiko_host": "10.9.9.9",
+            "ansible_paramiko_port": 2022,
+            "ansible_paramiko_user": "legacy",
+            "ansible_paramiko_pass": "old-secret",
+            "ansible_paramiko_proxy_command": "nc -x proxy %h %p",
+            "ansible_paramiko_use_rsa_sha2_algorithms": False,
+        }
+    )
     assert conn.get_option("password") == "old-secret"
     assert conn.get_option("remote_user") == "legacy"
     assert conn.get_option("port") == 2022
@@ -205,8 +219,9 @@ def test_paramiko_variable_names_are_honoured(make_conn: Callable[..., Any], wir
     assert spec["use_rsa_sha2_algorithms"] is False
 
 
-def test_paramiko_environment_variables_are_honoured(make_conn: Callable[..., Any], wire: Wire,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paramiko_environment_variables_are_honoured(
+    make_conn: Callable[..., Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ANSIBLE_PARAMIKO_PTY", "false")
     monkeypatch.setenv("ANSIBLE_PARAMIKO_HOST_KEY_CHECKING", "false")
     monkeypatch.setenv("ANSIBLE_PARAMIKO_LOOK_FOR_KEYS", "no")
@@ -222,8 +237,9 @@ def test_paramiko_environment_variables_are_honoured(make_conn: Callable[..., An
     assert message["conn"]["timeout"] == 4.0
 
 
-def test_origin_environment_variables_reach_the_pool_settings(make_conn: Callable[..., Any], wire: Wire,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_origin_environment_variables_reach_the_pool_settings(
+    make_conn: Callable[..., Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SSH_POOL_MAX_CONNECTIONS", "20")
     monkeypatch.setenv("SSH_POOL_IDLE_TIMEOUT_MS", "300000")
     monkeypatch.setenv("SSH_POOL_HEALTH_CHECK_INTERVAL_MS", "15000")
@@ -251,8 +267,9 @@ def test_origin_environment_variables_reach_the_pool_settings(make_conn: Callabl
     assert message["conn"]["timeout"] == 2.5
 
 
-def test_the_other_ssh_pool_environment_names_reach_the_pool_settings(make_conn: Callable[..., Any], wire: Wire,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_other_ssh_pool_environment_names_reach_the_pool_settings(
+    make_conn: Callable[..., Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SSH_POOL_MAX_SIZE", "7")
     monkeypatch.setenv("SSH_POOL_TIMEOUT", "120000")
     monkeypatch.setenv("SSH_POOL_CLEANUP_INTERVAL", "5000")
@@ -271,8 +288,9 @@ def test_a_task_var_sets_the_priority_and_on_exhausted(make_conn: Callable[..., 
     assert (pool["priority"], pool["on_exhausted"]) == ("high", "direct")
 
 
-def test_seconds_win_over_the_origin_milliseconds(make_conn: Callable[..., Any], wire: Wire,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seconds_win_over_the_origin_milliseconds(
+    make_conn: Callable[..., Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SSH_POOL_IDLE_TIMEOUT_MS", "5000")
     conn = make_conn({"ansible_pooled_ssh_idle_timeout": 90})
     wire.script = frames(STARTED, ("exit", 0))
@@ -283,7 +301,7 @@ def test_seconds_win_over_the_origin_milliseconds(make_conn: Callable[..., Any],
 def test_the_request_the_plugin_builds(conn: Any, wire: Wire, tmp_path: Path) -> None:
     wire.script = frames(STARTED, ("exit", 0))
     conn.exec_command("echo hi", sudoable=False)
-    (message, stdin, eof), = wire.client.requests
+    ((message, stdin, eof),) = wire.client.requests
     assert message["cmd"] == "echo hi"
     assert message["command_timeout"] == 0
     assert message["pty"] is False
@@ -323,7 +341,7 @@ def test_exec_command_returns_rc_stdout_stderr(conn: Any, wire: Wire) -> None:
 def test_exec_command_sends_pipelined_data_with_the_request(conn: Any, wire: Wire) -> None:
     wire.script = frames(STARTED, ("out", b"{}"), ("exit", 0))
     assert conn.exec_command("/usr/bin/python3", in_data=b"MODULE") == (0, b"{}", b"")
-    (_message, stdin, eof), = wire.client.requests
+    ((_message, stdin, eof),) = wire.client.requests
     assert (stdin, eof) == (b"MODULE", True)
     assert wire.client.stdin == []
 
@@ -346,9 +364,14 @@ def test_one_client_per_connection_object(conn: Any, wire: Wire) -> None:
         (True, None, False, False),
     ],
 )
-def test_pty_only_for_sudoable_commands_without_stdin(make_conn: Callable[..., Any], wire: Wire, sudoable: bool,
-                                                      in_data: Optional[bytes], pty_option: Optional[bool],
-                                                      expected: bool) -> None:
+def test_pty_only_for_sudoable_commands_without_stdin(
+    make_conn: Callable[..., Any],
+    wire: Wire,
+    sudoable: bool,
+    in_data: Optional[bytes],
+    pty_option: Optional[bool],
+    expected: bool,
+) -> None:
     conn = make_conn(**({"pty": pty_option} if pty_option is not None else {}))
     wire.script = frames(STARTED, ("exit", 0))
     conn.exec_command("cmd", in_data=in_data, sudoable=sudoable)
@@ -444,8 +467,7 @@ def test_wrong_become_password(conn: Any, wire: Wire) -> None:
 def test_second_prompt_without_message_is_an_incorrect_password(conn: Any, wire: Wire) -> None:
     become = sudo("wrong")
     cmd = wrap(conn, become)
-    wire.script = frames(STARTED, ("out", become.prompt.encode()), ("out", b"\n" + become.prompt.encode()),
-                         ("exit", 1))
+    wire.script = frames(STARTED, ("out", become.prompt.encode()), ("out", b"\n" + become.prompt.encode()), ("exit", 1))
     with pytest.raises(AnsibleError, match="Incorrect sudo password"):
         conn.exec_command(cmd)
 
@@ -620,8 +642,7 @@ def test_transfer_errors_are_mapped(conn: Any, wire: Wire, tmp_path: Path) -> No
 # -- reset and close -------------------------------------------------------------------
 
 
-def test_reset_on_a_never_connected_instance_evicts_without_spawning(make_conn: Callable[..., Any],
-                                                                      wire: Wire) -> None:
+def test_reset_on_a_never_connected_instance_evicts_without_spawning(make_conn: Callable[..., Any], wire: Wire) -> None:
     conn = make_conn({"ansible_port": 2222})
     wire.call_reply = {"t": "evicted", "closed": 2}
     conn.reset()
@@ -684,8 +705,9 @@ def test_pipelining_option_off(make_conn: Callable[..., Any], wire: Wire) -> Non
     assert make_conn(pipelining=False).is_pipelining_enabled() is False
 
 
-def test_pipelining_from_the_environment(make_conn: Callable[..., Any], wire: Wire,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipelining_from_the_environment(
+    make_conn: Callable[..., Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ANSIBLE_PIPELINING", "false")
     assert make_conn().is_pipelining_enabled() is False
 

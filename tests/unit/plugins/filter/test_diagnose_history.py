@@ -6,17 +6,21 @@ import json
 
 from ansible_collections.healer.pooled_ssh.plugins.module_utils import _diagnose_history as history
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def host(busy=0.25, load=0.5, avail=2 * GIB, rx=None, **extra):
     metrics = {
         "node_load1": [{"labels": {}, "value": load}],
         "node_memory_MemAvailable_bytes": [{"labels": {}, "value": avail}],
-        "node_filesystem_size_bytes": [{"labels": {"mountpoint": "/"}, "value": 100.0},
-                                       {"labels": {"mountpoint": "/var"}, "value": 200.0}],
-        "node_filesystem_avail_bytes": [{"labels": {"mountpoint": "/"}, "value": 60.0},
-                                        {"labels": {"mountpoint": "/var"}, "value": 20.0}],
+        "node_filesystem_size_bytes": [
+            {"labels": {"mountpoint": "/"}, "value": 100.0},
+            {"labels": {"mountpoint": "/var"}, "value": 200.0},
+        ],
+        "node_filesystem_avail_bytes": [
+            {"labels": {"mountpoint": "/"}, "value": 60.0},
+            {"labels": {"mountpoint": "/var"}, "value": 20.0},
+        ],
     }
     rates = {} if busy is None else {"cpu_busy_ratio": busy}
     if rx is not None:
@@ -27,9 +31,12 @@ def host(busy=0.25, load=0.5, avail=2 * GIB, rx=None, **extra):
 def test_key_figures_of_an_entry():
     figures = history.key_figures(host(rx={"lo": 10.0, "eth0": 5.5}))
     assert figures == {
-        "cpu_busy_ratio": 0.25, "load1": 0.5, "memory_available_bytes": 2 * GIB,
+        "cpu_busy_ratio": 0.25,
+        "load1": 0.5,
+        "memory_available_bytes": 2 * GIB,
         "filesystem_used_ratio": 0.9,  # /var, the fullest
-        "network_receive_bytes_per_second": 15.5, "network_transmit_bytes_per_second": None,
+        "network_receive_bytes_per_second": 15.5,
+        "network_transmit_bytes_per_second": None,
     }
     assert history.key_figures({})["load1"] is None
 

@@ -21,12 +21,22 @@ def check(state: str, summary: str = "") -> Dict[str, Any]:
 
 def cpu(**modes: float) -> List[Dict[str, Any]]:
     """Two CPUs sharing each mode's seconds equally."""
-    return [{"labels": {"cpu": str(n), "mode": mode}, "value": value / 2}
-            for mode, value in modes.items() for n in range(2)]
+    return [
+        {"labels": {"cpu": str(n), "mode": mode}, "value": value / 2} for mode, value in modes.items() for n in range(2)
+    ]
 
 
-def run(checks: Dict[str, Any], *, collected_at: float = 100.0, boot_time: float = 10.0, oom_kill: Any = 0,
-        cpu_modes: Any = None, rx: float = 1000.0, tx: float = 500.0, **extra: Any) -> Dict[str, Any]:
+def run(
+    checks: Dict[str, Any],
+    *,
+    collected_at: float = 100.0,
+    boot_time: float = 10.0,
+    oom_kill: Any = 0,
+    cpu_modes: Any = None,
+    rx: float = 1000.0,
+    tx: float = 500.0,
+    **extra: Any,
+) -> Dict[str, Any]:
     """A module result as the role registers it."""
     metrics = {
         "node_load1": [{"labels": {}, "value": 0.5}],
@@ -34,8 +44,13 @@ def run(checks: Dict[str, Any], *, collected_at: float = 100.0, boot_time: float
         "node_network_receive_bytes_total": [{"labels": {"device": "lo"}, "value": rx}],
         "node_network_transmit_bytes_total": [{"labels": {"device": "lo"}, "value": tx}],
     }
-    return {"checks": checks, "metrics": metrics, "metrics_skipped": {},
-            "counters": {"collected_at": collected_at, "boot_time": boot_time, "oom_kill": oom_kill}, **extra}
+    return {
+        "checks": checks,
+        "metrics": metrics,
+        "metrics_skipped": {},
+        "counters": {"collected_at": collected_at, "boot_time": boot_time, "oom_kill": oom_kill},
+        **extra,
+    }
 
 
 def entry(runs: Any, previous: Any = None, **kwargs: Any) -> Dict[str, Any]:
@@ -67,7 +82,10 @@ def test_runs_without_checks_become_error_lines():
         {"changed": False},
     ]
     assert report.merge_runs(runs)["errors"] == [
-        "check dns did not run: boom", "application postgres did not run: skipped", "diagnosis did not run: no result"]
+        "check dns did not run: boom",
+        "application postgres did not run: skipped",
+        "diagnosis did not run: no result",
+    ]
     e = entry(runs)
     assert e["health"] == e["measured_health"] == "unknown" and e["failed"]
     assert e["summary"] == "unknown: no checks"
@@ -87,8 +105,17 @@ def test_rates_between_two_runs():
     before = entry(run({"load": check("ok")}, collected_at=100.0, oom_kill=1))
     assert before["rates"] == {} and before["rate_resets"] == ["no previous run"]
     assert before["totals"]["cpu_seconds_total"] == {"user": 10, "system": 5, "idle": 80, "iowait": 5}
-    after = entry(run({"load": check("ok")}, collected_at=110.0, oom_kill=3, rx=2000.0, tx=500.0,
-                      cpu_modes={"user": 16, "system": 8, "idle": 85, "iowait": 6, "guest": 99}), before)
+    after = entry(
+        run(
+            {"load": check("ok")},
+            collected_at=110.0,
+            oom_kill=3,
+            rx=2000.0,
+            tx=500.0,
+            cpu_modes={"user": 16, "system": 8, "idle": 85, "iowait": 6, "guest": 99},
+        ),
+        before,
+    )
     assert after["rate_resets"] == []
     assert after["rates"] == {
         "interval_seconds": 10.0,
@@ -115,10 +142,22 @@ def test_the_clock_must_advance():
 
 def test_a_counter_that_went_backwards_drops_only_its_own_rates():
     before = entry(run({"load": check("ok")}, oom_kill=5, rx=5000.0))
-    after = entry(run({"load": check("ok")}, collected_at=104.0, oom_kill=1, rx=100.0, tx=900.0,
-                      cpu_modes={"user": 1, "system": 5, "idle": 90, "iowait": 5}), before)
-    assert after["rate_resets"] == ["cpu counters went backwards", "network receive counter of lo went backwards",
-                                    "oom_kill counter went backwards"]
+    after = entry(
+        run(
+            {"load": check("ok")},
+            collected_at=104.0,
+            oom_kill=1,
+            rx=100.0,
+            tx=900.0,
+            cpu_modes={"user": 1, "system": 5, "idle": 90, "iowait": 5},
+        ),
+        before,
+    )
+    assert after["rate_resets"] == [
+        "cpu counters went backwards",
+        "network receive counter of lo went backwards",
+        "oom_kill counter went backwards",
+    ]
     assert after["rates"] == {"interval_seconds": 4.0, "network_transmit_bytes_per_second": {"lo": 100.0}}
 
 
@@ -168,7 +207,8 @@ def test_a_broken_previous_streak_counts_from_zero():
 def test_problems_worst_first():
     checks = {"a": check("warning", "wa"), "b": check("critical", "cb"), "c": check("unknown", "uc")}
     assert entry(run(checks), fail_on="never")["msg"] == (
-        "health critical: 1 critical, 1 warning, 1 unknown - b critical: cb; a warning: wa; c unknown: uc")
+        "health critical: 1 critical, 1 warning, 1 unknown - b critical: cb; a warning: wa; c unknown: uc"
+    )
 
 
 # --------------------------------------------------------------------------- the fleet

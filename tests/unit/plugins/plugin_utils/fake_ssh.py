@@ -280,23 +280,29 @@ class FakeTransport:
             self.refused += 1
             if self.server.refusal_as_text:
                 raise paramiko.SSHException("Unable to open channel.")
-            raise paramiko.ChannelException(paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
-                                            "open failed")
+            raise paramiko.ChannelException(paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED, "open failed")
         self.opened += 1
         chan = FakeChannel(self, self.opened)
         self.channels[chan.remote_chanid] = chan
         self.all_channels.append(chan)
         return chan
 
-    def open_session(self, window_size: Optional[int] = None, max_packet_size: Optional[int] = None,
-                     timeout: Optional[float] = None) -> FakeChannel:
+    def open_session(
+        self, window_size: Optional[int] = None, max_packet_size: Optional[int] = None, timeout: Optional[float] = None
+    ) -> FakeChannel:
         return self._new_channel()
 
-    def open_channel(self, kind: str, dest_addr: Optional[Tuple[str, int]] = None,
-                     src_addr: Optional[Tuple[str, int]] = None, timeout: Optional[float] = None) -> FakeChannel:
+    def open_channel(
+        self,
+        kind: str,
+        dest_addr: Optional[Tuple[str, int]] = None,
+        src_addr: Optional[Tuple[str, int]] = None,
+        timeout: Optional[float] = None,
+    ) -> FakeChannel:
         if kind == "direct-tcpip" and self.server.refuse_forwarding:
-            raise paramiko.ChannelException(paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
-                                            "administratively prohibited")
+            raise paramiko.ChannelException(
+                paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED, "administratively prohibited"
+            )
         if dest_addr is not None:
             self.server.forwarded.append(dest_addr)
         return self._new_channel()
@@ -386,8 +392,9 @@ class FakeSFTP:
             self.channel.close()
 
     @classmethod
-    def from_transport(cls, transport: FakeTransport, window_size: Optional[int] = None,
-                       max_packet_size: Optional[int] = None) -> FakeSFTP:
+    def from_transport(
+        cls, transport: FakeTransport, window_size: Optional[int] = None, max_packet_size: Optional[int] = None
+    ) -> FakeSFTP:
         if transport.server.sftp_root is None:
             raise paramiko.SSHException("subsystem request failed")  # no SFTP subsystem: the channel lives on
         return cls(transport)

@@ -56,8 +56,12 @@ def test_a_client_used_after_fork_reconnects_in_the_child(pool_dir: str) -> None
                 os.close(read_end)
                 reply = client.call({"op": "ping"})
                 status = client.call({"op": "status"})
-                ok = (reply["t"] == "pong" and client._sock is not parent_sock and client.daemon_pid == daemon_pid
-                      and status["daemon"]["clients"] == 2)
+                ok = (
+                    reply["t"] == "pong"
+                    and client._sock is not parent_sock
+                    and client.daemon_pid == daemon_pid
+                    and status["daemon"]["clients"] == 2
+                )
                 os.write(write_end, json.dumps({"ok": ok, "clients": status["daemon"]["clients"]}).encode())
                 client.close()
                 code = 0
@@ -113,16 +117,23 @@ def frame(message: dict, magic: bytes = proto.MAGIC) -> bytes:
     return magic + struct.pack("!II", len(body), 0) + body
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    (b"SSH-2.0-OpenSSH_9.2\r\n", "bad magic"),
-    (frame({"t": "hello", "version": 0}, magic=b"HPS\x00"), f"protocol version 0 is not {proto.PROTOCOL_VERSION}"),
-    (frame({"t": "hello", "version": 7, "pid": 1}),
-     f"speaks another protocol (protocol 7; we speak {proto.PROTOCOL_VERSION})"),
-    (frame({"t": "error", "kind": "protocol", "msg": "go away"}), "refused us or speaks another protocol (go away"),
-    (b"", "no answer within 0.5s"),
-], ids=["garbage", "other-magic", "other-version-hello", "error", "silent"])
-def test_something_else_on_the_socket_is_refused_not_waited_on(pool_dir: str, monkeypatch: pytest.MonkeyPatch,
-                                                               reply: bytes, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "bad magic"),
+        (frame({"t": "hello", "version": 0}, magic=b"HPS\x00"), f"protocol version 0 is not {proto.PROTOCOL_VERSION}"),
+        (
+            frame({"t": "hello", "version": 7, "pid": 1}),
+            f"speaks another protocol (protocol 7; we speak {proto.PROTOCOL_VERSION})",
+        ),
+        (frame({"t": "error", "kind": "protocol", "msg": "go away"}), "refused us or speaks another protocol (go away"),
+        (b"", "no answer within 0.5s"),
+    ],
+    ids=["garbage", "other-magic", "other-version-hello", "error", "silent"],
+)
+def test_something_else_on_the_socket_is_refused_not_waited_on(
+    pool_dir: str, monkeypatch: pytest.MonkeyPatch, reply: bytes, expected: str
+) -> None:
     monkeypatch.setattr(_client, "HELLO_TIMEOUT", 0.5)
     path = os.path.join(pool_dir, proto.socket_name())
     fake = FakeListener(path, reply)

@@ -53,8 +53,9 @@ def test_the_next_command_takes_the_spare_channel(worker: Worker, server: FakeSe
     assert [c for c, _unused in server.ran] == ["echo 1", "echo 2"]
 
 
-def test_a_spare_the_server_closed_is_replaced_and_the_command_runs_once(worker: Worker, server: FakeServer,
-                                                                         daemon: FakeDaemon) -> None:
+def test_a_spare_the_server_closed_is_replaced_and_the_command_runs_once(
+    worker: Worker, server: FakeServer, daemon: FakeDaemon
+) -> None:
     worker.run(2, "echo 1")
     pt = daemon.pool.entries()[0].conn
     wait_for(lambda: pt.spare is not None, "the spare channel")
@@ -132,8 +133,9 @@ def test_cancel_closes_the_channel(worker: Worker, server: FakeServer, daemon: F
     assert worker_recv(worker)[0] == {"t": "pong", "re": 3}
 
 
-def test_a_full_server_turns_spares_off_and_commands_still_run(worker: Worker, server: FakeServer,
-                                                               daemon: FakeDaemon) -> None:
+def test_a_full_server_turns_spares_off_and_commands_still_run(
+    worker: Worker, server: FakeServer, daemon: FakeDaemon
+) -> None:
     server.max_sessions = 1
     worker.run(2, "echo 1")
     pt = daemon.pool.entries()[0].conn
@@ -182,8 +184,9 @@ def test_the_relay_serves_channels_with_descriptors_above_1024(daemon: FakeDaemo
             resource.setrlimit(resource.RLIMIT_NOFILE, old)
 
 
-def test_an_exec_left_unanswered_by_a_dead_transport_is_unknown_and_never_rerun(worker: Worker,
-                                                                               server: FakeServer) -> None:
+def test_an_exec_left_unanswered_by_a_dead_transport_is_unknown_and_never_rerun(
+    worker: Worker, server: FakeServer
+) -> None:
     """The exec request reached the server, which ran it; the connection died before the answer."""
     server.die_after_exec = True
     _unused, _unused2, final = worker.run(2, "echo run >> marker")
@@ -194,8 +197,9 @@ def test_an_exec_left_unanswered_by_a_dead_transport_is_unknown_and_never_rerun(
     assert len(server.transports) == 1  # no second attempt on a fresh transport
 
 
-def test_a_command_that_stops_reading_its_input_still_meets_its_deadline(worker: Worker, server: FakeServer,
-                                                                         daemon: FakeDaemon) -> None:
+def test_a_command_that_stops_reading_its_input_still_meets_its_deadline(
+    worker: Worker, server: FakeServer, daemon: FakeDaemon
+) -> None:
     """Input past what the channel takes waits in the daemon; the deadline and the reply still come."""
     server.handler = lambda cmd, stdin: None
 

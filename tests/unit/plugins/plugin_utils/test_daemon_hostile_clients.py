@@ -29,8 +29,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 TIMEOUT = 10.0
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-                                                                      HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def proc_status(pid: int) -> Dict[str, str]:
@@ -149,8 +153,11 @@ def test_garbage_bytes_get_an_error_or_a_close(daemon: RealDaemon, data: bytes, 
 
 
 @FUZZ
-@given(frame=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
-       payload=st.binary(max_size=64), cut=st.integers(min_value=1, max_value=200))
+@given(
+    frame=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4),
+    payload=st.binary(max_size=64),
+    cut=st.integers(min_value=1, max_value=200),
+)
 def test_truncated_frames(daemon: RealDaemon, frame: dict, payload: bytes, cut: int) -> None:
     data = proto.encode(dict(frame, op="exec"), payload)
     sock = daemon.hello()
@@ -163,15 +170,19 @@ def test_truncated_frames(daemon: RealDaemon, frame: dict, payload: bytes, cut: 
     daemon.assert_serves()
 
 
-@pytest.mark.parametrize(("json_len", "payload_len", "match"), [
-    (0xFFFFFFFF, 0, "bad message length"),
-    (proto.MAX_JSON + 1, 0, "bad message length"),
-    (2, proto.MAX_PAYLOAD + 1, "bad payload length"),
-    (0, 0xFFFFFFFF, "bad message length"),
-])
+@pytest.mark.parametrize(
+    ("json_len", "payload_len", "match"),
+    [
+        (0xFFFFFFFF, 0, "bad message length"),
+        (proto.MAX_JSON + 1, 0, "bad message length"),
+        (2, proto.MAX_PAYLOAD + 1, "bad payload length"),
+        (0, 0xFFFFFFFF, "bad message length"),
+    ],
+)
 @pytest.mark.parametrize("after_hello", [False, True])
-def test_oversized_length_headers_are_refused_from_the_header(daemon: RealDaemon, json_len: int, payload_len: int,
-                                                              match: str, after_hello: bool) -> None:
+def test_oversized_length_headers_are_refused_from_the_header(
+    daemon: RealDaemon, json_len: int, payload_len: int, match: str, after_hello: bool
+) -> None:
     sock = daemon.hello() if after_hello else daemon.raw()
     try:
         sock.sendall(header(json_len, payload_len))  # and nothing else: the daemon must not wait for a body
@@ -196,8 +207,10 @@ def test_another_protocol_version_is_refused(daemon: RealDaemon) -> None:
 # -- frames out of order ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("first", [{"op": "exec", "cmd": "true"}, {"op": "ping"}, {"op": "stdin"},
-                                   {"op": "hello", "version": 99}, {"op": "hello"}])
+@pytest.mark.parametrize(
+    "first",
+    [{"op": "exec", "cmd": "true"}, {"op": "ping"}, {"op": "stdin"}, {"op": "hello", "version": 99}, {"op": "hello"}],
+)
 def test_anything_before_hello_is_refused(daemon: RealDaemon, first: dict) -> None:
     sock = daemon.raw()
     try:
@@ -230,27 +243,56 @@ def test_frames_out_of_order_after_hello_get_errors_and_the_conversation_goes_on
 # -- exec requests with fields of the wrong types ----------------------------------------
 
 VALID_SPEC = {"host": "h", "addr": "127.0.0.1", "port": 1, "user": "u", "timeout": 1.0}
-WRONG = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
-                  st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+WRONG = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 @st.composite
 def bad_exec(draw: Any) -> Tuple[Dict[str, Any], str]:
     """An exec request with at least one field of a type the daemon must refuse."""
-    where = draw(st.sampled_from(["conn", "conn.host", "conn.addr", "conn.port", "conn.user", "conn.timeout",
-                                  "conn.password", "conn.known_hosts_files", "cmd", "pool", "pool.max_connections",
-                                  "pool.idle_timeout", "pool.health_checks"]))
+    where = draw(
+        st.sampled_from(
+            [
+                "conn",
+                "conn.host",
+                "conn.addr",
+                "conn.port",
+                "conn.user",
+                "conn.timeout",
+                "conn.password",
+                "conn.known_hosts_files",
+                "cmd",
+                "pool",
+                "pool.max_connections",
+                "pool.idle_timeout",
+                "pool.health_checks",
+            ]
+        )
+    )
     msg: Dict[str, Any] = {"op": "exec", "cmd": "echo never-run", "conn": dict(VALID_SPEC), "pool": {}}
     value = draw(WRONG)
     if where == "conn":
         value = draw(WRONG.filter(lambda v: not isinstance(v, dict)))
         msg["conn"] = value
     elif where == "conn.port":
-        msg["conn"]["port"] = draw(WRONG.filter(lambda v: isinstance(v, bool) or not isinstance(v, int)
-                                                or not 0 < v < 65536))
+        msg["conn"]["port"] = draw(
+            WRONG.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536)
+        )
     elif where == "conn.timeout":
-        msg["conn"]["timeout"] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400)))
+        msg["conn"]["timeout"] = draw(
+            WRONG.filter(
+                lambda v: (
+                    v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400)
+                )
+            )
+        )
     elif where == "conn.password":
         msg["conn"]["password"] = draw(WRONG.filter(lambda v: v is not None and not isinstance(v, str)))
     elif where == "conn.known_hosts_files":
@@ -264,19 +306,44 @@ def bad_exec(draw: Any) -> Tuple[Dict[str, Any], str]:
     elif where == "pool.health_checks":
         msg["pool"]["health_checks"] = draw(WRONG.filter(lambda v: v is not None and not isinstance(v, bool)))
     elif where == "pool.idle_timeout":  # seconds: any number from 0 up to ten years is valid
-        msg["pool"]["idle_timeout"] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0 <= v <= 10 * 365 * 86400)))
+        msg["pool"]["idle_timeout"] = draw(
+            WRONG.filter(
+                lambda v: (
+                    v is not None
+                    and (
+                        isinstance(v, bool)
+                        or not isinstance(v, (int, float))
+                        or math.isnan(v)
+                        or not 0 <= v <= 10 * 365 * 86400
+                    )
+                )
+            )
+        )
     else:  # a count: a whole number from 1
-        msg["pool"][where[5:]] = draw(WRONG.filter(lambda v: v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)
-            or v < 1 or v != int(v) or v > 1_000_000)))
+        msg["pool"][where[5:]] = draw(
+            WRONG.filter(
+                lambda v: (
+                    v is not None
+                    and (
+                        isinstance(v, bool)
+                        or not isinstance(v, (int, float))
+                        or math.isnan(v)
+                        or math.isinf(v)
+                        or v < 1
+                        or v != int(v)
+                        or v > 1_000_000
+                    )
+                )
+            )
+        )
     return msg, where
 
 
 @FUZZ
 @given(case=bad_exec())
-def test_exec_with_wrong_field_types_is_refused_and_nothing_runs(daemon: RealDaemon,
-                                                                 case: Tuple[Dict[str, Any], str]) -> None:
+def test_exec_with_wrong_field_types_is_refused_and_nothing_runs(
+    daemon: RealDaemon, case: Tuple[Dict[str, Any], str]
+) -> None:
     msg, where = case
     sock = daemon.hello()
     try:
@@ -311,7 +378,7 @@ def test_a_client_that_stalls_mid_header_blocks_nobody(daemon: RealDaemon) -> No
     stalled = [daemon.raw() for _round in range(5)]
     try:
         for n, sock in enumerate(stalled):
-            sock.sendall(HELLO[: 6] if n % 2 else HELLO + proto.encode({"op": "ping", "id": 1})[:7])
+            sock.sendall(HELLO[:6] if n % 2 else HELLO + proto.encode({"op": "ping", "id": 1})[:7])
         # Meanwhile everyone else is served, on new connections and on old ones.
         for _round in range(3):
             daemon.assert_serves()
@@ -379,8 +446,10 @@ def test_memory_stays_bounded(daemon: RealDaemon) -> None:
     daemon.assert_serves()
     status = proc_status(daemon.pid)
     rss, hwm = kib(status["VmRSS"]), kib(status["VmHWM"])
-    print(f"\ndaemon baseline RSS {daemon.baseline_rss} KiB, after everything RSS {rss} KiB, peak {hwm} KiB, "
-          f"threads {status['Threads']}")
+    print(
+        f"\ndaemon baseline RSS {daemon.baseline_rss} KiB, after everything RSS {rss} KiB, peak {hwm} KiB, "
+        f"threads {status['Threads']}"
+    )
     assert rss <= daemon.baseline_rss + RSS_BOUND_KIB, (daemon.baseline_rss, rss)
     assert hwm <= daemon.baseline_rss + HWM_BOUND_KIB, (daemon.baseline_rss, hwm)
     assert "unexpected error" not in daemon.log(), daemon.log()

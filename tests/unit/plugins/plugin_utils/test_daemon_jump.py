@@ -38,8 +38,9 @@ def parts(server: FakeServer) -> Iterator[Any]:
 
 def target(host: str, addr: str, *hops: JumpHop, **spec: Any) -> Target:
     fields: dict = {"password": "pw", "private_key_file": "/keys/target", **spec}
-    return Target(ConnectionSpec(host=host, addr=addr, port=22, user="deploy", proxy_jump=list(hops), **fields),
-                  PoolSettings())
+    return Target(
+        ConnectionSpec(host=host, addr=addr, port=22, user="deploy", proxy_jump=list(hops), **fields), PoolSettings()
+    )
 
 
 def test_targets_behind_one_bastion_share_its_transport(parts, server) -> None:
@@ -50,8 +51,12 @@ def test_targets_behind_one_bastion_share_its_transport(parts, server) -> None:
     assert server.forwarded == [("10.0.0.1", 22), ("10.0.0.2", 22)]
     assert lease1.entry.key.label == "jump@a:22" and lease1.entry.in_use == 2
     (bastion,) = connector.targets
-    assert (bastion.spec.host, bastion.spec.addr, bastion.spec.user, bastion.spec.proxy_jump) == \
-        ("a", "192.0.2.1", "jump", [])
+    assert (bastion.spec.host, bastion.spec.addr, bastion.spec.user, bastion.spec.proxy_jump) == (
+        "a",
+        "192.0.2.1",
+        "jump",
+        [],
+    )
     assert bastion.spec.proxy_command is None
     lease1.release()
     lease2.release()

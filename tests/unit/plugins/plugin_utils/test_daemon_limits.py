@@ -82,19 +82,37 @@ def test_a_dropped_request_keeps_its_place_in_line() -> None:
     assert order == ["second", "third"]
 
 
-@pytest.mark.parametrize("data", [
-    {"max_connections": "5"}, {"max_connections": 0}, {"max_connections": 2.5}, {"max_connections": True},
-    {"idle_timeout": "60"}, {"idle_timeout": -1}, {"idle_timeout": float("nan")}, {"health_checks": 1},
-    {"keepalive_max_missed": []},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"max_connections": "5"},
+        {"max_connections": 0},
+        {"max_connections": 2.5},
+        {"max_connections": True},
+        {"idle_timeout": "60"},
+        {"idle_timeout": -1},
+        {"idle_timeout": float("nan")},
+        {"health_checks": 1},
+        {"keepalive_max_missed": []},
+    ],
+)
 def test_pool_settings_of_the_wrong_type_or_range_are_refused(data: dict) -> None:
     with pytest.raises(ValueError, match="pool setting"):
         PoolSettings.from_dict(data)
 
 
 def test_pool_settings_accept_what_the_plugin_sends() -> None:
-    s = PoolSettings.from_dict({"max_connections": 2, "max_channels": 4.0, "idle_timeout": 0.5, "wait_timeout": 0,
-                                "health_checks": False, "keepalive_interval": 0, "keepalive_max_missed": 2})
+    s = PoolSettings.from_dict(
+        {
+            "max_connections": 2,
+            "max_channels": 4.0,
+            "idle_timeout": 0.5,
+            "wait_timeout": 0,
+            "health_checks": False,
+            "keepalive_interval": 0,
+            "keepalive_max_missed": 2,
+        }
+    )
     assert (s.max_connections, s.max_channels, s.idle_timeout, s.health_checks) == (2, 4, 0.5, False)
     assert isinstance(s.max_channels, int)
 
@@ -102,22 +120,25 @@ def test_pool_settings_accept_what_the_plugin_sends() -> None:
 GOOD = {"host": "h", "addr": "127.0.0.1", "port": 22, "user": "u", "timeout": 10.0, "password": None}
 
 
-@pytest.mark.parametrize(("op", "msg", "problem"), [
-    (Op.BIND, {}, "conn must be an object"),
-    (Op.BIND, {"conn": {"host": "h"}}, "conn.addr is missing"),
-    (Op.BIND, {"conn": dict(GOOD, port="22")}, "conn.port must be a port number"),
-    (Op.BIND, {"conn": dict(GOOD, port=70000)}, "conn.port must be a port number"),
-    (Op.BIND, {"conn": dict(GOOD, addr=["x"])}, "conn.addr has the wrong type"),
-    (Op.BIND, {"conn": dict(GOOD, timeout=True)}, "conn.timeout has the wrong type"),
-    (Op.BIND, {"conn": dict(GOOD, timeout=1e12)}, "conn.timeout is out of range"),
-    (Op.BIND, {"conn": dict(GOOD, known_hosts_files=[5])}, "conn.known_hosts_files[0] has the wrong type"),
-    (Op.BIND, {"conn": dict(GOOD, known_hosts_files=[["a"]])}, "conn.known_hosts_files[0] has the wrong type"),
-    (Op.BIND, {"conn": dict(GOOD, known_hosts_files=["a\0b"])}, "conn.known_hosts_files[0] contains a NUL byte"),
-    (Op.BIND, {"conn": dict(GOOD, proxy_jump=[{"host": "b"}])}, "conn.proxy_jump[0].addr is missing"),
-    (Op.EXEC, {"cmd": ["true"]}, "cmd must be a string"),
-    (Op.BIND, {"conn": GOOD, "pool": []}, "pool must be an object"),
-    (Op.PUT, {"local": "a", "remote": 3}, "remote must be a string"),
-])
+@pytest.mark.parametrize(
+    ("op", "msg", "problem"),
+    [
+        (Op.BIND, {}, "conn must be an object"),
+        (Op.BIND, {"conn": {"host": "h"}}, "conn.addr is missing"),
+        (Op.BIND, {"conn": dict(GOOD, port="22")}, "conn.port must be a port number"),
+        (Op.BIND, {"conn": dict(GOOD, port=70000)}, "conn.port must be a port number"),
+        (Op.BIND, {"conn": dict(GOOD, addr=["x"])}, "conn.addr has the wrong type"),
+        (Op.BIND, {"conn": dict(GOOD, timeout=True)}, "conn.timeout has the wrong type"),
+        (Op.BIND, {"conn": dict(GOOD, timeout=1e12)}, "conn.timeout is out of range"),
+        (Op.BIND, {"conn": dict(GOOD, known_hosts_files=[5])}, "conn.known_hosts_files[0] has the wrong type"),
+        (Op.BIND, {"conn": dict(GOOD, known_hosts_files=[["a"]])}, "conn.known_hosts_files[0] has the wrong type"),
+        (Op.BIND, {"conn": dict(GOOD, known_hosts_files=["a\0b"])}, "conn.known_hosts_files[0] contains a NUL byte"),
+        (Op.BIND, {"conn": dict(GOOD, proxy_jump=[{"host": "b"}])}, "conn.proxy_jump[0].addr is missing"),
+        (Op.EXEC, {"cmd": ["true"]}, "cmd must be a string"),
+        (Op.BIND, {"conn": GOOD, "pool": []}, "pool must be an object"),
+        (Op.PUT, {"local": "a", "remote": 3}, "remote must be a string"),
+    ],
+)
 def test_malformed_requests_are_named(op: Op, msg: dict, problem: str) -> None:
     assert check_request(op, msg) == problem
 

@@ -61,8 +61,9 @@ def test_put_lands_whole_under_its_name(worker: Worker, server: FakeServer, tmp_
     assert leftovers(server.sftp_root) == []  # type: ignore[arg-type]
 
 
-def test_a_put_cut_midway_leaves_no_file_under_the_destination_name(worker: Worker, server: FakeServer,
-                                                                   tmp_path: Path) -> None:
+def test_a_put_cut_midway_leaves_no_file_under_the_destination_name(
+    worker: Worker, server: FakeServer, tmp_path: Path
+) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(100_000))
     dest = server.sftp_root / "dest.bin"  # type: ignore[operator]
@@ -83,7 +84,8 @@ def test_a_put_cut_midway_leaves_no_file_under_the_destination_name(worker: Work
 
 @pytest.mark.parametrize("op", ["put", "fetch"])
 def test_a_transfer_cut_once_is_tried_again_on_another_transport_and_lands_whole(
-        op: str, worker: Worker, server: FakeServer, tmp_path: Path) -> None:
+    op: str, worker: Worker, server: FakeServer, tmp_path: Path
+) -> None:
     """The retry policy's reason: the file goes to a temporary name renamed once complete, and a
     fetch only reads, so a second try cannot leave anything the first did not."""
     local, remote = tmp_path / "local.bin", server.sftp_root / "remote.bin"  # type: ignore[operator]
@@ -103,14 +105,18 @@ def test_missing_files_are_named(worker: Worker, server: FakeServer, tmp_path: P
     assert reply["kind"] == "file", reply
 
 
-@pytest.mark.parametrize(("remote_mode", "umask", "expected"), [
-    (0o644, 0o022, 0o644),
-    (0o600, 0o022, 0o600),
-    (0o755, 0o027, 0o750),
-    (0o444, 0o022, 0o644),  # owner-writable, as OpenSSH's sftp creates it
-])
-def test_a_fetched_file_gets_the_mode_ssh_would_give_it(worker: Worker, server: FakeServer, tmp_path: Path,
-                                                        remote_mode: int, umask: int, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("remote_mode", "umask", "expected"),
+    [
+        (0o644, 0o022, 0o644),
+        (0o600, 0o022, 0o600),
+        (0o755, 0o027, 0o750),
+        (0o444, 0o022, 0o644),  # owner-writable, as OpenSSH's sftp creates it
+    ],
+)
+def test_a_fetched_file_gets_the_mode_ssh_would_give_it(
+    worker: Worker, server: FakeServer, tmp_path: Path, remote_mode: int, umask: int, expected: int
+) -> None:
     remote = server.sftp_root / "file"  # type: ignore[operator]
     remote.write_bytes(b"data")
     remote.chmod(remote_mode)

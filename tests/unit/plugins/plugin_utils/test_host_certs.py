@@ -28,8 +28,9 @@ ADDR = "127.0.0.2"
 
 def _keygen(*args: str) -> None:
     # TZ=UTC: -V dates are local times.
-    subprocess.run(["ssh-keygen", "-q", *args], check=True, timeout=60, capture_output=True,
-                   env=dict(os.environ, TZ="UTC"))
+    subprocess.run(
+        ["ssh-keygen", "-q", *args], check=True, timeout=60, capture_output=True, env=dict(os.environ, TZ="UTC")
+    )
 
 
 class Keys:
@@ -53,8 +54,17 @@ class Keys:
     def b64(self, name: str) -> str:
         return self.pub(name).split()[1]
 
-    def sign(self, ca: str, host: str, *, principals: Optional[str] = ADDR, host_cert: bool = True,
-             validity: Optional[str] = "-5m:+1h", serial: int = 7, extra: tuple = ()) -> bytes:
+    def sign(
+        self,
+        ca: str,
+        host: str,
+        *,
+        principals: Optional[str] = ADDR,
+        host_cert: bool = True,
+        validity: Optional[str] = "-5m:+1h",
+        serial: int = 7,
+        extra: tuple = (),
+    ) -> bytes:
         """A certificate for ``host`` signed by ``ca`` with ssh-keygen; returns its blob."""
         ca_path, host_path = self.key(ca), self.key(host)
         args = ["-s", str(ca_path), "-I", f"{host}-id", "-z", str(serial), *extra]
@@ -80,25 +90,28 @@ def known(*lines: str) -> List[kh.KnownHost]:
     return kh.parse("\n".join(lines) + "\n", "known_hosts")
 
 
-def check(blob: bytes, entries: List[kh.KnownHost], names: tuple = (ADDR,), now: Optional[float] = None,
-          name: str = NAME) -> hc.CertVerdict:
+def check(
+    blob: bytes, entries: List[kh.KnownHost], names: tuple = (ADDR,), now: Optional[float] = None, name: str = NAME
+) -> hc.CertVerdict:
     return hc.check(blob, entries, name, names, now)
 
 
 # -- parsing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "bits", "key_type"), [
-    ("ed25519", None, "ssh-ed25519"),
-    ("ecdsa", 256, "ecdsa-sha2-nistp256"),
-    ("ecdsa", 384, "ecdsa-sha2-nistp384"),
-    ("ecdsa", 521, "ecdsa-sha2-nistp521"),
-    ("rsa", 2048, "ssh-rsa"),
-])
+@pytest.mark.parametrize(
+    ("kind", "bits", "key_type"),
+    [
+        ("ed25519", None, "ssh-ed25519"),
+        ("ecdsa", 256, "ecdsa-sha2-nistp256"),
+        ("ecdsa", 384, "ecdsa-sha2-nistp384"),
+        ("ecdsa", 521, "ecdsa-sha2-nistp521"),
+        ("rsa", 2048, "ssh-rsa"),
+    ],
+)
 def test_parse_reads_what_ssh_keygen_wrote(keys: Keys, kind: str, bits: Optional[int], key_type: str) -> None:
     keys.key("host", kind, bits)
-    blob = keys.sign("ca", "host", principals="127.0.0.2,web1.example.com", validity="20300101:20300201",
-                     serial=42)
+    blob = keys.sign("ca", "host", principals="127.0.0.2,web1.example.com", validity="20300101:20300201", serial=42)
     cert = hc.parse(blob)
     assert cert.key_type == key_type
     assert cert.cert_type.endswith("-cert-v01@openssh.com")
@@ -106,9 +119,14 @@ def test_parse_reads_what_ssh_keygen_wrote(keys: Keys, kind: str, bits: Optional
     assert cert.ca_b64 == keys.b64("ca")
     assert (cert.serial, cert.kind, cert.key_id) == (42, hc.HOST_CERT, "host-id")
     assert cert.principals == ("127.0.0.2", "web1.example.com")
-    listing = subprocess.run(["ssh-keygen", "-L", "-f", "-"], input=f"{cert.cert_type} "
-                             f"{base64.b64encode(blob).decode()}\n", capture_output=True, text=True, timeout=60,
-                             check=False)
+    listing = subprocess.run(
+        ["ssh-keygen", "-L", "-f", "-"],
+        input=f"{cert.cert_type} {base64.b64encode(blob).decode()}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert listing.returncode == 0, listing.stderr
     # ssh-keygen prints local time; compare the span instead.
     assert cert.valid_before - cert.valid_after == 31 * 86400
@@ -131,16 +149,20 @@ def test_parse_refuses_what_is_not_a_certificate(keys: Keys) -> None:
 # -- accepted ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("ca_kind", "ca_bits", "sig"), [
-    ("ed25519", None, None),
-    ("ecdsa", 256, None),
-    ("ecdsa", 384, None),
-    ("ecdsa", 521, None),
-    ("rsa", 2048, "rsa-sha2-512"),
-    ("rsa", 2048, "rsa-sha2-256"),
-])
-def test_a_certificate_from_a_listed_ca_is_accepted(keys: Keys, ca_kind: str, ca_bits: Optional[int],
-                                                     sig: Optional[str]) -> None:
+@pytest.mark.parametrize(
+    ("ca_kind", "ca_bits", "sig"),
+    [
+        ("ed25519", None, None),
+        ("ecdsa", 256, None),
+        ("ecdsa", 384, None),
+        ("ecdsa", 521, None),
+        ("rsa", 2048, "rsa-sha2-512"),
+        ("rsa", 2048, "rsa-sha2-256"),
+    ],
+)
+def test_a_certificate_from_a_listed_ca_is_accepted(
+    keys: Keys, ca_kind: str, ca_bits: Optional[int], sig: Optional[str]
+) -> None:
     keys.key("ca", ca_kind, ca_bits)
     blob = keys.sign("ca", "host", extra=("-t", sig) if sig else ())
     verdict = check(blob, known(f"@cert-authority [127.0.0.*]:2222 {keys.pub('ca')}"))
@@ -180,14 +202,15 @@ def test_expired_and_not_yet_valid(keys: Keys) -> None:
     entries = known(f"@cert-authority * {keys.pub('ca')}")
     expired = check(keys.sign("ca", "host", validity="20200101:20200102"), entries)
     assert expired.status is hc.CertStatus.INVALID
-    assert expired.reason == ("Certificate invalid: expired (valid from 2020-01-01T00:00:00Z to "
-                              "2020-01-02T00:00:00Z)")
+    assert expired.reason == ("Certificate invalid: expired (valid from 2020-01-01T00:00:00Z to 2020-01-02T00:00:00Z)")
     future = check(keys.sign("ca", "host", validity="+1d:+2d"), entries)
     assert future.status is hc.CertStatus.INVALID and future.reason.startswith("Certificate invalid: not yet valid")
     # The bounds are OpenSSH's: valid_after <= now < valid_before.
     cert = hc.parse(keys.sign("ca", "host", validity="20300101:20300102"))
-    assert check(keys.sign("ca", "host", validity="20300101:20300102"), entries,
-                 now=cert.valid_after).status is hc.CertStatus.ACCEPTED
+    assert (
+        check(keys.sign("ca", "host", validity="20300101:20300102"), entries, now=cert.valid_after).status
+        is hc.CertStatus.ACCEPTED
+    )
     at_end = check(keys.sign("ca", "host", validity="20300101:20300102"), entries, now=cert.valid_before)
     assert at_end.reason.startswith("Certificate invalid: expired")
     forever = check(keys.sign("ca", "host", validity=None), entries, now=time.time() + 100 * 365 * 86400)
@@ -198,8 +221,9 @@ def test_wrong_principal_and_no_principals(keys: Keys) -> None:
     entries = known(f"@cert-authority * {keys.pub('ca')}")
     wrong = check(keys.sign("ca", "host", principals="127.0.0.3,other.example.com"), entries)
     assert wrong.status is hc.CertStatus.INVALID
-    assert wrong.reason == ("Certificate invalid: name is not a listed principal (127.0.0.2 not in 127.0.0.3, "
-                            "other.example.com)")
+    assert wrong.reason == (
+        "Certificate invalid: name is not a listed principal (127.0.0.2 not in 127.0.0.3, other.example.com)"
+    )
     none = check(keys.sign("ca", "host", principals=None), entries)
     assert none.status is hc.CertStatus.INVALID and none.reason == "Certificate lacks principal list"
 
@@ -249,12 +273,12 @@ def _fields(blob: bytes) -> List[bytes]:
     layout = "sssQIssQQsssss"  # type nonce pk serial type id principals after before crit ext res ca sig
     for f in layout:
         if f == "s":
-            (n,) = struct.unpack(">I", blob[pos:pos + 4])
-            out.append(blob[pos:pos + 4 + n])
+            (n,) = struct.unpack(">I", blob[pos : pos + 4])
+            out.append(blob[pos : pos + 4 + n])
             pos += 4 + n
         else:
             size = 8 if f == "Q" else 4
-            out.append(blob[pos:pos + size])
+            out.append(blob[pos : pos + size])
             pos += size
     assert pos == len(blob)
     return out
@@ -278,8 +302,10 @@ def test_a_tampered_certificate_fails_the_signature(keys: Keys) -> None:
     assert verdict.status is hc.CertStatus.INVALID
     assert verdict.reason == "the CA's signature on the certificate is invalid"
     # The same edit signed by the CA itself is fine: the check above failed on the signature alone.
-    assert check(_resign(keys, "ca", fields), known(f"@cert-authority * {keys.pub('ca')}")).status \
+    assert (
+        check(_resign(keys, "ca", fields), known(f"@cert-authority * {keys.pub('ca')}")).status
         is hc.CertStatus.ACCEPTED
+    )
 
 
 def test_critical_options_are_refused(keys: Keys) -> None:
@@ -294,13 +320,18 @@ def test_critical_options_are_refused(keys: Keys) -> None:
 
 def test_certificate_types_for_negotiation() -> None:
     assert hc.certificate_types(["ssh-ed25519", "rsa-sha2-512", "ssh-ed25519-cert-v01@openssh.com"]) == [
-        "ssh-ed25519-cert-v01@openssh.com", "rsa-sha2-512-cert-v01@openssh.com"]
+        "ssh-ed25519-cert-v01@openssh.com",
+        "rsa-sha2-512-cert-v01@openssh.com",
+    ]
 
 
 def test_known_hosts_keeps_ca_lines_and_matches_them(keys: Keys) -> None:
-    entries = known(f"@cert-authority *.example.com,!bad.example.com {keys.pub('ca')}",
-                    f"@revoked * {keys.pub('host')}", f"@unknown-marker * {keys.pub('host2')}",
-                    f"web1.example.com {keys.pub('host3')}")
+    entries = known(
+        f"@cert-authority *.example.com,!bad.example.com {keys.pub('ca')}",
+        f"@revoked * {keys.pub('host')}",
+        f"@unknown-marker * {keys.pub('host2')}",
+        f"web1.example.com {keys.pub('host3')}",
+    )
     assert [e.marker for e in entries] == [kh.Marker.CERT_AUTHORITY, kh.Marker.REVOKED, kh.Marker.KEY]
     assert [e.where for e in kh.cert_authorities(entries, "web1.example.com")] == ["known_hosts:1"]
     assert kh.cert_authorities(entries, "bad.example.com") == []
@@ -323,8 +354,9 @@ def test_verify_offer_falls_back_to_the_plain_key_as_ssh_does(keys: Keys) -> Non
     verdict, _unused = hc.verify_offer(known(ca_line, plain_line), NAME, (ADDR,), key_type, key, expired)
     assert verdict.status is kh.Status.KNOWN
     # A revoked CA: no fallback, even with the plain key known.
-    verdict, cert = hc.verify_offer(known(ca_line, plain_line, f"@revoked * {keys.pub('ca')}"), NAME, (ADDR,),
-                                    key_type, key, good)
+    verdict, cert = hc.verify_offer(
+        known(ca_line, plain_line, f"@revoked * {keys.pub('ca')}"), NAME, (ADDR,), key_type, key, good
+    )
     assert verdict.status is kh.Status.REVOKED and verdict.entry is not None and verdict.entry.lineno == 3
     # No certificate offered: the plain rules.
     verdict, cert = hc.verify_offer(known(plain_line), NAME, (ADDR,), key_type, key)

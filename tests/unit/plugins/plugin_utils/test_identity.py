@@ -15,10 +15,17 @@ def _key(spec: dict) -> object:
     return ConnectionSpec.from_wire(spec).pool_key(b"s" * 32)
 
 
-@pytest.mark.parametrize("change", [
-    {"host_key_auto_add": True}, {"record_host_keys": False}, {"host_key_checking": False},
-    {"known_hosts_file": "/other/known_hosts"}, {"look_for_keys": False},
-], ids=lambda c: next(iter(c)))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"host_key_auto_add": True},
+        {"record_host_keys": False},
+        {"host_key_checking": False},
+        {"known_hosts_file": "/other/known_hosts"},
+        {"look_for_keys": False},
+    ],
+    ids=lambda c: next(iter(c)),
+)
 def test_trust_settings_are_part_of_the_pool_key(change: dict) -> None:
     base = connection_spec(options(), "web1", environ=ENV)
     assert _key(base) != _key(connection_spec(options(**change), "web1", environ=ENV))
@@ -41,8 +48,9 @@ def test_a_key_file_rewritten_in_place_changes_the_pool_key(tmp_path: Path) -> N
 
 
 def test_a_jump_host_never_gets_the_target_password_or_passphrase() -> None:
-    spec = connection_spec(options(proxy_jump="ops@bastion", password="target-pw", private_key_passphrase="pp"),
-                           "web1", environ=ENV)
+    spec = connection_spec(
+        options(proxy_jump="ops@bastion", password="target-pw", private_key_passphrase="pp"), "web1", environ=ENV
+    )
     hop = spec["proxy_jump"][0]
     assert hop["password"] is None and "private_key_passphrase" not in hop
     assert hop["agent_socket"] == ENV["SSH_AUTH_SOCK"]  # the target's password turns the agent off, not the hop's
@@ -50,19 +58,28 @@ def test_a_jump_host_never_gets_the_target_password_or_passphrase() -> None:
 
 
 def test_proxy_jump_credentials_go_to_every_hop(tmp_path: Path) -> None:
-    spec = connection_spec(options(proxy_jump="a,b", proxy_jump_password="hop-pw",
-                                   proxy_jump_private_key_file=str(tmp_path / "hop_key")), "web1", environ=ENV)
+    spec = connection_spec(
+        options(proxy_jump="a,b", proxy_jump_password="hop-pw", proxy_jump_private_key_file=str(tmp_path / "hop_key")),
+        "web1",
+        environ=ENV,
+    )
     for hop in spec["proxy_jump"]:
         assert hop["password"] == "hop-pw" and hop["agent_socket"] is None
         assert hop["private_key_file"] == str(tmp_path / "hop_key")
 
 
 def test_the_bastion_spec_carries_only_the_hop_credentials(tmp_path: Path) -> None:
-    spec = ConnectionSpec.from_wire(connection_spec(options(proxy_jump="ops@bastion", password="target-pw",
-                                                            private_key_passphrase="pp"), "web1", environ=ENV))
+    spec = ConnectionSpec.from_wire(
+        connection_spec(
+            options(proxy_jump="ops@bastion", password="target-pw", private_key_passphrase="pp"), "web1", environ=ENV
+        )
+    )
     bastion = spec.bastion()
     assert (bastion.password, bastion.private_key_passphrase) == (None, None)
     assert bastion.agent_socket == ENV["SSH_AUTH_SOCK"] and bastion.user == "ops"
-    with_password = ConnectionSpec.from_wire(connection_spec(options(
-        proxy_jump="bastion", password="target-pw", proxy_jump_password="hop-pw"), "web1", environ=ENV)).bastion()
+    with_password = ConnectionSpec.from_wire(
+        connection_spec(
+            options(proxy_jump="bastion", password="target-pw", proxy_jump_password="hop-pw"), "web1", environ=ENV
+        )
+    ).bastion()
     assert with_password.password == "hop-pw" and with_password.agent_socket is None

@@ -53,8 +53,9 @@ def test_bad_user_is_refused(value: str) -> None:
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("value", ["web1", "web-1.example.com", "192.0.2.1", "::1", "fe80::1%eth0", "host_a",
-                                   "xn--bcher-kva.example"])
+@pytest.mark.parametrize(
+    "value", ["web1", "web-1.example.com", "192.0.2.1", "::1", "fe80::1%eth0", "host_a", "xn--bcher-kva.example"]
+)
 def test_ordinary_host_names_pass(value: str) -> None:
     assert connection_spec(options(remote_addr=value), "web1", environ=ENV)["addr"] == value
 
@@ -101,8 +102,11 @@ def test_percent_escape_and_user() -> None:
 
 
 def test_spec_proxy_command_round_trips_through_shlex() -> None:
-    spec = connection_spec(options(remote_addr="10.0.0.5", port=2200, remote_user="ops",
-                                   proxy_command="ssh -W %h:%p -l %r bastion"), "web1", environ=ENV)
+    spec = connection_spec(
+        options(remote_addr="10.0.0.5", port=2200, remote_user="ops", proxy_command="ssh -W %h:%p -l %r bastion"),
+        "web1",
+        environ=ENV,
+    )
     assert shlex.split(spec["proxy_command"]) == ["ssh", "-W", "10.0.0.5:2200", "-l", "ops", "bastion"]
 
 
@@ -114,8 +118,23 @@ def test_unbalanced_quotes_name_the_option() -> None:
 # -- known_hosts: never a name outside the strict set -------------------------------------
 
 
-@pytest.mark.parametrize("name", ["web1\n* ssh-ed25519 AAAA", "*", "!web1", "web1,evil", "|1|abc|def", "@revoked",
-                                  "#web1", "web 1", "[web1]:22 x", "-web1", "[web1]:port", ""])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "web1\n* ssh-ed25519 AAAA",
+        "*",
+        "!web1",
+        "web1,evil",
+        "|1|abc|def",
+        "@revoked",
+        "#web1",
+        "web 1",
+        "[web1]:22 x",
+        "-web1",
+        "[web1]:port",
+        "",
+    ],
+)
 def test_record_refuses_unsafe_names_and_writes_nothing(tmp_path: Path, name: str) -> None:
     path = tmp_path / "known_hosts"
     path.write_text("")

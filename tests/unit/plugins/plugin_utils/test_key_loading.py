@@ -14,8 +14,22 @@ SPEC = ConnectionSpec(host="web1", addr="web1", port=22, user="deploy")
 
 
 def _keygen(path: Path, passphrase: str = "", fmt: str = "") -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519" if not fmt else "ecdsa", "-N", passphrase, "-f", str(path),
-                    *(["-m", fmt] if fmt else [])], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519" if not fmt else "ecdsa",
+            "-N",
+            passphrase,
+            "-f",
+            str(path),
+            *(["-m", fmt] if fmt else []),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return str(path)
 
 
@@ -36,9 +50,11 @@ def test_an_encrypted_key_takes_the_passphrase_then_the_password(tmp_path: Path,
 
 def test_messages_say_what_happened(tmp_path: Path) -> None:
     path = _keygen(tmp_path / "id", "secret-pp")
-    cases = [((None, None), "is encrypted; set its passphrase with private_key_passphrase (no passphrase was given)"),
-             (("wrong", None), "is encrypted and private_key_passphrase does not decrypt it"),
-             (("wrong", "also-wrong"), "neither private_key_passphrase nor ansible_password decrypts it")]
+    cases = [
+        ((None, None), "is encrypted; set its passphrase with private_key_passphrase (no passphrase was given)"),
+        (("wrong", None), "is encrypted and private_key_passphrase does not decrypt it"),
+        (("wrong", "also-wrong"), "neither private_key_passphrase nor ansible_password decrypts it"),
+    ]
     for (passphrase, password), expected in cases:
         with pytest.raises(PoolError) as info:
             auth.load_key(path, passphrase, SPEC, password=password)

@@ -64,8 +64,9 @@ def test_host_name_uses_brackets_for_other_ports() -> None:
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     pub = tmp_path / "k.pub"
     pub.write_text(f"{ED_TYPE} {ED_KEY} c\n")
-    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     assert out.split()[1] == kh.fingerprint(ED_KEY)
 
 
@@ -73,19 +74,21 @@ def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
 
 
 def test_parse_keeps_path_lineno_marker_and_skips_what_it_cannot_use() -> None:
-    text = "\n".join([
-        "# comment",
-        "",
-        f"web1 {ED_TYPE} {ED_KEY} a comment",
-        "garbage",
-        f"web2 {ED_TYPE}",
-        f"web3 {ED_TYPE} !!!not-base64!!!",
-        f"@revoked * {RSA_TYPE} {RSA_KEY}",
-        f"@cert-authority *.example.com {EC_TYPE} {EC_KEY}",
-        "@revoked",
-        "   ",
-        f"  web4,10.0.0.4 {EC_TYPE} {EC_KEY}  ",
-    ])
+    text = "\n".join(
+        [
+            "# comment",
+            "",
+            f"web1 {ED_TYPE} {ED_KEY} a comment",
+            "garbage",
+            f"web2 {ED_TYPE}",
+            f"web3 {ED_TYPE} !!!not-base64!!!",
+            f"@revoked * {RSA_TYPE} {RSA_KEY}",
+            f"@cert-authority *.example.com {EC_TYPE} {EC_KEY}",
+            "@revoked",
+            "   ",
+            f"  web4,10.0.0.4 {EC_TYPE} {EC_KEY}  ",
+        ]
+    )
     entries = kh.parse(text, "/etc/kh")
     assert [(e.lineno, e.patterns, e.marker) for e in entries] == [
         (3, "web1", ""),
@@ -159,8 +162,13 @@ def test_hashed_entry_with_the_hash_of_another_name_or_salt() -> None:
     magic, salt_b64, digest = good.split("|")[1:]
     assert magic == "1"
     other_salt = base64.b64encode(os.urandom(20)).decode()
-    for pattern in (f"|1|{other_salt}|{digest}", f"|2|{salt_b64}|{digest}", "|1|notbase64!|x", "|1|onlytwo",
-                    "|1|a|b|c"):
+    for pattern in (
+        f"|1|{other_salt}|{digest}",
+        f"|2|{salt_b64}|{digest}",
+        "|1|notbase64!|x",
+        "|1|onlytwo",
+        "|1|a|b|c",
+    ):
         assert verdict(f"{pattern} {ED_TYPE} {ED_KEY}\n", "web1", ED_TYPE, ED_KEY).status == "unknown"
 
 
@@ -259,14 +267,18 @@ def test_known_types_lists_types_for_matching_lines() -> None:
 
 def test_a_file_full_of_oddities_still_works(tmp_path: Path) -> None:
     path = tmp_path / "known_hosts"
-    path.write_text("\n".join([
-        f"@cert-authority * {ED_TYPE} {ED_KEY2}",
-        f"@revoked * {RSA_TYPE} {RSA_KEY2}",
-        "this is not a known_hosts line at all",
-        f"*.lan,!router.lan {EC_TYPE} {EC_KEY}",
-        f"{hashed('[web1]:2200')} {ED_TYPE} {ED_KEY}",
-        "@unknown-marker web1 ssh-ed25519",
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                f"@cert-authority * {ED_TYPE} {ED_KEY2}",
+                f"@revoked * {RSA_TYPE} {RSA_KEY2}",
+                "this is not a known_hosts line at all",
+                f"*.lan,!router.lan {EC_TYPE} {EC_KEY}",
+                f"{hashed('[web1]:2200')} {ED_TYPE} {ED_KEY}",
+                "@unknown-marker web1 ssh-ed25519",
+            ]
+        )
+    )
     entries = kh.load([str(path)])
     assert kh.verify(entries, "[web1]:2200", ED_TYPE, ED_KEY).status == "known"
     assert kh.verify(entries, "nas.lan", EC_TYPE, EC_KEY).status == "known"
@@ -320,8 +332,10 @@ def _race(path: Path, names: List[str], keys: List[str], threads: int = 20, proc
     start = ctx.Event()
     results = ctx.Queue()
     # Fork first, while this process has no other threads.
-    procs = [ctx.Process(target=_record_all, args=(str(path), names, keys, start, results), daemon=True)
-             for _round in range(processes)]
+    procs = [
+        ctx.Process(target=_record_all, args=(str(path), names, keys, start, results), daemon=True)
+        for _round in range(processes)
+    ]
     for p in procs:
         p.start()
     thread_start = threading.Event()

@@ -110,8 +110,9 @@ def test_zero_seconds_is_not_treated_as_unset() -> None:
         ({"timeout_ms": "x"}, "timeout", "timeout_ms"),
     ],
 )
-def test_malformed_seconds_raise_option_error_naming_the_option(overrides: Dict[str, Any], name: str,
-                                                                named: str) -> None:
+def test_malformed_seconds_raise_option_error_naming_the_option(
+    overrides: Dict[str, Any], name: str, named: str
+) -> None:
     with pytest.raises(OptionError) as info:
         seconds(options(**overrides), name)
     assert str(info.value).startswith(f"{named}: ")
@@ -156,8 +157,16 @@ def test_pool_settings_priority_on_exhausted_and_the_cleanup_interval() -> None:
 
 
 def test_pool_settings_with_origin_aliases_and_strings() -> None:
-    got = pool_settings(options(max_connections="20", idle_timeout_ms=300000, health_check_interval_ms=10000,
-                                keepalive_interval_ms=5000, health_checks=False, pool_wait_timeout=0))
+    got = pool_settings(
+        options(
+            max_connections="20",
+            idle_timeout_ms=300000,
+            health_check_interval_ms=10000,
+            keepalive_interval_ms=5000,
+            health_checks=False,
+            pool_wait_timeout=0,
+        )
+    )
     assert got["max_connections"] == 20
     assert got["idle_timeout"] == 300.0
     assert got["health_check_interval"] == 10.0
@@ -214,8 +223,17 @@ def test_connection_spec_defaults() -> None:
 
 
 def test_remote_addr_port_and_key_file() -> None:
-    spec = connection_spec(options(remote_addr="192.0.2.10", port="2222", private_key_file="~/keys/id",
-                                   known_hosts_file="~/kh", timeout_ms=2500), "web1", environ=ENV)
+    spec = connection_spec(
+        options(
+            remote_addr="192.0.2.10",
+            port="2222",
+            private_key_file="~/keys/id",
+            known_hosts_file="~/kh",
+            timeout_ms=2500,
+        ),
+        "web1",
+        environ=ENV,
+    )
     assert spec["host"] == "web1"
     assert spec["addr"] == "192.0.2.10"
     assert spec["port"] == 2222
@@ -251,8 +269,11 @@ def test_no_agent_socket_when_none_in_the_environment() -> None:
 
 
 def test_proxy_command_substitution() -> None:
-    spec = connection_spec(options(remote_addr="10.0.0.5", port=2200, remote_user="ops",
-                                   proxy_command="ssh -W %h:%p -l %r bastion # %h"), "web1", environ=ENV)
+    spec = connection_spec(
+        options(remote_addr="10.0.0.5", port=2200, remote_user="ops", proxy_command="ssh -W %h:%p -l %r bastion # %h"),
+        "web1",
+        environ=ENV,
+    )
     assert spec["proxy_command"] == "ssh -W 10.0.0.5:2200 -l ops bastion '#' 10.0.0.5"
 
 
@@ -280,10 +301,27 @@ def test_malformed_connection_options_name_the_option() -> None:
 def test_spec_carries_no_option_it_does_not_know() -> None:
     spec = connection_spec(options(), "web1", environ=ENV)
     assert set(spec) == {
-        "host", "addr", "port", "user", "password", "private_key_file", "private_key_passphrase", "look_for_keys",
-        "default_key_files", "agent_socket", "host_key_checking", "host_key_auto_add", "record_host_keys",
-        "known_hosts_files", "timeout", "banner_timeout", "use_rsa_sha2_algorithms", "proxy_command",
-        "max_handshakes_per_address", "max_auth_attempts", "key_fingerprint",
+        "host",
+        "addr",
+        "port",
+        "user",
+        "password",
+        "private_key_file",
+        "private_key_passphrase",
+        "look_for_keys",
+        "default_key_files",
+        "agent_socket",
+        "host_key_checking",
+        "host_key_auto_add",
+        "record_host_keys",
+        "known_hosts_files",
+        "timeout",
+        "banner_timeout",
+        "use_rsa_sha2_algorithms",
+        "proxy_command",
+        "max_handshakes_per_address",
+        "max_auth_attempts",
+        "key_fingerprint",
     }
     # Every field is one the daemon's declared spec knows (proxy_jump only when there are hops).
     assert set(spec) | {"proxy_jump"} == set(rules(ConnectionSpec))

@@ -26,17 +26,22 @@ def test_the_installed_paramiko_still_raises_this_text(meaning: ParamikoText) ->
     assert meaning.value in inspect.getsource(SOURCES[meaning]), (paramiko.__version__, meaning)
 
 
-@pytest.mark.parametrize(("error", "meaning"), [
-    (paramiko.SSHException("Unable to open channel."), ParamikoText.CHANNEL_REFUSED),
-    (paramiko.SSHException("Timeout opening channel."), ParamikoText.CHANNEL_TIMEOUT),
-    (paramiko.SSHException("Error reading SSH protocol banner[Errno 104] Connection reset by peer"),
-     ParamikoText.NO_BANNER),
-    (paramiko.SSHException("No existing session"), ParamikoText.NO_SESSION),
-    (TypeError("Key is password-protected, but password was not provided."), ParamikoText.KEY_NEEDS_PASSPHRASE),
-    (TypeError("expected bytes"), ParamikoText.OTHER),
-    (paramiko.SSHException("Unable to open channel. (more)"), ParamikoText.OTHER),
-    (paramiko.SSHException("Incompatible ssh peer (no acceptable kex algorithm)"), ParamikoText.OTHER),
-    (EOFError(), ParamikoText.OTHER),
-])
+@pytest.mark.parametrize(
+    ("error", "meaning"),
+    [
+        (paramiko.SSHException("Unable to open channel."), ParamikoText.CHANNEL_REFUSED),
+        (paramiko.SSHException("Timeout opening channel."), ParamikoText.CHANNEL_TIMEOUT),
+        (
+            paramiko.SSHException("Error reading SSH protocol banner[Errno 104] Connection reset by peer"),
+            ParamikoText.NO_BANNER,
+        ),
+        (paramiko.SSHException("No existing session"), ParamikoText.NO_SESSION),
+        (TypeError("Key is password-protected, but password was not provided."), ParamikoText.KEY_NEEDS_PASSPHRASE),
+        (TypeError("expected bytes"), ParamikoText.OTHER),
+        (paramiko.SSHException("Unable to open channel. (more)"), ParamikoText.OTHER),
+        (paramiko.SSHException("Incompatible ssh peer (no acceptable kex algorithm)"), ParamikoText.OTHER),
+        (EOFError(), ParamikoText.OTHER),
+    ],
+)
 def test_classify(error: BaseException, meaning: ParamikoText) -> None:
     assert classify(error) is meaning

@@ -112,8 +112,13 @@ def env() -> Env:
 
 
 def cfg(**overrides: Any) -> PoolSettings:
-    base: Dict[str, Any] = {"max_connections": 5, "max_channels": 10, "idle_timeout": 60.0, "wait_timeout": 60.0,
-                            "health_checks": False}
+    base: Dict[str, Any] = {
+        "max_connections": 5,
+        "max_channels": 10,
+        "idle_timeout": 60.0,
+        "wait_timeout": 60.0,
+        "health_checks": False,
+    }
     base.update(overrides)
     return PoolSettings(**base)
 
@@ -133,8 +138,15 @@ def waiting(env: Env) -> int:
 class Worker(threading.Thread):
     """acquire() in a thread; records the lease or the error, and holds the lease until told."""
 
-    def __init__(self, env: Env, name: str, key: PoolKey = KEY, settings: Optional[PoolSettings] = None,
-                 granted: Optional[List[str]] = None, hold: bool = True) -> None:
+    def __init__(
+        self,
+        env: Env,
+        name: str,
+        key: PoolKey = KEY,
+        settings: Optional[PoolSettings] = None,
+        granted: Optional[List[str]] = None,
+        hold: bool = True,
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.env = env
         self.key = key

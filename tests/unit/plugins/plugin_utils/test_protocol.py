@@ -58,8 +58,12 @@ def test_header_layout_is_magic_then_two_big_endian_lengths() -> None:
 
 
 def test_round_trip_unicode_json_and_binary_payload() -> None:
-    message = {"op": "exec", "cmd": "echo 'h\u00e9llo w\u00f6rld \u2603 \U0001f600'", "n": [1, 2.5, None, True],
-               "nested": {"k": "\u00fc"}}
+    message = {
+        "op": "exec",
+        "cmd": "echo 'h\u00e9llo w\u00f6rld \u2603 \U0001f600'",
+        "n": [1, 2.5, None, True],
+        "nested": {"k": "\u00fc"},
+    }
     payload = bytes(range(256)) * 3
     (decoded, data), rest = decode(encode(message, payload))
     assert decoded == message
@@ -125,8 +129,9 @@ def test_bad_magic() -> None:
         (2, 0xFFFFFFFF, "bad payload length"),
     ],
 )
-def test_header_with_bad_lengths_is_rejected_before_reading_the_body(json_len: int, payload_len: int,
-                                                                     match: str) -> None:
+def test_header_with_bad_lengths_is_rejected_before_reading_the_body(
+    json_len: int, payload_len: int, match: str
+) -> None:
     # Only the 12 header bytes exist: the lengths must be refused from the header alone.
     with pytest.raises(ProtocolError, match=match):
         decode_header(header(json_len, payload_len))
@@ -233,7 +238,8 @@ def test_peer_closed_is_a_protocol_error() -> None:
 
 
 def test_recv_frame_rejects_a_huge_header_without_waiting_for_the_body(
-        pair: Tuple[socket.socket, socket.socket]) -> None:
+    pair: Tuple[socket.socket, socket.socket],
+) -> None:
     a, b = pair
     a.sendall(header(0xFFFFFFFF, 0xFFFFFFFF))
     # Nothing else is sent: if recv_frame tried to read the body it would block (and time out).
@@ -292,7 +298,10 @@ def test_fuzz_headers_with_any_lengths(magic: bytes, json_len: int, payload_len:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=20)
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
@@ -300,8 +309,11 @@ json_values = st.recursive(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(message=st.dictionaries(st.text(max_size=10), json_values, max_size=6), payload=st.binary(max_size=256),
-       flip=st.integers(min_value=0))
+@given(
+    message=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+    payload=st.binary(max_size=256),
+    flip=st.integers(min_value=0),
+)
 def test_fuzz_round_trip_and_corruption(message: dict, payload: bytes, flip: int) -> None:
     frame = encode(message, payload)
     (decoded, data), rest = decode(frame)

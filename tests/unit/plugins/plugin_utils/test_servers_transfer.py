@@ -29,7 +29,7 @@ def test_what_the_shell_printed_is_skipped(tmp_path, noise, chunk):
     assert proc.returncode == 0, proc.stderr
     stream = noise + proc.stdout
     reader = MarkerReader(marker)
-    out = b"".join(reader.feed(stream[i:i + chunk]) for i in range(0, len(stream), chunk))
+    out = b"".join(reader.feed(stream[i : i + chunk]) for i in range(0, len(stream), chunk))
     assert out == data and reader.complete() and reader.noise == noise
 
 
@@ -52,15 +52,18 @@ def test_no_marker_is_an_error_not_a_hang():
             reader.feed(b"y" * 65536)
 
 
-@pytest.mark.parametrize(("banner", "unsafe"), [
-    ("SSH-2.0-dropbear_2022.83", True),
-    ("SSH-2.0-dropbear_2020.81", True),
-    ("SSH-2.0-dropbear_2024.86", False),
-    ("SSH-2.0-dropbear_2025.87", False),
-    ("SSH-2.0-dropbear", True),
-    ("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    ("banner", "unsafe"),
+    [
+        ("SSH-2.0-dropbear_2022.83", True),
+        ("SSH-2.0-dropbear_2020.81", True),
+        ("SSH-2.0-dropbear_2024.86", False),
+        ("SSH-2.0-dropbear_2025.87", False),
+        ("SSH-2.0-dropbear", True),
+        ("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3", False),
+        ("", False),
+    ],
+)
 def test_spares_unsafe_for_old_dropbear(banner, unsafe):
     assert spares_unsafe(banner) is unsafe
 
@@ -74,14 +77,20 @@ def _records(lines):
 
 @pytest.mark.parametrize("debug", [False, True])
 def test_paramiko_tracebacks_leave_the_log_at_the_default_level(debug):
-    lines = ["Exception (client): Error reading SSH protocol banner", "Traceback (most recent call last):",
-             '  File "transport.py", line 2094, in run', "    self._handler_table[ptype](m)",
-             "paramiko.ssh_exception.SSHException: Error reading SSH protocol banner", "Secsh channel 3 opened."]
+    lines = [
+        "Exception (client): Error reading SSH protocol banner",
+        "Traceback (most recent call last):",
+        '  File "transport.py", line 2094, in run',
+        "    self._handler_table[ptype](m)",
+        "paramiko.ssh_exception.SSHException: Error reading SSH protocol banner",
+        "Secsh channel 3 opened.",
+    ]
     log_filter = ParamikoLogFilter(debug=debug)
     kept = [r.getMessage() for r in _records(lines) if log_filter.filter(r)]
     assert kept == (lines if debug else [lines[0], lines[-1]])
-    other = logging.LogRecord("pooled_ssh.daemon", logging.ERROR, __file__, 1, "Traceback (most recent call last):",
-                              None, None)
+    other = logging.LogRecord(
+        "pooled_ssh.daemon", logging.ERROR, __file__, 1, "Traceback (most recent call last):", None, None
+    )
     assert log_filter.filter(other), "only Paramiko's records are filtered"
 
 
@@ -89,16 +98,27 @@ def test_paramiko_tracebacks_leave_the_log_at_the_default_level(debug):
 
 
 def test_kexinit_lists_are_read_and_signals_left_out():
-    names = [b"sntrup761x25519-sha512@openssh.com,kex-strict-s-v00@openssh.com", b"ssh-ed25519",
-             b"chacha20-poly1305@openssh.com", b"chacha20-poly1305@openssh.com", b"umac-64-etm@openssh.com",
-             b"umac-64-etm@openssh.com", b"none", b"none", b"", b""]
+    names = [
+        b"sntrup761x25519-sha512@openssh.com,kex-strict-s-v00@openssh.com",
+        b"ssh-ed25519",
+        b"chacha20-poly1305@openssh.com",
+        b"chacha20-poly1305@openssh.com",
+        b"umac-64-etm@openssh.com",
+        b"umac-64-etm@openssh.com",
+        b"none",
+        b"none",
+        b"",
+        b"",
+    ]
     payload = bytes([20]) + b"c" * 16 + b"".join(struct.pack(">I", len(n)) + n for n in names) + b"\0" * 5
     lists = negotiation.parse_kexinit(payload)
     assert lists["kex"] == ["sntrup761x25519-sha512@openssh.com", "kex-strict-s-v00@openssh.com"]
     assert lists["ciphers_s2c"] == ["chacha20-poly1305@openssh.com"] and lists["languages_c2s"] == []
     text = negotiation.explain(negotiation.Kind.KEX, lists["kex"], ["curve25519-sha256@libssh.org"], "5.1.0")
-    assert text == ("no key exchange algorithm in common: the server offers sntrup761x25519-sha512@openssh.com; "
-                    "Paramiko 5.1.0 supports curve25519-sha256@libssh.org")
+    assert text == (
+        "no key exchange algorithm in common: the server offers sntrup761x25519-sha512@openssh.com; "
+        "Paramiko 5.1.0 supports curve25519-sha256@libssh.org"
+    )
     with pytest.raises(ValueError):
         negotiation.parse_kexinit(payload[:30])
     assert negotiation.kind_of("Incompatible ssh peer (no acceptable macs)") is negotiation.Kind.MAC

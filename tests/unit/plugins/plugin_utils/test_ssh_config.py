@@ -15,11 +15,26 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._ssh_config impo
 )
 
 DEFAULTS: Dict[str, Any] = {
-    "remote_addr": None, "port": 22, "remote_user": None, "password": None, "private_key_file": None,
-    "private_key_passphrase": None, "look_for_keys": True, "host_key_checking": True, "host_key_auto_add": False,
-    "record_host_keys": True, "known_hosts_file": "~/.ssh/known_hosts", "proxy_command": "", "proxy_jump": None,
-    "ssh_config_file": None, "timeout": None, "timeout_ms": None, "banner_timeout": 30,
-    "use_rsa_sha2_algorithms": True, "max_handshakes_per_address": 6, "max_auth_attempts": 3,
+    "remote_addr": None,
+    "port": 22,
+    "remote_user": None,
+    "password": None,
+    "private_key_file": None,
+    "private_key_passphrase": None,
+    "look_for_keys": True,
+    "host_key_checking": True,
+    "host_key_auto_add": False,
+    "record_host_keys": True,
+    "known_hosts_file": "~/.ssh/known_hosts",
+    "proxy_command": "",
+    "proxy_jump": None,
+    "ssh_config_file": None,
+    "timeout": None,
+    "timeout_ms": None,
+    "banner_timeout": 30,
+    "use_rsa_sha2_algorithms": True,
+    "max_handshakes_per_address": 6,
+    "max_auth_attempts": 3,
 }
 ENV = {"USER": "local"}
 
@@ -29,15 +44,18 @@ def options(**overrides: Any) -> Callable[[str], Any]:
     return lambda name: values[name]
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("bastion", [("bastion", None, None)]),
-    ("ops@bastion", [("bastion", None, "ops")]),
-    ("ops@bastion:2222", [("bastion", 2222, "ops")]),
-    ("bastion:2200", [("bastion", 2200, None)]),
-    ("ssh://ops@bastion:2222", [("bastion", 2222, "ops")]),
-    ("a@[2001:db8::1]:22", [("2001:db8::1", 22, "a")]),
-    ("j1, u@j2:2022", [("j1", None, None), ("j2", 2022, "u")]),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("bastion", [("bastion", None, None)]),
+        ("ops@bastion", [("bastion", None, "ops")]),
+        ("ops@bastion:2222", [("bastion", 2222, "ops")]),
+        ("bastion:2200", [("bastion", 2200, None)]),
+        ("ssh://ops@bastion:2222", [("bastion", 2222, "ops")]),
+        ("a@[2001:db8::1]:22", [("2001:db8::1", 22, "a")]),
+        ("j1, u@j2:2022", [("j1", None, None), ("j2", 2022, "u")]),
+    ],
+)
 def test_parse_jump(spec: str, expected: list) -> None:
     assert [(h["host"], h["port"], h["user"]) for h in parse_jump(spec)] == expected
 
@@ -88,8 +106,13 @@ Host *
 
 def test_lookup_returns_only_what_the_file_sets(config: Path, tmp_path: Path) -> None:
     found = lookup(str(config), "web1")
-    assert found == {"hostname": "10.0.0.5", "user": "webops", "port": 2201,
-                     "identityfile": str(tmp_path / "id_site"), "proxyjump": "gate"}
+    assert found == {
+        "hostname": "10.0.0.5",
+        "user": "webops",
+        "port": 2201,
+        "identityfile": str(tmp_path / "id_site"),
+        "proxyjump": "gate",
+    }
     assert lookup(str(config), "elsewhere") == {"user": "fallback"}
 
 
@@ -105,17 +128,37 @@ def test_ssh_config_fills_what_the_inventory_left_unset(config: Path, tmp_path: 
     # The jump host's alias is resolved through the same file; its user comes from its own entry,
     # and its key's fingerprint (none: no IdentityFile for the hop) is part of the hop's identity.
     assert spec["proxy_jump"] == [
-        {"host": "gate", "addr": "10.0.0.1", "port": 2022, "user": "gateops", "password": None,
-         "agent_socket": ENV.get("SSH_AUTH_SOCK"), "key_fingerprint": None}
+        {
+            "host": "gate",
+            "addr": "10.0.0.1",
+            "port": 2022,
+            "user": "gateops",
+            "password": None,
+            "agent_socket": ENV.get("SSH_AUTH_SOCK"),
+            "key_fingerprint": None,
+        }
     ]
     assert spec["host"] == "web1"
 
 
 def test_explicit_ansible_options_win(config: Path) -> None:
-    spec = connection_spec(options(ssh_config_file=str(config), port=2999, remote_user="admin",
-                                   private_key_file="/keys/id", proxy_command="nc %h %p"), "web1", environ=ENV)
-    assert (spec["addr"], spec["port"], spec["user"], spec["private_key_file"]) == ("10.0.0.5", 2999, "admin",
-                                                                                    "/keys/id")
+    spec = connection_spec(
+        options(
+            ssh_config_file=str(config),
+            port=2999,
+            remote_user="admin",
+            private_key_file="/keys/id",
+            proxy_command="nc %h %p",
+        ),
+        "web1",
+        environ=ENV,
+    )
+    assert (spec["addr"], spec["port"], spec["user"], spec["private_key_file"]) == (
+        "10.0.0.5",
+        2999,
+        "admin",
+        "/keys/id",
+    )
     assert spec["proxy_command"] == "nc 10.0.0.5 2999"
     assert "proxy_jump" not in spec  # an explicit proxy replaces the file's ProxyJump
     spec = connection_spec(options(ssh_config_file=str(config), proxy_jump="other:2200"), "web1", environ=ENV)

@@ -59,11 +59,16 @@ class FakeHandshake:
         self.channel_timeout = 0.0
         self.keepalive: Optional[int] = None
         #: What Paramiko's auth handler keeps after a login (the password for the transport's life).
-        self.auth_handler = type("AuthHandler", (), {"password": None, "private_key": None,
-                                                     "interactive_handler": None})()
+        self.auth_handler = type(
+            "AuthHandler", (), {"password": None, "private_key": None, "interactive_handler": None}
+        )()
         self.options = type("Options", (), {"key_types": ["ssh-ed25519", "ssh-rsa", "rsa-sha2-512"]})()
-        self.preferred_keys = ("ssh-ed25519", "rsa-sha2-512", "ssh-ed25519-cert-v01@openssh.com",
-                               "rsa-sha2-512-cert-v01@openssh.com")
+        self.preferred_keys = (
+            "ssh-ed25519",
+            "rsa-sha2-512",
+            "ssh-ed25519-cert-v01@openssh.com",
+            "rsa-sha2-512-cert-v01@openssh.com",
+        )
         self.host_key_type: Optional[str] = None  # the negotiated algorithm: a plain key here
 
     def get_security_options(self) -> Any:
@@ -164,20 +169,26 @@ def connect(connector: Connector, t: Target) -> Any:
 
 def test_a_known_host_and_an_accepted_key_give_a_verified_transport(listener, script, tmp_path) -> None:
     script.keys = {CLIENT_KEY.get_base64()}
-    pt = connect(Connector(), target(listener, private_key_file=key_file(tmp_path),
-                                     known_hosts_files=[str(known_hosts(tmp_path, listener))]))
+    pt = connect(
+        Connector(),
+        target(listener, private_key_file=key_file(tmp_path), known_hosts_files=[str(known_hosts(tmp_path, listener))]),
+    )
     assert pt.host_key_verified and pt.transport.authenticated and pt.transport.keepalive == 0
     assert script.attempts == ["publickey"]
     # known_hosts' key type is asked for first.
     assert pt.transport.options.key_types[0] in ("ssh-rsa", "rsa-sha2-512")
 
 
-@pytest.mark.parametrize(("known", "match"), [
-    (None, "host key is unknown"),
-    (OTHER_KEY, "REMOTE HOST IDENTIFICATION HAS CHANGED"),
-])
-def test_an_unknown_or_changed_host_key_is_refused_before_any_credential(listener, script, tmp_path, known,
-                                                                         match) -> None:
+@pytest.mark.parametrize(
+    ("known", "match"),
+    [
+        (None, "host key is unknown"),
+        (OTHER_KEY, "REMOTE HOST IDENTIFICATION HAS CHANGED"),
+    ],
+)
+def test_an_unknown_or_changed_host_key_is_refused_before_any_credential(
+    listener, script, tmp_path, known, match
+) -> None:
     files = [str(known_hosts(tmp_path, listener, known))] if known is not None else [str(tmp_path / "none")]
     with pytest.raises(PoolError, match=match) as info:
         connect(Connector(), target(listener, password="secret", known_hosts_files=files))
@@ -204,16 +215,23 @@ def test_keys_first_within_the_budget_then_the_password(listener, script, tmp_pa
     script.password = "secret"
     # Encrypted with the password: the password is also tried as the passphrase.
     defaults = [key_file(tmp_path, paramiko.RSAKey.generate(1024), passphrase="secret") for _round in range(3)]
-    t = target(listener, password="secret", host_key_checking=False, look_for_keys=True, default_key_files=defaults,
-               max_auth_attempts=2)
+    t = target(
+        listener,
+        password="secret",
+        host_key_checking=False,
+        look_for_keys=True,
+        default_key_files=defaults,
+        max_auth_attempts=2,
+    )
     pt = connect(Connector(), t)
     assert pt.transport.authenticated
     assert script.attempts == ["publickey", "publickey", "password"]  # two keys of three, then the password
 
 
 def test_every_method_refused_is_one_auth_error(listener, script, tmp_path) -> None:
-    t = target(listener, password="wrong", host_key_checking=False,
-               private_key_file=key_file(tmp_path, passphrase="wrong"))
+    t = target(
+        listener, password="wrong", host_key_checking=False, private_key_file=key_file(tmp_path, passphrase="wrong")
+    )
     with pytest.raises(PoolError, match=r"authentication failed for user 'deploy' \(2 method\(s\) tried\)") as info:
         connect(Connector(), t)
     assert info.value.kind is ErrorKind.AUTH and "\n" not in str(info.value)
@@ -222,8 +240,15 @@ def test_every_method_refused_is_one_auth_error(listener, script, tmp_path) -> N
 
 def test_a_server_without_publickey_gets_the_password_at_once(listener, script, tmp_path) -> None:
     script.password, script.methods = "secret", ["password"]
-    pt = connect(Connector(), target(listener, password="secret", host_key_checking=False,
-                                     private_key_file=key_file(tmp_path, passphrase="secret")))
+    pt = connect(
+        Connector(),
+        target(
+            listener,
+            password="secret",
+            host_key_checking=False,
+            private_key_file=key_file(tmp_path, passphrase="secret"),
+        ),
+    )
     assert pt.transport.authenticated and script.attempts == ["password"]
     # Logged in: the auth handler no longer holds the password (nor the keyboard-interactive closure).
     handler = pt.transport.auth_handler
@@ -250,8 +275,9 @@ def test_an_encrypted_key_without_its_passphrase_says_so(listener, script, tmp_p
         connect(Connector(), target(listener, private_key_file=path, host_key_checking=False))
     assert info.value.kind is ErrorKind.AUTH and script.attempts == []
     script.keys = {CLIENT_KEY.get_base64()}
-    pt = connect(Connector(), target(listener, private_key_file=path, private_key_passphrase="right",
-                                     host_key_checking=False))
+    pt = connect(
+        Connector(), target(listener, private_key_file=path, private_key_passphrase="right", host_key_checking=False)
+    )
     assert pt.transport.authenticated
 
 
@@ -298,8 +324,10 @@ def test_a_jump_host_target_goes_through_the_injected_tunnel(script) -> None:
     assert leases[0].released == [False]  # the bastion's slot goes back when the target transport closes
     # A failed login through the tunnel gives the slot back at once.
     with pytest.raises(PoolError, match="authentication failed"):
-        connect(Connector(tunnel=tunnel), target(("198.51.100.7", 22), password="wrong", host_key_checking=False,
-                                                 proxy_jump=[JumpHop(**hop)]))
+        connect(
+            Connector(tunnel=tunnel),
+            target(("198.51.100.7", 22), password="wrong", host_key_checking=False, proxy_jump=[JumpHop(**hop)]),
+        )
     assert leases[1].released == [False]
 
 
@@ -323,17 +351,20 @@ def _unreadable_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> s
     return str(path)
 
 
-@pytest.mark.parametrize(("make", "why"), [(_unreadable_directory, "Is a directory"),
-                                           (_unreadable_permission, "Permission denied")])
+@pytest.mark.parametrize(
+    ("make", "why"), [(_unreadable_directory, "Is a directory"), (_unreadable_permission, "Permission denied")]
+)
 def test_a_known_hosts_file_that_cannot_be_read_is_one_clear_line_before_any_connection(
-        listener, script, tmp_path, monkeypatch, make, why) -> None:
+    listener, script, tmp_path, monkeypatch, make, why
+) -> None:
     path = make(tmp_path, monkeypatch)
     connector = Connector()
     with pytest.raises(PoolError) as info:
         connect(connector, target(listener, password="secret", known_hosts_files=[str(tmp_path / "none"), path]))
     assert info.value.kind is ErrorKind.HOSTKEY
-    assert str(info.value).startswith(f"{listener[0]}:{listener[1]}: cannot read known_hosts file {path} ({why}); "
-                                      "the host key cannot be checked")
+    assert str(info.value).startswith(
+        f"{listener[0]}:{listener[1]}: cannot read known_hosts file {path} ({why}); the host key cannot be checked"
+    )
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
     assert script.transports == []  # nothing was opened for a check that could not be made
     # The connector is fine for the next request (a readable file).

@@ -27,9 +27,13 @@ def main() -> None:
         else:
             context = module_loader.find_plugin_with_context(module)
             path, short = context.plugin_resolved_path, context.resolved_fqcn.split(".")[-1]
-        built = modify_module(module_name=short, module_path=path, module_args=spec.get("args", {}),
-                              templar=Templar(loader=DataLoader()),
-                              task_vars={"ansible_python_interpreter": spec["interpreter"]})
+        built = modify_module(
+            module_name=short,
+            module_path=path,
+            module_args=spec.get("args", {}),
+            templar=Templar(loader=DataLoader()),
+            task_vars={"ansible_python_interpreter": spec["interpreter"]},
+        )
         with open(os.path.join(sys.argv[2], name), "wb") as f:
             f.write(built.b_module_data)
 

@@ -6,9 +6,11 @@ import shlex
 
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor.recognise import recognise, split_wrapper
 
-WRAPPER = (b"#!/usr/bin/python3\n\nimport datetime\n\n_ANSIBALLZ_WRAPPER = True\n\ndef _ansiballz_main(**kw):\n"
-           b"    pass\n\n\nif __name__ == \"__main__\":\n    _ansiballz_main(\nansible_module='ping',\n"
-           b"params='{\"ANSIBLE_MODULE_ARGS\": {}}',\nzip_data='UEsDBA==',\n)\n")
+WRAPPER = (
+    b"#!/usr/bin/python3\n\nimport datetime\n\n_ANSIBALLZ_WRAPPER = True\n\ndef _ansiballz_main(**kw):\n"
+    b"    pass\n\n\nif __name__ == \"__main__\":\n    _ansiballz_main(\nansible_module='ping',\n"
+    b"params='{\"ANSIBLE_MODULE_ARGS\": {}}',\nzip_data='UEsDBA==',\n)\n"
+)
 SUCCESS = "BECOME-SUCCESS-abcdef"
 
 
@@ -29,8 +31,10 @@ def test_plain_run() -> None:
 
 
 def test_environment_goes_to_the_run_and_startup_variables_to_the_executor() -> None:
-    run = recognise(sh("FOO='a b' LANG=C.UTF-8 PYTHONPATH=/x /usr/bin/python3.12 && sleep 0"),
-                    WRAPPER.replace(b"#!/usr/bin/python3\n", b"#!/usr/bin/python3.12\n"))
+    run = recognise(
+        sh("FOO='a b' LANG=C.UTF-8 PYTHONPATH=/x /usr/bin/python3.12 && sleep 0"),
+        WRAPPER.replace(b"#!/usr/bin/python3\n", b"#!/usr/bin/python3.12\n"),
+    )
     assert run is not None
     assert run.env == {"FOO": "a b"}
     assert run.startup_env == (("LANG", "C.UTF-8"), ("PYTHONPATH", "/x"))
@@ -59,7 +63,9 @@ def test_everything_else_takes_the_plain_path() -> None:
     assert recognise(sh("python3"), WRAPPER.replace(b"/usr/bin/python3", b"python3")) is None  # not absolute
     assert recognise("/bin/sh -c /usr/bin/python3", WRAPPER.replace(b"/usr/bin/python3", b"/usr/bin/python3.9")) is None
     assert recognise("/bin/sh -c /usr/bin/python3", WRAPPER.replace(b"zip_data=", b"zip_dat=")) is None
-    assert recognise("/bin/sh -c /usr/bin/python3", WRAPPER + WRAPPER[WRAPPER.index(b"\n    _ansiballz_main"):]) is None
+    assert (
+        recognise("/bin/sh -c /usr/bin/python3", WRAPPER + WRAPPER[WRAPPER.index(b"\n    _ansiballz_main") :]) is None
+    )
     assert recognise("/bin/sh -c  /usr/bin/python3", WRAPPER) is None  # not quoted as Ansible quotes
 
 

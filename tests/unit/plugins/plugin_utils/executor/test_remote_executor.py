@@ -43,8 +43,12 @@ def build(tmp: Path, collections_root: Path, specs: Dict[str, dict], python: str
     """Real payloads from ansible-core's module_common (of the venv ``python`` belongs to)."""
     out = tmp / "payloads"
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_root), ANSIBLE_LOCAL_TEMP=str(tmp / "local"),
-               ANSIBLE_HOME=str(tmp / "home"))
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(collections_root),
+        ANSIBLE_LOCAL_TEMP=str(tmp / "local"),
+        ANSIBLE_HOME=str(tmp / "home"),
+    )
     subprocess.run([python, str(HERE / "build_payloads.py"), json.dumps(specs), str(out)], check=True, env=env)
     return {name: (out / name).read_bytes() for name in specs}
 
@@ -54,8 +58,10 @@ def payloads(tmp_path_factory: pytest.TempPathFactory, collections_root: Path) -
     specs = {
         "ping": {"module": "ansible.builtin.ping", "args": {"data": "pong"}},
         "command": {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}},
-        "diagnose": {"module": "healer.pooled_ssh.healer_diagnose",
-                     "args": {"checks": ["memory", "file_descriptors"], "metrics": False}},
+        "diagnose": {
+            "module": "healer.pooled_ssh.healer_diagnose",
+            "args": {"checks": ["memory", "file_descriptors"], "metrics": False},
+        },
         "leak": {"module": str(MODULES / "exec_leak.py")},
         "pristine": {"module": str(MODULES / "exec_pristine.py")},
         "kill": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "kill"}},
@@ -105,8 +111,13 @@ class Local:
         self.cwd.mkdir(exist_ok=True)
         self.remote_tmp = tmp / "remote_tmp"
         self.env = base_env(self.home)
-        self.proc = subprocess.Popen(["/bin/sh", "-c", manager.bootstrap(python)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=self.env, cwd=self.cwd)
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", manager.bootstrap(python)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.env,
+            cwd=self.cwd,
+        )
         self.executor = manager.Executor(Pipes(self.proc), tmp=str(self.remote_tmp))
         self.hello = self.executor.start()
 
@@ -128,8 +139,14 @@ class Local:
     def plain(self, payload: bytes, env: Optional[Dict[str, str]] = None, sleep0: bool = False) -> Result:
         """What Ansible's plain pipelined run gets: ``/bin/sh -c python3`` (``&& sleep 0`` before 2.21)."""
         command = self.python + (" && sleep 0" if sleep0 else "")
-        done = subprocess.run(["/bin/sh", "-c", command], input=payload, capture_output=True,
-                              env=dict(self.env, **(env or {})), cwd=self.cwd, check=False)
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            input=payload,
+            capture_output=True,
+            env=dict(self.env, **(env or {})),
+            cwd=self.cwd,
+            check=False,
+        )
         return done.returncode, done.stdout, done.stderr
 
     def stop(self) -> int:
@@ -199,7 +216,11 @@ def test_consecutive_runs_see_no_state_of_each_other(local: Local, payloads: Dic
     after = module_json(local.run(payloads["pristine"])[1])
     assert after == before
     assert (after["leaked_global"], after["leaked_env"], after["cwd"], after["umask"]) == (
-        False, None, str(local.cwd), 0o022)
+        False,
+        None,
+        str(local.cwd),
+        0o022,
+    )
 
 
 def test_a_crashing_module_gives_the_plain_runs_stderr_and_rc(local: Local, payloads: Dict[str, bytes]) -> None:
@@ -248,8 +269,9 @@ def test_a_changed_payload_never_runs_a_stale_zip_or_template(
     versions = {}
     for version in ("one", "two"):
         module.write_text((MODULES / "exec_leak.py").read_text().replace('left="behind"', f'left="{version}"'))
-        versions.update(build(tmp_path / version, collections_root, {version: {"module": str(module),
-                                                                               "interpreter": PYTHON}}))
+        versions.update(
+            build(tmp_path / version, collections_root, {version: {"module": str(module), "interpreter": PYTHON}})
+        )
     trees = {remote.module_utils_hash(recognise.split_wrapper(p)[1]) for p in versions.values()}  # type: ignore[index]
     assert len(trees) == 1
     assert [module_json(local.run(versions[v])[1])["left"] for v in ("one", "two", "one")] == ["one", "two", "one"]
@@ -326,10 +348,15 @@ def test_python38_target(tmp_path: Path, collections_root: Path) -> None:
     compat = REPO / ".venv-compat" / "bin" / "python"
     if not compat.exists():
         pytest.skip("no .venv-compat (./run creates it): ansible-core 2.21 payloads need Python 3.9+")
-    built = build(tmp_path, collections_root, {
-        "ping": {"module": "ansible.builtin.ping", "args": {}, "interpreter": py38},
-        "pristine": {"module": str(MODULES / "exec_pristine.py"), "interpreter": py38},
-    }, python=str(compat))
+    built = build(
+        tmp_path,
+        collections_root,
+        {
+            "ping": {"module": "ansible.builtin.ping", "args": {}, "interpreter": py38},
+            "pristine": {"module": str(MODULES / "exec_pristine.py"), "interpreter": py38},
+        },
+        python=str(compat),
+    )
     executor = Local(tmp_path, python=py38)
     try:
         assert executor.hello["python"][:2] == [3, 8]  # type: ignore[index]
@@ -342,8 +369,7 @@ def test_python38_target(tmp_path: Path, collections_root: Path) -> None:
 
 
 def test_an_old_protocol_or_python_is_refused_at_start(tmp_path: Path) -> None:
-    proc = subprocess.Popen([PYTHON, "-c", "import os; os.read(0, 16)"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen([PYTHON, "-c", "import os; os.read(0, 16)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     executor = manager.Executor(Pipes(proc), tmp=str(tmp_path))
     with pytest.raises(manager.ExecutorError) as caught:
         executor.start()
