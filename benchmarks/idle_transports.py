@@ -37,7 +37,7 @@ def cpu() -> float:
 def measure(cls: type, host: object, key: paramiko.PKey, count: int, seconds: float) -> float:
     transports: List[paramiko.Transport] = []
     try:
-        for _ in range(count):
+        for _index in range(count):
             t = cls((host.address, host.port))  # type: ignore[attr-defined]
             t.start_client(timeout=30)
             t.auth_publickey(host.user, key)  # type: ignore[attr-defined]
@@ -52,7 +52,7 @@ def measure(cls: type, host: object, key: paramiko.PKey, count: int, seconds: fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--transports", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()

@@ -17,7 +17,7 @@ from typing import Any, Dict
 import pytest
 from harness import pool
 from harness.sshd import DEFAULT_PASSWORD, set_password
-from test_become import SECOND_PASSWORD, SECOND_USER, _password_rule, ensure_user, sudoers  # noqa: F401 - the fixture
+from test_become import SECOND_PASSWORD, SECOND_USER, _password_rule, ensure_user, sudoers  # noqa: F401 - the fixture  # pylint: disable=unused-import
 
 MODULES = Path(__file__).resolve().parents[1] / "unit" / "plugins" / "plugin_utils" / "executor" / "modules"
 

@@ -185,7 +185,7 @@ def test_an_exec_the_daemon_never_answers_fails_within_its_limits(
     seen = []
     try:
         with pytest.raises(PoolFailure, match="did not answer in time") as e:
-            for kind, _ in client.exec_stream({"cmd": "sleep 1", "command_timeout": 0.1}):
+            for kind, _data in client.exec_stream({"cmd": "sleep 1", "command_timeout": 0.1}):
                 seen.append(kind)
             if answer_started:
                 pytest.fail("no exit status, and no failure")

@@ -118,18 +118,18 @@ def test_a_failure_mid_request_gives_the_lease_back(
     monkeypatch.setattr(paramiko, "SFTPClient", FakeSFTP)
     again = Worker(daemon)
     again.bind()
-    out, _, reply = again.run(9, "echo again")
+    out, _err, reply = again.run(9, "echo again")
     assert reply == {"t": "exit", "re": 9, "rc": 0} and out == b"again\n"
     wait_for(lambda: in_use(daemon) == 0, "the exec to give its lease back after its exit status")
     again.close()
 
 
 def test_a_worker_gone_mid_command_gives_the_lease_back(setup: Tuple[FakeServer, FakeDaemon, Path]) -> None:
-    _server, daemon, _ = setup
+    _server, daemon, _root = setup
     worker = Worker(daemon)
     worker.bind()
     worker.send({"op": "exec", "id": 5, "cmd": "sleep forever", "eof": False})
-    reply, _ = frames.recv_frame(worker.sock)
+    reply, _payload = frames.recv_frame(worker.sock)
     assert reply["t"] == "started" and in_use(daemon) == 1
     worker.close()
     wait_for(lambda: in_use(daemon) == 0, "the channel to be given back")

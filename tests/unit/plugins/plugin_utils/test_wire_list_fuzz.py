@@ -22,7 +22,7 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.fields impo
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_daemon_hostile_clients import RealDaemon
-from test_daemon_hostile_clients import daemon as real_daemon  # noqa: F401 - a module fixture
+from test_daemon_hostile_clients import daemon as real_daemon  # noqa: F401 - a module fixture  # pylint: disable=unused-import
 
 Path = Tuple[str, ...]
 VALID: Dict[str, Any] = {"conn": {"host": "h", "addr": "127.0.0.1", "port": 1, "user": "u", "timeout": 1.0}, "pool": {}}
@@ -64,7 +64,7 @@ BAD_ITEM = st.one_of(
 
 
 def test_the_walk_finds_the_list_fields_we_know_of() -> None:
-    paths = {path for _, path, _ in LIST_FIELDS}
+    paths = {path for _message, path, _rule in LIST_FIELDS}
     assert {("conn", "known_hosts_files"), ("conn", "default_key_files"), ("conn", "proxy_jump")} <= paths
 
 
@@ -148,7 +148,7 @@ def test_a_real_daemon_refuses_bad_lists_stays_up_and_closes_nothing_of_its_own(
     sock = daemon.hello()
     try:
         proto.send_frame(sock, {**message, "op": "bind", "id": 1})
-        reply, _ = proto.recv_frame(sock)
+        reply, _payload = proto.recv_frame(sock)
         assert reply["t"] == "error" and reply["kind"] == "protocol" and reply["re"] == 1, (path, reply)
         proto.send_frame(sock, {"op": "ping", "id": 2})
         assert proto.recv_frame(sock)[0] == {"t": "pong", "re": 2}

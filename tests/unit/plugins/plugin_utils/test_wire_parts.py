@@ -165,7 +165,7 @@ def test_a_request_too_large_for_a_frame_fails_clearly_before_a_byte_is_sent() -
         def sendall(self, data: bytes) -> None:
             sent.append(data)
 
-    client._socket = lambda: Sock()  # type: ignore[assignment,method-assign,return-value]
+    client._socket = Sock  # type: ignore[assignment,method-assign]
     client._bound = client._socket()  # type: ignore[assignment]
     client._ensure_bound = lambda sock: None  # type: ignore[method-assign]
     with pytest.raises(PoolFailure, match=r"^127\.0\.0\.9:2222: the exec request is too large") as e:
