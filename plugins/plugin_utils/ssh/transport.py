@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional, Protocol
+from typing import Optional, Protocol
 
 from .paramiko_guard import paramiko
 from .paramiko_text import ParamikoText, classify
@@ -47,6 +47,14 @@ class Spare:
     born: float
 
 
+@dataclass
+class _ProbeFlight:
+    """One keepalive request on its way: its callers wait on ``done``, then read ``alive``."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    alive: bool = False
+
+
 class PooledTransport:
     """One authenticated transport held by the pool.
 
@@ -67,7 +75,9 @@ class PooledTransport:
         self.via = via
         #: Whether the server's key was checked against known_hosts (False: checking off, or auto-added).
         self.host_key_verified = host_key_verified
+        #: The keepalive request waiting for its reply, shared by every caller of ``probe``.
         self._probe_lock = threading.Lock()
+        self._probe_flight: Optional[_ProbeFlight] = None
         self.last_reply = time.monotonic()
         #: When the daemon last sent a keepalive (maintenance paces them by this).
         self.last_probe = 0.0
@@ -100,30 +110,37 @@ class PooledTransport:
         """A keepalive that needs a reply, bounded by ``timeout``.
 
         Paramiko's keepalives ask for no reply and its ``global_request`` waits forever,
-        so run it on a helper thread and give up at the deadline.
+        so the request runs on a helper thread and the caller gives up at its deadline.
+        A caller that finds a probe already waiting (a health check and a keepalive meet on a
+        transport just leased) waits for that probe's answer: guessing from the time of the last
+        reply called a live transport dead and closed it under the command it was running.
         """
-        if not self._probe_lock.acquire(blocking=False):
-            return time.monotonic() - self.last_reply < timeout
-        result: List[Any] = []
-
-        def run() -> None:
-            try:
-                result.append(self.transport.global_request("keepalive@openssh.com", wait=True))
-            except Exception:
-                result.append(None)
-            finally:
-                self._probe_lock.release()
-
-        worker = threading.Thread(target=run, name=f"probe-{self.label}", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
+        with self._probe_lock:
+            flight = self._probe_flight
+            if flight is None:
+                flight = self._probe_flight = _ProbeFlight()
+                try:
+                    threading.Thread(
+                        target=self._send_probe, args=(flight,), name=f"probe-{self.label}", daemon=True
+                    ).start()
+                except BaseException:
+                    self._probe_flight = None
+                    raise
+        if not flight.done.wait(timeout):
             return False
-        # Any reply (success or failure) proves the peer is there; None means the transport died.
-        alive = bool(result) and self.transport.is_active()
-        if alive:
+        return flight.alive
+
+    def _send_probe(self, flight: _ProbeFlight) -> None:
+        with contextlib.suppress(Exception):
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        # Any reply, success or failure (Paramiko gives None for both a refusal and a transport
+        # that died), proves the peer is there as long as the transport still runs.
+        flight.alive = self.transport.is_active()
+        if flight.alive:
             self.last_reply = time.monotonic()
-        return alive
+        with self._probe_lock:
+            self._probe_flight = None
+        flight.done.set()
 
     def close_idle_sftp(self) -> bool:
         """Close the SFTP session kept for the next transfer, freeing its server session (the
