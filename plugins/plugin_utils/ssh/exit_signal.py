@@ -12,8 +12,10 @@ Daemon only (imports Paramiko).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
+import socket
 import threading
 from typing import Any, Dict, Optional
 
@@ -83,6 +85,14 @@ def transport_class(base: Any) -> Any:
         m.get_int()  # the channel id, which the transport read before calling us
         paramiko_handler(chan, m)
 
+    def close(self: Any) -> None:
+        # The reader thread sits in recv() for up to IDLE_WAKEUP; a descriptor closed under it sends
+        # nothing until that returns, so the server would see the connection end a second late.
+        if self.active:
+            with contextlib.suppress(Exception):
+                self.sock.shutdown(socket.SHUT_RDWR)
+        base.close(self)
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         base.__init__(self, *args, **kwargs)
         self.exit_signals = ExitSignals()
@@ -92,6 +102,7 @@ def transport_class(base: Any) -> Any:
         (base,),
         {
             "__init__": __init__,
+            "close": close,
             "_channel_handler_table": {**table, request: handle_request},
             "_active_check_timeout": IDLE_WAKEUP,
         },
