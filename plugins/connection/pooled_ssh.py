@@ -613,6 +613,13 @@ def _int_env(name: str) -> int:
         return 0
 
 
+def _pool_event(started: dict[str, Any]) -> str:
+    """The -vvv line for the transport a request got, the same for commands, transfers and executor runs."""
+    waited = started.get("waited")
+    how = "reused" if started.get("hit") else "created"
+    return f"POOL {how} transport {started.get('transport')}" + (f" (waited {waited}s)" if waited is not None else "")
+
+
 class Connection(ConnectionBase):
     """SSH over Paramiko transports held by the controller's pool daemon."""
 
@@ -768,11 +775,7 @@ class Connection(ConnectionBase):
             stream = self._client.exec_stream(message, stdin if ready else b"", eof=ready)
             for kind, data in stream:
                 if kind == "started":
-                    display.vvv(
-                        f"POOL {'reused' if data['hit'] else 'created'} transport {data['transport']} "
-                        f"(waited {data['waited']}s)",
-                        host=self._host,
-                    )
+                    display.vvv(_pool_event(data), host=self._host)
                     if not ready:
                         deadline = time.monotonic() + escalation_timeout
                 elif kind == "exit":
@@ -836,11 +839,8 @@ class Connection(ConnectionBase):
             display.vvv(f"EXECUTOR not used: {outcome.why}", host=self._host)
             return None
         info = outcome.started or {}
-        display.vvv(
-            f"EXECUTOR ran the module on {'reused' if info.get('hit') else 'created'} transport "
-            f"{info.get('transport')}",
-            host=self._host,
-        )
+        display.vvv(_pool_event(info), host=self._host)
+        display.vvv(f"EXECUTOR ran the module on transport {info.get('transport')}", host=self._host)
         return outcome.result
 
     def _exec_message(self, cmd: str, in_data: bytes | None, sudoable: bool) -> dict[str, Any]:
@@ -905,9 +905,7 @@ class Connection(ConnectionBase):
             reply = self._client.call({"op": op, "local": local, "remote": remote, **fields})
         except (PoolFailure, PoolUnavailable) as e:
             raise self._failure(e) from None
-        display.vvv(
-            f"POOL {'reused' if reply.get('hit') else 'created'} transport {reply.get('transport')}", host=self._host
-        )
+        display.vvv(_pool_event(reply), host=self._host)
 
     def reset(self) -> None:
         """Close this host's pooled transports (``meta: reset_connection``, reboot, wait_for_connection).
