@@ -4,7 +4,7 @@
 Three users, one name, so that a class such as ``PoolFailure`` is the same class everywhere:
 
 * the pool daemon, a fresh interpreter that must find its code whatever the collection's
-  install layout is (``_client.spawn_daemon`` runs this file's ``boot``);
+  install layout is (``_client_connect.spawn_daemon`` runs this file's ``boot``);
 * the plugins (connection, action, callback) in Ansible's processes. Ansible's collection
   loader compiles a collection's modules from source in every process, and each task runs in
   a new worker process: about 12 ms of CPU per task for the controller code alone, more than a

@@ -27,7 +27,7 @@ import sys
 import zipfile
 from typing import Any, Dict, Iterator, List, Set, Tuple, Union
 
-from .remote_child import CHUNK, _MsgReader, _send_msg, _template_main
+from .remote_child import CHUNK, _MsgReader, _send_msg, _template_main, module_utils_hash, write_shared_tree
 
 VERSION = 1
 HEADER = struct.Struct(">IBI")
@@ -100,26 +100,6 @@ STDLIB = (
     "zipfile",
     "zipimport",
 )
-
-
-def module_utils_hash(zip_text: bytes) -> str:
-    """The content hash of a payload's ``ansible.module_utils`` tree: what a template imports from."""
-    import base64
-    import io
-
-    digest = hashlib.sha256()
-    with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_text))) as zf:
-        for name in sorted(zf.namelist()):
-            if _shared_entry(name):
-                data = zf.read(name)
-                digest.update(b"%d:%s%d:" % (len(name), name.encode(), len(data)))
-                digest.update(data)
-    return digest.hexdigest()
-
-
-def _shared_entry(name: str) -> bool:
-    """The part of a payload a template imports: ``ansible`` and its ``module_utils``, not the module."""
-    return name == "ansible/__init__.py" or name.startswith("ansible/module_utils/")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -268,18 +248,7 @@ class Executor:
             if not idle:
                 raise ValueError("every template is busy")
             self.drop_template(idle[0])
-        import base64
-        import io
-
-        zip_path = os.path.join(self.dir, f"mu-{tree[:32]}.zip")
-        if not os.path.exists(zip_path):
-            with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_text))) as src:
-                partial = zip_path + ".part"
-                with zipfile.ZipFile(partial, "w") as dst:
-                    for info in src.infolist():
-                        if _shared_entry(info.filename):
-                            dst.writestr(info, src.read(info.filename))
-                os.replace(partial, zip_path)
+        zip_path = write_shared_tree(self.dir, tree, zip_text)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:

@@ -3,12 +3,14 @@
 
 Standard library only, Python 3.8+: sent to the managed host ahead of ``remote.py``, as one source.
 A template imports the shared ``ansible.module_utils`` of a payload once and forks one child per
-task; the child becomes exactly the plain run's ``python3`` reading the wrapper from stdin.
+task; the child becomes exactly the plain run's ``python3`` reading the wrapper from stdin. The
+shared tree is here too: the hash that names a payload's template, and the zip it imports from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import select
@@ -16,6 +18,7 @@ import signal
 import socket
 import struct
 import sys
+import zipfile
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, TextIO
 
 if TYPE_CHECKING:
@@ -180,6 +183,47 @@ def _finish(rc: int = 0) -> int:
         except BaseException:
             rc = 120
     return rc
+
+
+# -- a payload's shared tree ---------------------------------------------------------------------
+
+
+def module_utils_hash(zip_text: bytes) -> str:
+    """The content hash of a payload's ``ansible.module_utils`` tree: what a template imports from."""
+    import base64
+    import io
+
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_text))) as zf:
+        for name in sorted(zf.namelist()):
+            if _shared_entry(name):
+                data = zf.read(name)
+                digest.update(b"%d:%s%d:" % (len(name), name.encode(), len(data)))
+                digest.update(data)
+    return digest.hexdigest()
+
+
+def _shared_entry(name: str) -> bool:
+    """The part of a payload a template imports: ``ansible`` and its ``module_utils``, not the module."""
+    return name == "ansible/__init__.py" or name.startswith("ansible/module_utils/")
+
+
+def write_shared_tree(directory: str, tree: str, zip_text: bytes) -> str:
+    """The path of a zip of the payload's shared tree (module_utils hash ``tree``) in ``directory``,
+    written once per tree: a template puts it on ``sys.path`` to import from."""
+    import base64
+    import io
+
+    zip_path = os.path.join(directory, f"mu-{tree[:32]}.zip")
+    if not os.path.exists(zip_path):
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_text))) as src:
+            partial = zip_path + ".part"
+            with zipfile.ZipFile(partial, "w") as dst:
+                for info in src.infolist():
+                    if _shared_entry(info.filename):
+                        dst.writestr(info, src.read(info.filename))
+            os.replace(partial, zip_path)
+    return zip_path
 
 
 # -- templates ------------------------------------------------------------------------------------
