@@ -119,6 +119,19 @@ class _Relay:
         return chan.closed or (chan.eof_received and chan.exit_status_ready()) or not chan.get_transport().is_active()
 
 
+def timed_out(where: str, seconds: float, then: str = "it may still be running on the host") -> str:
+    """What a command past its command_timeout is told, on the plain path and the executor's alike."""
+    return f"{where}: command did not finish within {seconds:g}s (command_timeout); {then}"
+
+
+def lost_while_running(where: str, pt: PooledTransport, alive: bool) -> str:
+    """What a command whose session or connection died under it is told: the outcome is unknown."""
+    return (
+        f"{where}: the SSH {'session' if alive else 'connection'} was lost while the command ran"
+        f"{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check the host before retrying"
+    )
+
+
 def relay(
     sock: socket.socket, chan: paramiko.Channel, pt: PooledTransport, op_id: int, timeout: float, where: str, send: Send
 ) -> bool:
@@ -166,8 +179,7 @@ def relay(
                     msgs.error(
                         op_id,
                         ErrorKind.TIMEOUT,
-                        f"{where}: command did not finish within {timeout:g}s "
-                        "(command_timeout); it may still be running on the host",
+                        timed_out(where, timeout),
                     ),
                     b"",
                 )
@@ -187,9 +199,7 @@ def relay(
         msgs.error(
             op_id,
             ErrorKind.UNKNOWN_OUTCOME,
-            f"{where}: the SSH {'session' if alive else 'connection'} was lost while the command ran"
-            f"{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check the host before "
-            "retrying",
+            lost_while_running(where, pt, alive),
         ),
         b"",
     )

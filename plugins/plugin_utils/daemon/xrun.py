@@ -23,6 +23,7 @@ from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorE
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
+from .relay import lost_while_running, timed_out
 
 if TYPE_CHECKING:
     from .session import Session
@@ -202,15 +203,10 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
             if not e.killed:  # no word back from the host: as the plain path, the host may be gone
                 log.info("%s: command_timeout of %gs reached; the executor did not confirm the kill", where, e.seconds)
                 executor.close()
-                raise PoolError(
-                    f"{where}: command did not finish within {e.seconds:g}s (command_timeout); it may "
-                    "still be running on the host",
-                    kind=ErrorKind.TIMEOUT,
-                ) from None
+                raise PoolError(timed_out(where, e.seconds), kind=ErrorKind.TIMEOUT) from None
             log.info("%s: command_timeout of %gs reached; the executor killed the module", where, e.seconds)
             raise PoolError(
-                f"{where}: command did not finish within {e.seconds:g}s (command_timeout); "
-                "the remote executor killed the module and its children",
+                timed_out(where, e.seconds, "the remote executor killed the module and its children"),
                 kind=ErrorKind.KILLED_AT_TIMEOUT,
             ) from None
         except ExecutorError as e:
@@ -224,10 +220,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
             log.info("%s: %s", binding.spec.where, e)
             # Worded as the plain path's loss: the same cause, the same advice.
             raise PoolError(
-                f"{binding.spec.where}: the SSH {'connection' if broken else 'session'} was lost while "
-                f"the command ran{pt.lost_suffix()}; its outcome is unknown and it was not re-run: check "
-                "the host before retrying",
-                kind=ErrorKind.UNKNOWN_OUTCOME,
+                lost_while_running(binding.spec.where, pt, alive=not broken), kind=ErrorKind.UNKNOWN_OUTCOME
             ) from None
     finally:
         lease.release(broken=broken)
