@@ -95,7 +95,7 @@ daemon:
   description: The daemon that was (in check mode, would be) stopped, as M(healer.pooled_ssh.pool_info) returns it.
   returned: when O(state=stopped) and a daemon was running
   type: dict
-  sample: {pid: 4242, protocol: 1, uptime: 12.5, clients: 0, requests: 40, threads: 9, paramiko: "5.1.0"}
+  sample: {pid: 4242, protocol: 2, uptime: 12.5, clients: 0, requests: 40, threads: 9, paramiko: "5.1.0"}
 msg:
   description: What was done, in one line.
   returned: always

@@ -70,7 +70,7 @@ daemon:
   description: The daemon's pid, protocol version, uptime, clients, requests, threads and Paramiko version.
   returned: when running
   type: dict
-  sample: {pid: 4242, protocol: 1, uptime: 12.5, clients: 0, requests: 40, threads: 9, paramiko: "5.1.0"}
+  sample: {pid: 4242, protocol: 2, uptime: 12.5, clients: 0, requests: 40, threads: 9, paramiko: "5.1.0"}
 stats:
   description:
     - The healer service's counters C(poolHits), C(poolMisses), C(activeConnections), C(idleConnections),
