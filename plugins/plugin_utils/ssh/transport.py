@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional, Protocol
@@ -78,7 +77,6 @@ class PooledTransport:
         #: The keepalive request waiting for its reply, shared by every caller of ``probe``.
         self._probe_lock = threading.Lock()
         self._probe_flight: Optional[_ProbeFlight] = None
-        self.last_reply = time.monotonic()
         #: When the daemon last sent a keepalive (maintenance paces them by this).
         self.last_probe = 0.0
         #: Why the daemon gave up on this transport (keepalives unanswered...), for error messages.
@@ -136,8 +134,6 @@ class PooledTransport:
         # Any reply, success or failure (Paramiko gives None for both a refusal and a transport
         # that died), proves the peer is there as long as the transport still runs.
         flight.alive = self.transport.is_active()
-        if flight.alive:
-            self.last_reply = time.monotonic()
         with self._probe_lock:
             self._probe_flight = None
         flight.done.set()

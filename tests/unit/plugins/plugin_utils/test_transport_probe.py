@@ -9,7 +9,6 @@ was running (one host UNREACHABLE in a 2,000-host run).
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, List, Optional
 
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh import transport
@@ -62,7 +61,6 @@ def test_a_probe_that_meets_one_in_flight_waits_for_its_answer(monkeypatch: Any)
     monkeypatch.setattr(transport, "_ProbeFlight", lambda: flight_class(done=Event(second_waiter)))
     threading.Thread(target=lambda: second_waiter.wait(10) and server.reply.set(), daemon=True).start()
     pt = PooledTransport(server, "deploy@web1:22")
-    pt.last_reply = time.monotonic() - 30.5  # the last health check passed one interval ago
     results: List[bool] = []
     health_check = threading.Thread(target=lambda: results.append(pt.probe(30.0)))
     health_check.start()
@@ -108,9 +106,8 @@ def test_a_probe_thread_that_cannot_start_leaves_no_probe_in_flight(monkeypatch:
     else:
         raise AssertionError("the thread's failure was hidden")
     monkeypatch.undo()
-    # Before, the lock taken for the failed probe was never released: every later keepalive
-    # on the transport answered from the time of the last reply, a minute old: "dead".
-    pt.last_reply = time.monotonic() - 60
+    # A probe left in flight by the failed start would make every later keepalive on the
+    # transport wait for an answer that never comes: "dead".
     assert pt.probe(5.0) is True
 
 
