@@ -60,16 +60,6 @@ def current_umask() -> int:
     return mask
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether the daemon closed this idle connection (readable with nothing to read, or an error)."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return True
-
-
 class _DaemonGone(Exception):
     """The daemon closed the connection (or said "shutdown") before its hello: it is leaving."""
 
@@ -146,7 +136,7 @@ class PoolClient:
 
     def _socket(self) -> socket.socket:
         # The daemon drops workers idle between requests: find that out before sending one.
-        if self._sock is not None and self._pid == os.getpid() and self._op is None and _closed_by_peer(self._sock):
+        if self._sock is not None and self._pid == os.getpid() and self._op is None and proto.peer_closed(self._sock):
             self.close()
         # A socket inherited across fork() is shared with the parent: open our own.
         if self._sock is None or self._pid != os.getpid():

@@ -3,6 +3,9 @@
 - Nothing is ever set on a Paramiko object: the daemon's own state lives in classes that declare
   it (``ssh/transport.py``). Setting one of Paramiko's own attributes (``banner_timeout``) is its API.
 - No module under ``plugins/`` has more than 400 lines of code (documentation strings excluded).
+- No ``select.select`` on the controller's side: it raises ``ValueError`` for a descriptor from 1024
+  on, which a daemon holding a thousand transports has (``selectors`` or ``poll`` instead). The
+  remote executor, on the target, holds a handful of descriptors and may use it.
 """
 
 from __future__ import annotations
@@ -183,6 +186,26 @@ def test_no_module_over_400_lines_of_code(path: Path) -> None:
         assert lines <= MAX_CODE_LINES, f"{lines} lines of code: split the module"
     else:
         assert MAX_CODE_LINES < lines <= known, f"{lines} lines of code: update OVER_THE_LIMIT"
+
+
+#: Modules that run on the target, not in the daemon or a worker.
+ON_THE_TARGET = {"plugin_utils/executor/remote.py", "plugin_utils/executor/remote_child.py"}
+
+
+@pytest.mark.parametrize("path", list(plugin_files()), ids=lambda p: str(p.relative_to(PLUGINS)))
+def test_no_select_select_on_the_controller(path: Path) -> None:
+    if str(path.relative_to(PLUGINS)) in ON_THE_TARGET:
+        return
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    calls = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "select"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "select"
+    ]
+    assert not calls, f"select.select at lines {calls}: use selectors or frames.peer_closed"
 
 
 def test_code_lines_counts_code_only() -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import select
-import socket
 import threading
 import weakref
 from dataclasses import asdict, dataclass
@@ -23,6 +21,7 @@ from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorE
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
+from ..wire.frames import peer_closed
 from .relay import lost_while_running, timed_out
 
 if TYPE_CHECKING:
@@ -138,15 +137,6 @@ def close_idle_executors(pt: PooledTransport) -> bool:
     return freed
 
 
-def _worker_gone(sock: socket.socket) -> bool:
-    """Whether the worker closed its socket (it sends nothing while its run goes on)."""
-    try:
-        readable, _writable, _errored = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
-
-
 def _env(text: str) -> Optional[Dict[str, str]]:
     try:
         env = json.loads(text)
@@ -184,7 +174,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                 tail,
                 env,
                 timeout=req.command_timeout or None,
-                abandoned=lambda: _worker_gone(session.sock),
+                abandoned=lambda: peer_closed(session.sock),
             )
             for kind, data in runs:
                 if kind is EventKind.EXIT:

@@ -18,6 +18,7 @@ Ansible.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 import time
@@ -96,6 +97,32 @@ def decode(data: bytes) -> Tuple[Frame, bytes]:
         raise ProtocolError("truncated frame")
     message = decode_body(data[HEADER.size : HEADER.size + json_len])
     return (message, data[HEADER.size + json_len : end]), data[end:]
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer of a socket we are not reading has closed it (or it failed), without waiting.
+
+    ``poll``, not ``select``: ``select`` fails for descriptors from 1024 on, which a daemon holding
+    a thousand transports has. The peek runs only once ``poll`` says there is something to read: on
+    a socket with a timeout, ``recv`` would otherwise wait the timeout out first (``MSG_DONTWAIT``
+    or not), and a timeout is not a close.
+    """
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLIN)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return True  # closed on our side already (no descriptor)
+    if not events:
+        return False
+    if events[0][1] & (select.POLLERR | select.POLLNVAL):
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool = False, deadline: Optional[float] = None) -> bytes:
