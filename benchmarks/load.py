@@ -122,6 +122,8 @@ class Sampler:
             fds = len(os.listdir(f"/proc/{pid}/fd"))
         except (OSError, ValueError, IndexError):
             return
+        if "VmHWM" not in status or "Threads" not in status:
+            return  # exiting: its memory is gone already
         with self._lock:
             if pid not in self.pids:
                 self.pids.append(pid)

@@ -344,6 +344,21 @@ options:
         key: remote_executor
     vars:
       - name: ansible_pooled_ssh_remote_executor
+  remote_executor_idle_timeout:
+    description:
+      - Seconds a host's remote executor may go without running a module before the pool daemon stops
+        it, giving the host back its memory (an interpreter and its pre-imported templates) and the server
+        its session. The next module on that host starts a new one. V(0) keeps it as long as the pooled
+        transport.
+    type: float
+    default: 60
+    env:
+      - name: ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR_IDLE_TIMEOUT
+    ini:
+      - section: pooled_ssh_connection
+        key: remote_executor_idle_timeout
+    vars:
+      - name: ansible_pooled_ssh_remote_executor_idle_timeout
   banner_timeout:
     description: Seconds to wait for the server's SSH banner.
     type: float
@@ -506,7 +521,10 @@ if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one
         PoolFailure,
         PoolUnavailable,
     )
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import worker as _executor
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor.worker import (
+        enabled as executor_enabled,
+    )
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor.worker import xrun as executor_xrun
 else:
     try:
         # Through Python's own importer, which keeps bytecode caches: every task's worker imports
@@ -516,7 +534,14 @@ else:
         _client = _load("_client")
         _options = _load("_options")
         _errors = _load("errors")
-        _executor = _load("executor.worker")
+
+        # The remote executor's worker side is imported by the first pipelined module run only:
+        # the other tasks (set_fact, raw, copy) do not pay for its import.
+        def executor_enabled(value):
+            return _load("executor.worker").enabled(value)
+
+        def executor_xrun(*args, **kwargs):
+            return _load("executor.worker").xrun(*args, **kwargs)
     except ImportError as e:  # pragma: no cover - reported on use, not at load
         IMPORT_ERROR = e
     else:
@@ -752,7 +777,7 @@ class Connection(ConnectionBase):
         if self._client is None:
             raise self._unconnected()
         display.vvv(f"EXEC {cmd}", host=self._host)
-        if in_data and _executor.enabled(self.get_option("remote_executor")):
+        if in_data and executor_enabled(self.get_option("remote_executor")):
             done = self._via_executor(cmd, in_data, become=bool(self.become and sudoable))
             if done is not None:
                 return done
@@ -823,12 +848,13 @@ class Connection(ConnectionBase):
         if self._client is None:
             raise self._unconnected()
         try:
-            outcome = _executor.xrun(
+            outcome = executor_xrun(
                 self._client,
                 cmd,
                 in_data,
                 str(self._shell.get_option("remote_tmp")),
                 command_timeout=self.get_option("command_timeout"),
+                idle_timeout=self.get_option("remote_executor_idle_timeout"),
                 become=become,
             )
         except PoolFailure as e:

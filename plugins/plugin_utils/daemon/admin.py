@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional
 
-from ..pool import PoolKey
+from ..pool.settings import PoolKey
 from ..ssh.paramiko_guard import paramiko
 from ..wire import frames
 from ..wire import messages as msgs

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
 from ..errors import ErrorKind, PoolError
-from ..pool import Lease
+from ..pool.entries import Lease
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.paramiko_text import ParamikoText, classify
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused

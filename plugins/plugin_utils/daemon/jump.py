@@ -14,7 +14,8 @@ import logging
 from typing import Optional, Tuple
 
 from ..errors import ErrorKind, PoolError
-from ..pool import Lease, Pool
+from ..pool.core import Pool
+from ..pool.entries import Lease
 from ..ssh.connect import Target
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import PooledTransport

@@ -9,8 +9,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..pool import Entry
+from ..pool.entries import Entry
 from ..ssh.transport import PooledTransport
+from .xrun import expire_idle_executors
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -43,6 +44,7 @@ class Maintainer:
                 threading.Thread(
                     target=self._keepalive, args=(entry, interval * settings.keepalive_max_missed), daemon=True
                 ).start()
+        expire_idle_executors()
         if daemon.client_count() > 0 or not daemon.pool.is_empty():
             daemon.last_busy = now
         elif daemon.idle_exit >= 0 and now - daemon.last_busy >= daemon.idle_exit:

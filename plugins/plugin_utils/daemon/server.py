@@ -31,7 +31,7 @@ from typing import IO, Any, List, Optional
 
 from .._client import check_pool_dir
 from ..errors import ErrorKind
-from ..pool import Pool
+from ..pool.core import Pool
 from ..ssh.connect import Connector
 from ..ssh.paramiko_guard import IMPORT_ERROR as PARAMIKO_IMPORT_ERROR
 from ..ssh.paramiko_guard import missing_text, paramiko

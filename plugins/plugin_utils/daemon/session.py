@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from ..errors import ErrorKind, PoolError
-from ..pool import Lease, PoolKey, PoolSettings
+from ..pool.entries import Lease
+from ..pool.settings import PoolKey, PoolSettings
 from ..ssh.connect import Target
 from ..ssh.transport import PooledTransport
 from ..wire import frames, parts

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Optional
 
-from ..pool import Lease
+from ..pool.entries import Lease
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, Spare, open_refused
 

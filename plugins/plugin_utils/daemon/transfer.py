@@ -29,7 +29,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..errors import ErrorKind, PoolError
-from ..pool import Lease
+from ..pool.entries import Lease
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport
 from ..wire import messages as msgs

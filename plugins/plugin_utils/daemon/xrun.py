@@ -44,26 +44,45 @@ class ExecutorCounters:
     timeouts: int = 0
 
 
+#: The shortest wait of a read on an executor's channel (seconds).
+MIN_READ_WAIT = 0.05
 COUNTERS = ExecutorCounters()
 _lock = threading.Lock()
 #: Per transport, per key: the executor, or why none can run there (asked once per transport).
 _executors: weakref.WeakKeyDictionary[PooledTransport, Dict[str, Union[Executor, str]]] = weakref.WeakKeyDictionary()
+#: Per transport, per key: held while an executor starts there.
+_starting: weakref.WeakKeyDictionary[PooledTransport, Dict[str, threading.Lock]] = weakref.WeakKeyDictionary()
 
 
 class _ChannelIO:
-    """The executor manager's channel: a Paramiko session channel running the bootstrap."""
+    """The executor manager's channel: a Paramiko session channel running the bootstrap.
+
+    Paramiko has one timeout per channel for both directions, and the run that reads sets it for
+    each read: a write therefore retries a send that timed out (nothing was sent then) instead of
+    giving up with half a frame written. A closed channel still raises.
+    """
 
     def __init__(self, chan: paramiko.Channel) -> None:
         self.chan = chan
 
-    def read(self, size: int) -> bytes:
+    def read(self, size: int, timeout: Optional[float]) -> bytes:
+        # Never 0 (non-blocking), which would make a concurrent write spin.
+        self.chan.settimeout(None if timeout is None else max(timeout, MIN_READ_WAIT))
         return self.chan.recv(size)
 
     def write(self, data: bytes) -> None:
-        self.chan.sendall(data)
+        while data:
+            try:
+                sent = self.chan.send(data)
+            except TimeoutError:
+                continue
+            data = data[sent:]
 
     def close(self) -> None:
         self.chan.close()
+
+    def ended(self) -> bool:
+        return bool(self.chan.closed or self.chan.eof_received)
 
 
 def counters() -> Dict[str, int]:
@@ -89,8 +108,7 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
         chan.settimeout(CHANNEL_TIMEOUT)
         chan.exec_command(req.start)
         executor = Executor(_ChannelIO(chan), tmp=req.tmp)
-        hello = executor.start()
-        chan.settimeout(None)
+        hello = executor.start(timeout=CHANNEL_TIMEOUT)
     except ExecutorError as e:
         chan.close()
         return str(e)
@@ -110,31 +128,57 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
 
 def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], str]:
     with _lock:
-        known = _executors.setdefault(pt, {}).get(req.key)
-    if isinstance(known, str):
-        return None, known
-    if known is not None and known.alive:
-        return known, ""
-    started = _start(pt, req) if not pt.sessions_tight else FEW_SESSIONS
-    if isinstance(started, _NotNow):
-        return None, started
-    with _lock:
-        _executors.setdefault(pt, {})[req.key] = started
+        starting = _starting.setdefault(pt, {}).setdefault(req.key, threading.Lock())
+    # One start at a time per transport and key: two first runs at once (free strategy, async,
+    # delegation) would otherwise both start one, and one of them would be left running idle.
+    with starting:
+        with _lock:
+            known = _executors.setdefault(pt, {}).get(req.key)
+        if isinstance(known, str):
+            return None, known
+        if known is not None and known.take(req.idle_timeout):
+            return known, ""
+        started = _start(pt, req) if not pt.sessions_tight else FEW_SESSIONS
+        if isinstance(started, _NotNow):
+            return None, started
+        if isinstance(started, Executor):
+            started.take(req.idle_timeout)
+        with _lock:
+            _executors.setdefault(pt, {})[req.key] = started
     return (None, started) if isinstance(started, str) else (started, "")
 
 
 def close_idle_executors(pt: PooledTransport) -> bool:
     """Close the transport's executors that run nothing, giving their sessions back to the server
     (it refused a channel: it allows fewer sessions than the pool thought). Whether any closed."""
+    return _close_idle({pt: _known(pt)}, expired_only=False) > 0
+
+
+def expire_idle_executors() -> int:
+    """Close every executor that ran nothing for its ``remote_executor_idle_timeout``: it gives the
+    host back its memory (an interpreter and its templates) and the server its session. The next
+    module on that transport starts a new one. How many closed."""
     with _lock:
-        known = dict(_executors.get(pt, {}))
-    freed = False
-    for key, executor in known.items():
-        if isinstance(executor, Executor) and executor.close_if_idle():
-            freed = True
-            with _lock:
-                _executors.get(pt, {}).pop(key, None)
-    return freed
+        every = {pt: dict(known) for pt, known in _executors.items()}
+    return _close_idle(every, expired_only=True)
+
+
+def _known(pt: PooledTransport) -> Dict[str, Union[Executor, str]]:
+    with _lock:
+        return dict(_executors.get(pt, {}))
+
+
+def _close_idle(known: Dict[PooledTransport, Dict[str, Union[Executor, str]]], expired_only: bool) -> int:
+    closed = 0
+    for pt, executors in known.items():
+        for key, executor in executors.items():
+            if isinstance(executor, Executor) and executor.close_if_idle(expired_only=expired_only):
+                closed += 1
+                log.debug("%s: remote executor closed (%s)", pt.label, "idle" if expired_only else "session wanted")
+                with _lock:
+                    if _executors.get(pt, {}).get(key) is executor:
+                        del _executors[pt][key]
+    return closed
 
 
 def _env(text: str) -> Optional[Dict[str, str]]:

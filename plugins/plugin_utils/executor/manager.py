@@ -7,46 +7,37 @@ No Ansible import and no Paramiko import: the channel is anything with ``read``/
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
-import queue
-import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Protocol, Set, Tuple, Union
+from typing import Callable, Deque, Dict, Iterator, Optional, Protocol, Set, Tuple, Union
 
 from . import remote
-
-
-def executor_source() -> bytes:
-    """What runs on the host, one source: ``remote_child.py``, then ``remote.py`` without its own imports of it."""
-    here = Path(__file__).parent
-    parent = [
-        line
-        for line in (here / "remote.py").read_bytes().splitlines(True)
-        if not line.startswith((b"from __future__ ", b"from .remote_child "))
-    ]
-    return (here / "remote_child.py").read_bytes() + b"".join(parent)
-
+from .source import executor_source
 
 SOURCE = executor_source()
 
 
 class ChannelLike(Protocol):
-    """What the manager needs of a channel: blocking reads (``b""`` at the end), writes, close."""
+    """What the manager needs of a channel: reads bounded in time, writes, close, and whether it ended."""
 
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes, blocking; ``b""`` at the end."""
+    def read(self, size: int, timeout: Optional[float]) -> bytes:
+        """Up to ``size`` bytes as soon as some arrived; ``b""`` at the end; ``TimeoutError`` when
+        ``timeout`` seconds (None: no limit) passed with nothing."""
 
     def write(self, data: bytes) -> None:
-        """All of ``data``."""
+        """Write all of ``data``."""
 
     def close(self) -> None:
         """Close the channel."""
+
+    def ended(self) -> bool:
+        """Whether the other side closed it (the executor exited), read without waiting."""
 
 
 class EventKind(Enum):
@@ -88,20 +79,6 @@ class ExecutorAbandoned(ExecutorError):
         super().__init__("the caller went away mid-run", started=True)
 
 
-def bootstrap(interpreter: str) -> str:
-    """The shell words that start the executor: read its source (exact length) from stdin, run it.
-
-    The same words work under every become method: they go where the module's interpreter would.
-    """
-    size = len(SOURCE)
-    loader = (
-        "import os,sys;b=b'';"
-        f'exec("while len(b)<{size}:\\n c=os.read(0,{size}-len(b))\\n if not c:sys.exit(3)\\n b+=c");'
-        "del os,sys;exec(compile(b,'<pooled_ssh executor>','exec'))"
-    )
-    return f"{shlex.quote(interpreter)} -c {shlex.quote(loader)}"
-
-
 def zip_hash(zip_text: bytes) -> bytes:
     return hashlib.sha256(zip_text).digest()
 
@@ -116,11 +93,17 @@ class ExecutorStats:
 
 @dataclass
 class _Pending:
-    events: queue.Queue[Tuple[int, bytes]] = field(default_factory=queue.Queue)
+    events: Deque[Tuple[int, bytes]] = field(default_factory=collections.deque)
 
 
 class Executor:
-    """One executor on one channel. ``start`` once; ``run`` from any thread; dead once ``alive`` is False."""
+    """One executor on one channel. ``start`` once; ``run`` from any thread; dead once ``alive`` is False.
+
+    No thread of its own: the runs waiting for events take turns at reading the channel (one reads
+    and hands each frame to the run it names, the others wait for it), so a thousand pooled
+    transports with an executor each cost the daemon no thread beyond Paramiko's own. Between runs
+    nothing reads; whether the executor went away meanwhile is the channel's ``ended``.
+    """
 
     def __init__(self, channel: ChannelLike, tmp: str = "~/.ansible/tmp") -> None:
         self.channel = channel
@@ -130,21 +113,40 @@ class Executor:
         self._held: Set[bytes] = set()
         self._pending: Dict[int, _Pending] = {}
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
+        self._reading = False
+        self._buffer = bytearray()
         self._write_lock = threading.Lock()
         self._next = 1
         self._alive = False
         self._why = ""
-        self._reader: Optional[threading.Thread] = None
+        #: Seconds without a run after which :meth:`close_if_idle` may close it (0: never).
+        self.idle_timeout = 0.0
+        self._last_used = time.monotonic()
 
     @property
     def alive(self) -> bool:
+        if self._alive and self.channel.ended():
+            self._lost("closed")
         return self._alive
 
-    def close_if_idle(self) -> bool:
-        """Close the executor when no run is in progress (its channel holds one of the server's
-        sessions, wanted back); False when a run is going on."""
+    def take(self, idle_timeout: float) -> bool:
+        """Claim the executor for a run about to start (so that it is not closed as idle meanwhile),
+        with the idle time after which it may be closed (0: never); False when it is gone."""
+        if not self.alive:
+            return False
+        with self._lock:
+            self.idle_timeout = idle_timeout
+            self._last_used = time.monotonic()
+            return self._alive
+
+    def close_if_idle(self, expired_only: bool = False) -> bool:
+        """Close the executor when no run is in progress (and, ``expired_only``, none ended in its
+        last ``idle_timeout`` seconds); False when it is in use, or kept."""
         with self._lock:
             if self._pending or not self._alive:
+                return False
+            if expired_only and not (self.idle_timeout and time.monotonic() - self._last_used >= self.idle_timeout):
                 return False
             self._alive = False
         self.close()
@@ -156,64 +158,107 @@ class Executor:
         with self._write_lock:
             self.channel.write(remote.HEADER.pack(len(body), kind, rid) + body)
 
-    def _read_exact(self, size: int) -> bytes:
-        chunks = []
-        while size:
-            data = self.channel.read(min(size, 1024 * 1024))
-            if not data:
-                raise EOFError
-            chunks.append(data)
-            size -= len(data)
-        return b"".join(chunks)
-
-    def _read_frame(self) -> Tuple[int, int, bytes]:
-        size, kind, rid = remote.HEADER.unpack(self._read_exact(remote.HEADER.size))
+    def _frame(self) -> Optional[Tuple[int, int, bytes]]:
+        """The next whole frame in the buffer, taken out of it; None when it holds none yet."""
+        if len(self._buffer) < remote.HEADER.size:
+            return None
+        size, kind, rid = remote.HEADER.unpack_from(self._buffer)
         if size > remote.MAX_FRAME:
             raise ValueError(f"executor frame of {size} bytes is over the limit")
-        return kind, rid, self._read_exact(size)
+        end = remote.HEADER.size + size
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[remote.HEADER.size : end])
+        del self._buffer[:end]
+        return kind, rid, body
+
+    def _fill(self, timeout: Optional[float]) -> None:
+        """Read what the channel has (waiting at most ``timeout``) into the buffer."""
+        data = self.channel.read(1024 * 1024, timeout)
+        if not data:
+            raise EOFError
+        self._buffer += data
+
+    def _lost(self, why: str) -> None:
+        """The executor is gone: every waiting run learns it (an event of kind 0)."""
+        with self._turn:
+            self._alive = False
+            self._why = self._why or why
+            for pending in self._pending.values():
+                pending.events.append((0, b""))
+            self._turn.notify_all()
+
+    def _next_event(self, pending: _Pending, wait: Optional[float]) -> Optional[Tuple[int, bytes]]:
+        """The run's next event, or None once ``wait`` seconds (None: no limit) passed without one."""
+        end = None if wait is None else time.monotonic() + wait
+        while True:
+            with self._turn:
+                while True:
+                    if pending.events:
+                        return pending.events.popleft()
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return None
+                    if not self._reading:
+                        self._reading = True  # our turn to read, for everyone
+                        break
+                    self._turn.wait(left)
+            try:
+                self._read_some(left)
+            finally:
+                with self._turn:
+                    self._reading = False
+                    self._turn.notify_all()
+
+    def _read_some(self, timeout: Optional[float]) -> None:
+        """One read of the channel, each whole frame in it handed to the run it names (frames of
+        runs no longer waiting, such as a cancelled one's last output, are dropped)."""
+        try:
+            self._fill(timeout)
+            frames = []
+            frame = self._frame()
+            while frame is not None:
+                frames.append(frame)
+                frame = self._frame()
+        except TimeoutError:
+            return
+        except (EOFError, OSError, ValueError) as e:
+            self._lost(type(e).__name__)
+            return
+        with self._turn:
+            for kind, rid, body in frames:
+                waiting = self._pending.get(rid)
+                if waiting is not None:
+                    waiting.events.append((kind, body))
 
     # -- life --
 
-    def start(self) -> Dict[str, object]:
-        """Send the source and the init frame (the channel already runs :func:`bootstrap`); wait for hello."""
+    def start(self, timeout: Optional[float] = None) -> Dict[str, object]:
+        """Send the source and the init frame (the channel already runs :func:`.source.bootstrap`);
+        wait for hello, at most ``timeout`` seconds for each read."""
         try:
             self.channel.write(SOURCE)
             self._write(remote.K_INIT, 0, json.dumps({"version": remote.VERSION, "tmp": self.tmp}).encode())
-            kind, _rid, body = self._read_frame()
+            frame = self._frame()
+            while frame is None:
+                self._fill(timeout)
+                frame = self._frame()
         except (EOFError, OSError, ValueError) as e:
             self.close()
             raise ExecutorError(f"the executor did not start ({type(e).__name__})", started=False) from None
+        kind, _rid, body = frame
         hello = json.loads(body) if kind == remote.K_HELLO else {"error": "no hello"}
         if "error" in hello:
             self.close()
             raise ExecutorError(f"the executor refused to start: {hello['error']}", started=False)
         self.hello = hello
         self._alive = True
-        self._reader = threading.Thread(target=self._read_loop, name="executor-reader", daemon=True)
-        self._reader.start()
         return hello
 
     def close(self) -> None:
         self._alive = False
         with contextlib.suppress(OSError):
             self.channel.close()
-
-    def _read_loop(self) -> None:
-        try:
-            while True:
-                kind, rid, body = self._read_frame()
-                with self._lock:
-                    pending = self._pending.get(rid)
-                if pending is not None:
-                    pending.events.put((kind, body))
-        except (EOFError, OSError, ValueError) as e:
-            self._why = type(e).__name__
-        finally:
-            self._alive = False
-            with self._lock:
-                lost = list(self._pending.values())
-            for pending in lost:
-                pending.events.put((0, b""))
 
     # -- runs --
 
@@ -235,9 +280,9 @@ class Executor:
         :class:`ExecutorAbandoned` (after cancelling) as soon as ``abandoned()`` says the caller is gone.
         """
         digest = zip_hash(zip_text)
+        if not self.alive:
+            raise ExecutorError("the executor is not running", started=False)
         with self._lock:
-            if not self._alive:
-                raise ExecutorError("the executor is not running", started=False)
             rid = self._next
             self._next += 1
             pending = self._pending[rid] = _Pending()
@@ -262,9 +307,8 @@ class Executor:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if abandoned is not None:
                     wait = POLL if wait is None else min(wait, POLL)
-                try:
-                    kind, body = pending.events.get(timeout=wait)
-                except queue.Empty:
+                event = self._next_event(pending, wait)
+                if event is None:
                     if deadline is not None and time.monotonic() >= deadline:
                         finished = True
                         raise ExecutorTimeout(timeout or 0.0, self._cancel(rid, pending)) from None
@@ -273,6 +317,7 @@ class Executor:
                         self._cancel(rid, pending, grace=0.0)
                         raise ExecutorAbandoned() from None
                     continue
+                kind, body = event
                 if kind == remote.K_OUT:
                     yield EventKind.OUT, body
                 elif kind == remote.K_ERR:
@@ -299,6 +344,7 @@ class Executor:
         finally:
             with self._lock:
                 self._pending.pop(rid, None)
+                self._last_used = time.monotonic()
             if sent and not finished and self._alive:
                 with contextlib.suppress(OSError):
                     self._write(remote.K_CANCEL, rid)
@@ -311,10 +357,10 @@ class Executor:
             return False
         end = time.monotonic() + grace
         while grace:
-            try:
-                kind, _body = pending.events.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
+            event = self._next_event(pending, max(0.0, end - time.monotonic()))
+            if event is None:
                 return False
+            kind = event[0]
             if kind in (remote.K_EXIT, remote.K_FAIL):
                 return True
             if kind not in (remote.K_OUT, remote.K_ERR, remote.K_NEED):

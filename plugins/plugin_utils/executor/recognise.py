@@ -18,7 +18,9 @@ _PYTHON = re.compile(r"python3(\.\d+)?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Variables read when the interpreter starts: they make a different executor, never a per-run change.
 _STARTUP = re.compile(r"(PYTHON.*|LANG|LANGUAGE|LC_.*)")
-_ZIP = re.compile(rb"\n    _ansiballz_main\(\n(?:[a-z_]+=.*,\n)*?zip_data='([A-Za-z0-9+/=]*)',\n")
+#: The wrapper's one call of its main function, then its keyword arguments up to the zip's.
+_CALL = b"\n    _ansiballz_main(\n"
+_ARGS = re.compile(rb"(?:[a-z_]+=.*,\n)*?zip_data='")
 _SLEEP = " && sleep 0"  # what ansible-core before 2.21 appends to commands run by the default executable
 SUPPORTED_SHELLS = ("/bin/sh",)
 
@@ -45,13 +47,26 @@ class PipelinedRun:
 
 
 def split_wrapper(in_data: bytes) -> Optional[Tuple[bytes, bytes, bytes]]:
-    """The AnsiballZ wrapper as (head, zip text, tail), or None if it is not exactly one."""
+    """The AnsiballZ wrapper as (head, zip text, tail), or None if it is not exactly one.
+
+    Found with ``bytes.find``, not a regular expression over the whole payload: the zip is most
+    of a payload of several hundred KB (1.8 ms a run with the expression, 0.2 ms this way). The
+    zip's characters are not checked here: the executor runs exactly ``head + zip + tail``, and a
+    zip that is not one fails its decoding on the host before anything runs (then the run falls
+    back to the plain path).
+    """
     if not in_data.startswith(b"#!") or b"\n_ANSIBALLZ_WRAPPER = True\n" not in in_data:
         return None
-    matches = list(_ZIP.finditer(in_data))
-    if len(matches) != 1 or not in_data[matches[0].end() :].startswith(b")\n"):
+    call = in_data.find(_CALL)
+    if call < 0 or in_data.find(_CALL, call + 1) >= 0:
         return None
-    start, end = matches[0].span(1)
+    args = _ARGS.match(in_data, call + len(_CALL))
+    if args is None:
+        return None
+    start = args.end()
+    end = in_data.find(b"'", start)
+    if end < 0 or not in_data.startswith(b"',\n)\n", end):
+        return None
     return in_data[:start], in_data[start:end], in_data[end:]
 
 

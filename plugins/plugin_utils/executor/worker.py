@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..wire import frames
-from .manager import bootstrap
 from .recognise import recognise
+from .source import bootstrap
 
 #: Values of the ``remote_executor`` option that turn it off (YAML reads a bare ``off`` as false).
 OFF = frozenset({"off", "false", "no", "0"})
@@ -40,6 +40,7 @@ def xrun(
     executable: str = "/bin/sh",
     command_timeout: float = 0.0,
     become: bool = False,
+    idle_timeout: float = 60.0,
 ) -> Outcome:
     """Run ``cmd`` through the transport's executor when it is exactly a pipelined module run.
 
@@ -63,6 +64,7 @@ def xrun(
         "head_len": len(run.head),
         "zip_len": len(run.zip_text),
         "command_timeout": float(command_timeout or 0),
+        "idle_timeout": float(idle_timeout or 0),
     }
     out: List[bytes] = []
     err: List[bytes] = []

@@ -1,21 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The pool: transports keyed by host, port, user and identity (see :mod:`.core`)."""
+"""The pool: transports keyed by host, port, user and identity (see :mod:`.core`).
 
-from __future__ import annotations
-
-from .core import Pool, PoolExhausted
-from .entries import Conn, Connector, Entry, Lease
-from .settings import OnExhausted, PoolKey, PoolSettings, Priority
-
-__all__ = [
-    "Conn",
-    "Connector",
-    "Entry",
-    "Lease",
-    "OnExhausted",
-    "Pool",
-    "PoolExhausted",
-    "PoolKey",
-    "PoolSettings",
-    "Priority",
-]
+Private to this collection. Import from the submodules: this file imports nothing, so that a
+task's worker, which needs only :mod:`.settings`, does not load the daemon's pool with it.
+"""

@@ -151,6 +151,9 @@ class XRun(Message):
     env: str = wire((str,), default="{}")
     #: Seconds; 0: no limit. Past it the executor kills the run's process group.
     command_timeout: float = wire((float,), default=0.0, low=0, high=_MAX_SECONDS)
+    #: Seconds without a run after which the daemon stops the executor; 0: never (it lives as
+    #: long as its transport).
+    idle_timeout: float = wire((float,), default=60.0, low=0, high=_MAX_SECONDS)
 
 
 @dataclass(frozen=True)

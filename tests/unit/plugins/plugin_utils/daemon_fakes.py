@@ -8,7 +8,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.session import Session
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import Pool, PoolKey
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolKey
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.connect import AuthFailures, Target
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.transport import PooledTransport
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire import frames

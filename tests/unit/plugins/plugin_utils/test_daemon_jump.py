@@ -7,7 +7,8 @@ from typing import Any, Iterator
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.jump import JumpOpener
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import ErrorKind, PoolError
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import Pool, PoolSettings
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolSettings
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.connect import Target
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.spec import ConnectionSpec, JumpHop
 from daemon_fakes import FakeConnector

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import PoolSettings
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolSettings
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.limiter import HandshakeLimiter
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.messages import Op, check_request
 

@@ -18,7 +18,7 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import 
     seconds,
     seconds_plain,
 )
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import OnExhausted, PoolSettings, Priority
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import OnExhausted, PoolSettings, Priority
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.fields import rules
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.spec import ConnectionSpec
 

@@ -14,13 +14,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import (
-    Lease,
-    Pool,
-    PoolExhausted,
-    PoolKey,
-    PoolSettings,
-)
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool, PoolExhausted
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.entries import Lease
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolKey, PoolSettings
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.stats import SERVICE_COUNTERS
 
 TIMEOUT = 10.0

@@ -5,13 +5,8 @@ from __future__ import annotations
 from typing import List
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import (
-    OnExhausted,
-    Pool,
-    PoolExhausted,
-    PoolSettings,
-    Priority,
-)
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool, PoolExhausted
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import OnExhausted, PoolSettings, Priority
 from test_pool import Env, FakeClock, FakeConnector, Worker, acquire, cfg, host_stats, join_all, wait_until, waiting
 
 

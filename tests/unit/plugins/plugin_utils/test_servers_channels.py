@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import queue
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import paramiko
 import pytest
@@ -58,18 +58,23 @@ class FakeExecutorIO:
                 self._reply(remote.K_OUT, rid, b"ran\n")
                 self._reply(remote.K_EXIT, rid, b'{"rc": 0}')
 
-    def read(self, size: int) -> bytes:
+    def read(self, size: int, timeout: Optional[float]) -> bytes:
         if not self.pending:
             try:
-                self.pending = self.outbox.get(timeout=TIMEOUT)
+                self.pending = self.outbox.get(timeout=TIMEOUT if timeout is None else timeout)
             except queue.Empty:
-                return b""
+                if timeout is None:
+                    return b""
+                raise TimeoutError from None
         data, self.pending = self.pending[:size], self.pending[size:]
         return data
 
     def close(self) -> None:
         self.outbox.put(b"")
         self.chan.close()
+
+    def ended(self) -> bool:
+        return bool(self.chan.closed)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import paramiko
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _known_hosts
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import ErrorKind, PoolError
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool import PoolSettings
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolSettings
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh import connect as connect_mod
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.connect import Connector, Target
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.wire.spec import ConnectionSpec, JumpHop

@@ -11,16 +11,19 @@ import glob
 import io
 import json
 import os
+import select
 import shutil
 import stat
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import manager, recognise, remote
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import manager, recognise, remote, source
 
 HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
@@ -88,8 +91,17 @@ class Pipes:
         self.stdin = proc.stdin
         self.stdout = proc.stdout
 
-    def read(self, size: int) -> bytes:
+    def read(self, size: int, timeout: Optional[float]) -> bytes:
+        poller = select.poll()
+        poller.register(self.stdout.fileno(), select.POLLIN)
+        if not poller.poll(None if timeout is None else int(timeout * 1000)):
+            raise TimeoutError
         return os.read(self.stdout.fileno(), size)
+
+    def ended(self) -> bool:
+        poller = select.poll()
+        poller.register(self.stdout.fileno(), select.POLLIN)
+        return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
     def write(self, data: bytes) -> None:
         self.stdin.write(data)
@@ -112,7 +124,7 @@ class Local:
         self.remote_tmp = tmp / "remote_tmp"
         self.env = base_env(self.home)
         self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", manager.bootstrap(python)],
+            ["/bin/sh", "-c", source.bootstrap(python)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=self.env,
@@ -381,3 +393,86 @@ def test_frames_over_the_limit_stop_the_executor(local: Local) -> None:
     local.executor.channel.write(remote.HEADER.pack(remote.MAX_FRAME + 1, remote.K_RUN, 9))
     assert local.proc.wait() != 0
     assert list(local.remote_tmp.iterdir()) == []
+
+
+def _threads() -> List[str]:
+    return sorted(t.name for t in threading.enumerate())
+
+
+def test_the_executor_holds_no_thread_of_its_own(tmp_path: Path, payloads: Dict[str, bytes]) -> None:
+    """A thousand pooled transports with an executor each must cost the daemon no thread beyond
+    Paramiko's: the runs take turns at reading the channel, nothing reads between runs."""
+    before = _threads()
+    executor = Local(tmp_path)
+    try:
+        assert _threads() == before
+        assert executor.run(payloads["ping"])[0] == 0
+        assert _threads() == before
+    finally:
+        assert executor.stop() == 0
+
+
+def test_runs_at_once_on_one_executor_each_get_their_own_output(local: Local, payloads: Dict[str, bytes]) -> None:
+    expected = {name: local.plain(payloads[name]) for name in ("ping", "command")}
+    results: Dict[int, Result] = {}
+    names = ["ping", "command"] * 3
+
+    def one(i: int) -> None:
+        results[i] = local.run(payloads[names[i]])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    def stable(result: Result) -> Tuple[int, dict]:  # the command module's times differ run by run
+        data = module_json(result[1])
+        return result[0], {k: v for k, v in data.items() if k not in ("start", "end", "delta")}
+
+    for i, name in enumerate(names):
+        assert stable(results[i]) == stable(expected[name])
+
+
+def test_an_executor_gone_between_runs_is_seen_before_the_next_one(local: Local, payloads: Dict[str, bytes]) -> None:
+    assert local.run(payloads["ping"])[0] == 0
+    assert local.executor.alive
+    os.kill(int(local.hello["pid"]), 9)  # type: ignore[call-overload]
+    local.proc.wait()
+    assert not local.executor.alive  # nothing read the channel meanwhile: the channel says it ended
+    with pytest.raises(manager.ExecutorError) as caught:
+        local.run(payloads["ping"])
+    assert caught.value.started is False  # a new executor may take it: nothing ran
+
+
+class _Later:
+    """``time`` as the manager sees it, ``ahead`` seconds later than it is."""
+
+    def __init__(self, ahead: float) -> None:
+        self.ahead = ahead
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+def test_an_idle_executor_closes_after_its_idle_timeout_only(
+    local: Local, payloads: Dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert local.executor.take(idle_timeout=30.0)
+    assert local.run(payloads["ping"])[0] == 0
+    assert not local.executor.close_if_idle(expired_only=True)  # just used
+    monkeypatch.setattr(manager, "time", _Later(31.0))
+    assert local.executor.close_if_idle(expired_only=True)
+    assert not local.executor.alive
+    assert local.proc.wait() == 0  # its stdin closed: it exited and removed its directory
+
+
+def test_an_executor_kept_for_good_is_never_closed_as_idle(
+    local: Local, payloads: Dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert local.executor.take(idle_timeout=0.0)
+    assert local.run(payloads["ping"])[0] == 0
+    monkeypatch.setattr(manager, "time", _Later(10 * 365 * 86400.0))
+    assert not local.executor.close_if_idle(expired_only=True)
+    assert local.executor.alive
