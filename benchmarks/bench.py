@@ -119,6 +119,25 @@ def make_variants(selected: Optional[Sequence[str]]) -> List[Variant]:
         ),
         Variant("pooled-cold", "pooled_ssh cold", "pooled", "healer.pooled_ssh.pooled_ssh", MAIN_BIN, cold=True),
         Variant("pooled-warm", "pooled_ssh warm", "pooled", "healer.pooled_ssh.pooled_ssh", MAIN_BIN, cold=False),
+        # The same connection without its remote executor: what the executor itself changes.
+        Variant(
+            "pooled-off-cold",
+            "pooled_ssh cold, executor off",
+            "pooled-off",
+            "healer.pooled_ssh.pooled_ssh",
+            MAIN_BIN,
+            cold=True,
+            env={"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "off"},
+        ),
+        Variant(
+            "pooled-off-warm",
+            "pooled_ssh warm, executor off",
+            "pooled-off",
+            "healer.pooled_ssh.pooled_ssh",
+            MAIN_BIN,
+            cold=False,
+            env={"ANSIBLE_POOLED_SSH_REMOTE_EXECUTOR": "off"},
+        ),
         # The same ansible-core as paramiko_ssh's row: the like-for-like comparison with it.
         Variant("local-2.19", "local (floor, 2.19)", "local-2.19", "local", COMPAT_BIN, diag7_only=True),
         Variant(
@@ -151,6 +170,7 @@ def make_variants(selected: Optional[Sequence[str]]) -> List[Variant]:
             "pooled": ["pooled-cold", "pooled-warm"],
             "pooled_ssh": ["pooled-cold", "pooled-warm"],
             "pooled-2.19": ["pooled-2.19-cold", "pooled-2.19-warm"],
+            "pooled-off": ["pooled-off-cold", "pooled-off-warm"],
             "2.19": ["local-2.19", "paramiko", "pooled-2.19-cold", "pooled-2.19-warm"],
             "ssh-cp": ["ssh-cp-cold", "ssh-cp-warm"],
             "ssh": ["ssh-cp-cold", "ssh-cp-warm"],
@@ -302,7 +322,9 @@ class Lab:
 
     def stop(self) -> None:
         errors = []
-        for family in ("pooled", "pooled-2.19", "ssh-cp", "ssh-nocm", "local", "local-2.19", "paramiko", "mitogen"):
+        families = ("pooled", "pooled-off", "pooled-2.19", "ssh-cp", "ssh-nocm")
+        families += ("local", "local-2.19", "paramiko", "mitogen")
+        for family in families:
             with contextlib.suppress(Exception):
                 stop_pool(self.base / f"p-{family}")
             if (self.base / f"cp-{family}").exists():
