@@ -493,6 +493,8 @@ EXAMPLES = r"""
       changed_when: false
 """
 
+import hashlib
+import json
 import multiprocessing
 import os
 import sys
@@ -516,6 +518,7 @@ if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one
         daemon_settings,
         pool_settings,
     )
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import (
         ErrorKind,
         PoolFailure,
@@ -557,14 +560,15 @@ _FQCN = "healer.pooled_ssh.pooled_ssh"
 
 
 def _preload_option_definitions() -> None:
-    """Register this plugin's option definitions from a fast YAML parse, once per worker.
+    """Register this plugin's option definitions, parsed in advance, once per worker.
 
     ansible-playbook caches the option definitions of the builtin connection plugins before it
     forks, but not those of collection plugins: every task's worker parses this file's
-    DOCUMENTATION and its doc fragment again with Ansible's instrumented YAML loader (tens of
-    milliseconds of CPU per task). The C YAML loader reads the same text several times faster;
-    the loader then finds the definitions in place and skips its own parse. Only when we are
-    the collection's module: anything unexpected leaves the job to the loader.
+    DOCUMENTATION and its doc fragment again as YAML (~10 ms of CPU per task). The same definitions
+    as JSON (``plugin_utils/_connection_options.py``, written by ``scripts/gen_option_defs.py``)
+    take 0.3 ms; the loader then finds them in place and skips its own parse. Only when we are the
+    collection's module and that file was parsed from these very texts: anything else leaves the
+    job to the loader.
     """
     try:
         from ansible import constants as C
@@ -575,16 +579,20 @@ def _preload_option_definitions() -> None:
             C.config.has_configuration_definition("connection", n) for n in names
         ):
             return
-        from ansible.module_utils.common.yaml import yaml_load  # the C loader when there is one
         from ansible_collections.healer.pooled_ssh.plugins.doc_fragments.pool import ModuleDocFragment
 
-        options = yaml_load(DOCUMENTATION)["options"]
-        fragment = yaml_load(ModuleDocFragment.DOCUMENTATION)
+        parsed = _load("_connection_options")
+        texts = DOCUMENTATION.encode() + b"\0" + ModuleDocFragment.DOCUMENTATION.encode()
+        if hashlib.sha256(texts).hexdigest() != parsed.DIGEST:
+            return  # stale: the loader parses the texts
+        data = json.loads(parsed.PARSED)
+        options, fragment = data["options"], data["fragment"]
         try:
             from ansible.utils.plugin_docs import add_collection_to_versions_and_dates
         except ImportError:  # pragma: no cover
             pass
-        else:
+        else:  # as Ansible does with both (version_added_collection and the like)
+            add_collection_to_versions_and_dates({"options": options}, "healer.pooled_ssh", is_module=False)
             add_collection_to_versions_and_dates(fragment, "healer.pooled_ssh", is_module=False)
         for name, definition in fragment["options"].items():  # as add_fragments merges: ours win
             options[name] = {**definition, **options.get(name, {})}
