@@ -27,6 +27,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -459,6 +460,11 @@ def main() -> int:
         args.nofile = 1024 if args.scale else 0
     if args.idle_timeout is None:
         args.idle_timeout = 1800.0 if args.scale else 300.0
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # so that a kill stops the fleet and the daemon too (the finally above)
+
+    signal.signal(signal.SIGTERM, interrupted)
     sections = []
     ok = True
     for hosts in args.hosts:
