@@ -318,7 +318,8 @@ class PoolClient:
 
     def xrun_stream(self, message: Dict[str, Any], payload: bytes) -> Iterator[Tuple[str, Any]]:
         """A pipelined module run through the remote executor: like :meth:`exec_stream`, or one
-        ("fallback", reason) when nothing ran and the caller should run the command the plain way."""
+        ("fallback", reply) when nothing ran and the caller should run the command the plain way
+        (the reply says why, and which transport the run was given)."""
         sock, op_id = self._send(dict(message, op=msgs.Op.XRUN.value), payload)
         self._op = op_id
         try:
@@ -348,7 +349,7 @@ class PoolClient:
                 yield "exit", int(reply["rc"])
                 return
             elif kind == msgs.Reply.FALLBACK.value:
-                yield "fallback", str(reply.get("reason", ""))
+                yield "fallback", reply
                 return
             elif kind == msgs.Reply.ERROR.value:
                 raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))

@@ -71,7 +71,8 @@ def xrun(
     started = None
     for kind, data in client.xrun_stream(message, payload):
         if kind == "fallback":
-            return Outcome(None, f"the executor could not take it ({data})")
+            lease = data if data.get("transport") is not None else None
+            return Outcome(None, f"the executor could not take it ({data.get('reason', '')})", started=lease)
         if kind == "started":
             started = data
         elif kind == "exit":
