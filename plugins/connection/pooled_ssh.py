@@ -870,8 +870,6 @@ class Connection(ConnectionBase):
         except PoolUnavailable as e:
             raise self._failure(e) from None
         if outcome.result is None:
-            if outcome.started:
-                display.vvv(_pool_event(outcome.started), host=self._host)
             display.vvv(f"EXECUTOR not used: {outcome.why}", host=self._host)
             return None
         info = outcome.started or {}

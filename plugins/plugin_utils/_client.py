@@ -318,8 +318,7 @@ class PoolClient:
 
     def xrun_stream(self, message: Dict[str, Any], payload: bytes) -> Iterator[Tuple[str, Any]]:
         """A pipelined module run through the remote executor: like :meth:`exec_stream`, or one
-        ("fallback", reply) when nothing ran and the caller should run the command the plain way
-        (the reply says why, and which transport the run was given)."""
+        ("fallback", reason) when nothing ran and the caller should run the command the plain way."""
         sock, op_id = self._send(dict(message, op=msgs.Op.XRUN.value), payload)
         self._op = op_id
         try:
@@ -349,7 +348,7 @@ class PoolClient:
                 yield "exit", int(reply["rc"])
                 return
             elif kind == msgs.Reply.FALLBACK.value:
-                yield "fallback", reply
+                yield "fallback", str(reply.get("reason", ""))
                 return
             elif kind == msgs.Reply.ERROR.value:
                 raise PoolFailure(str(reply.get("kind")), str(reply.get("msg")))

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 from ..errors import ErrorKind, PoolError
 from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorError, ExecutorTimeout
-from ..pool.entries import Lease
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
 from ..wire import messages as msgs
@@ -226,10 +225,6 @@ def _close_idle(known: Dict[PooledTransport, Dict[str, Union[Executor, str]]], e
     return closed
 
 
-def _fallback(why: str, lease: Lease[PooledTransport]) -> msgs.Fallback:
-    return msgs.Fallback(why, lease.hit, lease.entry.id, round(lease.waited, 6))
-
-
 def _env(text: str) -> Optional[Dict[str, str]]:
     try:
         env = json.loads(text)
@@ -254,7 +249,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
         executor, why = _executor(lease.conn, req, zip_text)
         if executor is None:
             COUNTERS.fallbacks += 1
-            session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, _fallback(why, lease)))
+            session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(why)))
             return
         session.send(
             msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id, round(lease.waited, 6)))
@@ -295,7 +290,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
         except ExecutorError as e:
             if not e.started:
                 COUNTERS.fallbacks += 1
-                session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, _fallback(str(e), lease)))
+                session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(str(e))))
                 return
             COUNTERS.lost += 1
             pt = lease.conn

@@ -71,8 +71,7 @@ def xrun(
     started = None
     for kind, data in client.xrun_stream(message, payload):
         if kind == "fallback":
-            lease = data if data.get("transport") is not None else None
-            return Outcome(None, f"the executor could not take it ({data.get('reason', '')})", started=lease)
+            return Outcome(None, f"the executor could not take it ({data})")
         if kind == "started":
             started = data
         elif kind == "exit":

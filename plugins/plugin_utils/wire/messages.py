@@ -159,10 +159,6 @@ class XRun(Message):
 @dataclass(frozen=True)
 class Fallback(Message):
     reason: str = wire((str,), default="")
-    #: The transport the run was given, as in ``started`` (the worker's -vvv says which it was).
-    hit: Optional[bool] = wire((bool, type(None)))
-    transport: Optional[int] = wire((int, type(None)))
-    waited: Optional[float] = wire((float, type(None)))
 
 
 @dataclass(frozen=True)
