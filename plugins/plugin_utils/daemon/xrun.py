@@ -126,75 +126,31 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
     return executor
 
 
-#: How long a run waits for the start of its transport's executor that another run began (a start's
-#: steps are each bounded by CHANNEL_TIMEOUT: the open, the exec and the hello).
-START_WAIT = 3 * CHANNEL_TIMEOUT
-#: Why a run goes the plain way while its transport's executor starts.
-STARTING = "the remote executor is starting on this host; this module runs the plain way meanwhile"
-
-
-def _executor(pt: PooledTransport, req: msgs.XRun, zip_text: bytes) -> Tuple[Optional[Executor], str]:
-    """The transport's running executor for the request's key, or why the run goes the plain way.
-
-    A transport without one starts it in the background, sends it this run's payload (its template
-    starts with it) and lets this run go the plain way: the first module on a host costs what it
-    costs without an executor, and the next ones find it ready. One start at a time per transport
-    and key: a run that comes meanwhile waits for it (so that exactly the first run on a transport
-    goes the plain way, whatever the timing).
-    """
+def _executor(pt: PooledTransport, req: msgs.XRun) -> Tuple[Optional[Executor], str]:
     with _lock:
         starting = _starting.setdefault(pt, {}).setdefault(req.key, threading.Lock())
-    if not starting.acquire(timeout=START_WAIT):
-        return None, STARTING
-    handed_over = False
-    try:
+    # One start at a time per transport and key: two first runs at once (free strategy, async,
+    # delegation) would otherwise both start one, and one of them would be left running idle.
+    with starting:
         with _lock:
             known = _executors.setdefault(pt, {}).get(req.key)
         if isinstance(known, str):
             return None, known
         if known is not None and known.take(req.idle_timeout):
             return known, ""
-        if pt.sessions_tight:
-            with _lock:
-                _executors[pt][req.key] = FEW_SESSIONS
-            return None, FEW_SESSIONS
-        threading.Thread(
-            target=_start_in_background, args=(pt, req, zip_text, starting), name=f"xstart-{pt.label}", daemon=True
-        ).start()
-        handed_over = True  # the starting thread releases it
-        return None, STARTING
-    finally:
-        if not handed_over:
-            starting.release()
-
-
-def _start_in_background(pt: PooledTransport, req: msgs.XRun, zip_text: bytes, starting: threading.Lock) -> None:
-    try:
-        started = _start(pt, req)
+        started = _start(pt, req) if not pt.sessions_tight else FEW_SESSIONS
         if isinstance(started, _NotNow):
-            return  # the next run tries again
+            return None, started
         if isinstance(started, Executor):
             started.take(req.idle_timeout)
-            started.prepare(zip_text)
         with _lock:
             _executors.setdefault(pt, {})[req.key] = started
-    except Exception:
-        log.exception("%s: starting the remote executor failed", pt.label)
-    finally:
-        starting.release()
+    return (None, started) if isinstance(started, str) else (started, "")
 
 
 def close_idle_executors(pt: PooledTransport) -> bool:
     """Close the transport's executors that run nothing, giving their sessions back to the server
-    (it refused a channel: it allows fewer sessions than the pool thought). Whether any closed.
-
-    An executor starting meanwhile holds a session too: its start is let end first, and then it is
-    idle (with ``MaxSessions 1`` the refused request would otherwise make the pool log in again)."""
-    with _lock:
-        starts = list(_starting.get(pt, {}).values())
-    for lock in starts:
-        if lock.acquire(timeout=START_WAIT):
-            lock.release()
+    (it refused a channel: it allows fewer sessions than the pool thought). Whether any closed."""
     return _close_idle({pt: _known(pt)}, expired_only=False) > 0
 
 
@@ -246,7 +202,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
     lease = binding.lease()
     broken = False
     try:
-        executor, why = _executor(lease.conn, req, zip_text)
+        executor, why = _executor(lease.conn, req)
         if executor is None:
             COUNTERS.fallbacks += 1
             session.send(msgs.reply(msgs.Reply.FALLBACK, op_id, msgs.Fallback(why)))

@@ -367,13 +367,6 @@ class Executor:
                 return False  # the executor was lost
         return False
 
-    def prepare(self, zip_text: bytes) -> None:
-        """Send a payload ahead of its first run: the executor starts its template for it now."""
-        digest = zip_hash(zip_text)
-        if digest not in self._held:
-            with contextlib.suppress(OSError):
-                self._put(digest, zip_text)
-
     def _put(self, digest: bytes, zip_text: bytes) -> None:
         self._write(remote.K_PUT, 0, digest + zip_text)
         self._held.add(digest)

@@ -54,12 +54,52 @@ K_FAIL = 15  # json: {"started", "message"}: the run did not complete through th
 
 #: What the wrapper and ``basic`` import from the standard library; the executor imports them once
 #: so that templates start faster. Importing them has no effect a fresh interpreter would not have.
-STDLIB = """
-ast base64 collections contextlib copy datetime dataclasses enum errno fcntl functools glob grp
-importlib importlib.util inspect io itertools json locale numbers platform pwd re resource runpy
-select selectors shlex shutil signal stat string struct subprocess syslog tempfile textwrap time
-traceback types typing zipfile zipimport
-"""
+STDLIB = (
+    "ast",
+    "base64",
+    "collections",
+    "contextlib",
+    "copy",
+    "datetime",
+    "dataclasses",
+    "enum",
+    "errno",
+    "fcntl",
+    "functools",
+    "glob",
+    "grp",
+    "importlib",
+    "importlib.util",
+    "inspect",
+    "io",
+    "itertools",
+    "json",
+    "locale",
+    "numbers",
+    "platform",
+    "pwd",
+    "re",
+    "resource",
+    "runpy",
+    "select",
+    "selectors",
+    "shlex",
+    "shutil",
+    "signal",
+    "stat",
+    "string",
+    "struct",
+    "subprocess",
+    "syslog",
+    "tempfile",
+    "textwrap",
+    "time",
+    "traceback",
+    "types",
+    "typing",
+    "zipfile",
+    "zipimport",
+)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -155,15 +195,6 @@ class Executor:
         while total > MAX_PAYLOAD_BYTES and len(self.payloads) > 1:
             old = next(iter(self.payloads))
             total -= len(self.payloads.pop(old))
-        # Its template starts now, not at the first run: the daemon sends a payload ahead of runs
-        # while the plain path runs the first module. A run finds out what fails here.
-        with contextlib.suppress(OSError, ValueError, zipfile.BadZipFile):
-            self.template_for(key, data)
-
-    def template_for(self, zip_hash: str, zip_text: bytes) -> _Template:
-        tree = self.trees.get(zip_hash) or module_utils_hash(zip_text)
-        self.trees[zip_hash] = tree
-        return self.templates.get(tree) or self.spawn_template(tree, zip_text)
 
     def on_run(self, rid: int, req: Dict[str, Any]) -> None:
         zip_hash = req["zip"]
@@ -176,7 +207,9 @@ class Executor:
             return
         self.payloads[zip_hash] = self.payloads.pop(zip_hash)  # most recently used last
         try:
-            template = self.template_for(zip_hash, zip_text)
+            tree = self.trees.get(zip_hash) or module_utils_hash(zip_text)
+            self.trees[zip_hash] = tree
+            template = self.templates.get(tree) or self.spawn_template(tree, zip_text)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             self.send_json(K_FAIL, rid, {"started": False, "message": f"cannot prepare the run: {e}"})
             return
@@ -417,7 +450,7 @@ def main() -> None:
         hello["error"] = f"protocol {init.get('version')} / Python {sys.version.split()[0]} not supported"
         _write_all(1, _frame(K_HELLO, 0, json.dumps(hello).encode()))
         return
-    for name in STDLIB.split():
+    for name in STDLIB:
         with contextlib.suppress(ImportError):
             __import__(name)
     try:
