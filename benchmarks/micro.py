@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import paramiko
 
@@ -209,6 +209,7 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     """
     import json
     import resource
+    import select
 
     sys.path.insert(0, str(REPO / "plugins" / "plugin_utils"))
     out = base / "executor-payload"
@@ -221,7 +222,7 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
         env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")),
     )
     payload = (out / "command").read_bytes()
-    from executor import manager, recognise  # type: ignore[import-not-found]
+    from executor import manager, recognise, source  # type: ignore[import-not-found]
 
     env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "LANG": "C.UTF-8"}
 
@@ -234,13 +235,20 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     fresh_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count + 3) * 1000
 
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", manager.bootstrap(python)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        ["/bin/sh", "-c", source.bootstrap(python)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )
     assert proc.stdin is not None and proc.stdout is not None
 
     class Pipes:
-        def read(self, size: int) -> bytes:
+        def read(self, size: int, timeout: Optional[float]) -> bytes:
+            poller = select.poll()
+            poller.register(proc.stdout.fileno(), select.POLLIN)  # type: ignore[union-attr]
+            if not poller.poll(None if timeout is None else int(timeout * 1000)):
+                raise TimeoutError
             return os.read(proc.stdout.fileno(), size)  # type: ignore[union-attr]
+
+        def ended(self) -> bool:
+            return proc.poll() is not None
 
         def write(self, data: bytes) -> None:
             proc.stdin.write(data)  # type: ignore[union-attr]
