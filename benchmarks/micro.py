@@ -65,7 +65,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
 
     options = _options(host, key, known_hosts)
     spec = opts.connection_spec(options.get, host.name, environ={})
-    message = {"conn": spec, "pool": {}, "cmd": "true", "pty": False}
+    message = {"cmd": "true", "pty": False}
     pool_dir = base / "micro-pool"
     pool_dir.mkdir(mode=0o700, exist_ok=True)
 
@@ -74,7 +74,13 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
             if kind == "exit" and data != 0:
                 raise RuntimeError(f"true exited {data}")
 
-    client = _client.PoolClient(str(pool_dir), idle_exit=30.0)
+    def bound() -> Any:
+        """A worker's client: the connection spec goes once per worker connection, in ``bind``."""
+        fresh = _client.PoolClient(str(pool_dir), idle_exit=30.0)
+        fresh.bind(spec, {})
+        return fresh
+
+    client = bound()
     rows: List[List[str]] = []
     try:
         start = time.perf_counter()
@@ -83,7 +89,7 @@ def run(host: Any, key: Path, known_hosts: Path, base: Path, count: int = 200) -
         warm = _median_ms(lambda: pooled(client), count)
 
         def new_client() -> None:
-            fresh = _client.PoolClient(str(pool_dir), idle_exit=30.0)
+            fresh = bound()
             try:
                 pooled(fresh)
             finally:
