@@ -517,15 +517,13 @@ if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one
         connection_spec,
         daemon_settings,
         pool_settings,
+        remote_executor_enabled,
     )
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import (
         ErrorKind,
         PoolFailure,
         PoolUnavailable,
-    )
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor.worker import (
-        enabled as executor_enabled,
     )
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor.worker import xrun as executor_xrun
 else:
@@ -539,10 +537,7 @@ else:
         _errors = _load("errors")
 
         # The remote executor's worker side is imported by the first pipelined module run only:
-        # the other tasks (set_fact, raw, copy) do not pay for its import.
-        def executor_enabled(value):
-            return _load("executor.worker").enabled(value)
-
+        # the other tasks (set_fact, raw, copy), and every task with it off, do not pay for its import.
         def executor_xrun(*args, **kwargs):
             return _load("executor.worker").xrun(*args, **kwargs)
     except ImportError as e:  # pragma: no cover - reported on use, not at load
@@ -553,6 +548,7 @@ else:
         pool_dir_path = _client.pool_dir_path
         OptionError, connection_spec = _options.OptionError, _options.connection_spec
         daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
+        remote_executor_enabled = _options.remote_executor_enabled
 
 display = Display()
 
@@ -785,7 +781,7 @@ class Connection(ConnectionBase):
         if self._client is None:
             raise self._unconnected()
         display.vvv(f"EXEC {cmd}", host=self._host)
-        if in_data and executor_enabled(self.get_option("remote_executor")):
+        if in_data and remote_executor_enabled(self.get_option("remote_executor")):
             done = self._via_executor(cmd, in_data, become=bool(self.become and sudoable))
             if done is not None:
                 return done

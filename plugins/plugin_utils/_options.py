@@ -38,6 +38,16 @@ class OptionError(ValueError):
     """A malformed option; the message names it."""
 
 
+#: Values of the ``remote_executor`` option that turn it off (YAML reads a bare ``off`` as false).
+EXECUTOR_OFF = frozenset({"off", "false", "no", "0"})
+
+
+def remote_executor_enabled(value: Any) -> bool:
+    """Whether ``remote_executor`` lets pipelined modules go through the remote executor. Here, with
+    the other options, so that a task with it off does not import the executor's worker side."""
+    return value is not False and str(value).strip().lower() not in EXECUTOR_OFF
+
+
 def _optional(get_option: GetOption, name: str) -> Any:
     """An option that older callers (and test doubles) may not declare: unknown means unset."""
     try:

@@ -15,9 +15,6 @@ from ..wire import frames
 from .recognise import recognise
 from .source import bootstrap
 
-#: Values of the ``remote_executor`` option that turn it off (YAML reads a bare ``off`` as false).
-OFF = frozenset({"off", "false", "no", "0"})
-
 
 @dataclass
 class Outcome:
@@ -26,10 +23,6 @@ class Outcome:
     result: Optional[Tuple[int, bytes, bytes]]
     why: str = ""
     started: Optional[Dict[str, Any]] = None
-
-
-def enabled(value: Any) -> bool:
-    return value is not False and str(value).strip().lower() not in OFF
 
 
 def xrun(

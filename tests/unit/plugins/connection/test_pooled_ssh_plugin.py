@@ -742,3 +742,15 @@ def test_bad_daemon_option_is_a_task_error(make_conn: Callable[..., Any], wire: 
     wire.script = frames(STARTED, ("exit", 0))
     with pytest.raises(AnsibleError, match="daemon_idle_timeout"):
         conn.exec_command("true")
+
+
+def test_a_pipelined_module_with_the_executor_off_never_reaches_its_worker_side(
+    make_conn: Callable[..., Any], wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``remote_executor: off`` the option is read where the other options are: the executor's
+    worker side (imported on first use) is not asked, and so not imported."""
+    conn = make_conn({"ansible_pooled_ssh_remote_executor": "off"})
+    module = sys.modules[type(conn).__module__]
+    monkeypatch.setattr(module, "executor_xrun", lambda *a, **k: pytest.fail("the executor was asked"))
+    wire.script = frames(STARTED, ("exit", 0))
+    assert conn.exec_command("/bin/sh -c /usr/bin/python3", in_data=b"#!/usr/bin/python3\n")[0] == 0

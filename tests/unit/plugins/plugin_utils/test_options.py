@@ -15,6 +15,7 @@ from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import 
     connection_spec,
     daemon_settings,
     pool_settings,
+    remote_executor_enabled,
     seconds,
     seconds_plain,
 )
@@ -344,3 +345,12 @@ def test_daemon_settings() -> None:
     assert daemon_settings(options(pool_dir=None, daemon_idle_timeout="5")) == ("~/.ansible/pooled_ssh", 5.0)
     with pytest.raises(OptionError, match=r"^daemon_idle_timeout: "):
         daemon_settings(options(daemon_idle_timeout="x"))
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [("auto", True), ("AUTO ", True), (True, True), ("off", False), (" Off", False), (False, False)]
+    + [(v, False) for v in ("false", "no", "0")],
+)
+def test_remote_executor_values(value: Any, enabled: bool) -> None:
+    assert remote_executor_enabled(value) is enabled
