@@ -814,8 +814,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\n{title}\n\n{text}\n", flush=True)
             sections += [title, "", text, ""]
             print("== micro-benchmark: one pipelined module, remote executor vs fresh interpreter", file=sys.stderr)
-            text = micro.executor_table(lab.base)
-            title = "### One pipelined `command: true` on the host: remote executor vs fresh interpreter"
+            text = micro.executor_table(lab.base, lab.collections)
+            title = "### One pipelined module on the host: remote executor vs fresh interpreter"
             print(f"\n{title}\n\n{text}\n", flush=True)
             sections += [title, "", text, ""]
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import paramiko
 
@@ -208,8 +208,19 @@ def _tree_cpu(pid: int) -> float:
     return total + sum(_tree_cpu(int(child)) for child in children)
 
 
-def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30) -> str:
-    """One pipelined ``command: true`` payload: through the remote executor vs a fresh interpreter.
+#: The payloads of the executor table: a module with no sources of its own beside ``module_utils``
+#: (``command``), and one with a dozen (``healer_diagnose``, one cheap check).
+EXECUTOR_PAYLOADS = {
+    "command": ("`command: true`", {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}}),
+    "diagnose": (
+        "`healer_diagnose` (memory check)",
+        {"module": "healer.pooled_ssh.healer_diagnose", "args": {"checks": ["memory"], "metrics": False}},
+    ),
+}
+
+
+def executor_table(base: Path, collections: Path, python: str = "/usr/bin/python3", count: int = 30) -> str:
+    """Pipelined module payloads: through the remote executor vs a fresh interpreter.
 
     Both run on this machine on pipes (0 ms RTT, no SSH): what differs is the host's work per task.
     """
@@ -220,26 +231,16 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
     sys.path.insert(0, str(REPO / "plugins" / "plugin_utils"))
     out = base / "executor-payload"
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"command": {"module": "ansible.builtin.command", "args": {"_raw_params": "true"}, "interpreter": python}}
+    specs = {name: dict(spec, interpreter=python) for name, (_label, spec) in EXECUTOR_PAYLOADS.items()}
     builder = REPO / "tests/unit/plugins/plugin_utils/executor/build_payloads.py"
     subprocess.run(
-        [sys.executable, str(builder), json.dumps(spec), str(out)],
+        [sys.executable, str(builder), json.dumps(specs), str(out)],
         check=True,
-        env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local")),
+        env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local"), ANSIBLE_COLLECTIONS_PATH=str(collections)),
     )
-    payload = (out / "command").read_bytes()
     from executor import manager, recognise, source  # type: ignore[import-not-found]
 
     env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "LANG": "C.UTF-8"}
-
-    def fresh() -> None:
-        subprocess.run(["/bin/sh", "-c", python], input=payload, capture_output=True, env=env, check=True)
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    fresh_ms = _median_ms(fresh, count)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    fresh_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count + 3) * 1000
-
     proc = subprocess.Popen(
         ["/bin/sh", "-c", source.bootstrap(python)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )
@@ -265,27 +266,42 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
 
     executor = manager.Executor(Pipes(), tmp=str(base / "exec-remote-tmp"))
     hello = executor.start()
-    parts = recognise.split_wrapper(payload)
-    assert parts is not None
+    rows = []
+    for name, (label, _spec) in EXECUTOR_PAYLOADS.items():
+        payload = (out / name).read_bytes()
 
-    def through() -> None:
-        events = list(executor.run(*parts, {}))
-        assert events[-1] == (manager.EventKind.EXIT, 0), events
+        def fresh(payload: bytes = payload) -> None:
+            subprocess.run(["/bin/sh", "-c", python], input=payload, capture_output=True, env=env, check=True)
 
-    start_cpu = _tree_cpu(int(hello["pid"]))  # type: ignore[call-overload]
-    executor_ms = _median_ms(through, count)
-    executor_cpu = (_tree_cpu(int(hello["pid"])) - start_cpu) / (count + 3) * 1000  # type: ignore[call-overload]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fresh_ms = _median_ms(fresh, count)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fresh_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count + 3) * 1000
+        parts = recognise.split_wrapper(payload)
+        assert parts is not None
+
+        def through(parts: Tuple[bytes, bytes, bytes] = parts) -> None:
+            events = list(executor.run(*parts, {}))
+            assert events[-1] == (manager.EventKind.EXIT, 0), events
+
+        start_cpu = _tree_cpu(int(hello["pid"]))  # type: ignore[call-overload]
+        executor_ms = _median_ms(through, count)
+        executor_cpu = (_tree_cpu(int(hello["pid"])) - start_cpu) / (count + 3) * 1000  # type: ignore[call-overload]
+        rows += [
+            [
+                f"{label}: fresh interpreter (`sh -c python3`, the plain pipelined run)",
+                f"{fresh_ms:.1f}",
+                f"{fresh_cpu:.0f}",
+            ],
+            [
+                f"{label}: remote executor (forked child of a warm template, payload by hash)",
+                f"{executor_ms:.1f}",
+                f"{executor_cpu:.0f}",
+            ],
+        ]
     executor.close()
     proc.wait()
-    rows = [
-        ["fresh interpreter (`sh -c python3`, the plain pipelined run)", f"{fresh_ms:.1f}", f"{fresh_cpu:.0f}"],
-        [
-            "remote executor (forked child of a warm template, payload by hash)",
-            f"{executor_ms:.1f}",
-            f"{executor_cpu:.0f}",
-        ],
-    ]
-    header = ["one pipelined `command: true`", "median ms", "host CPU ms/task"]
+    header = ["one pipelined module", "median ms", "host CPU ms/task"]
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
     lines = [
         "| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
@@ -298,5 +314,9 @@ def executor_table(base: Path, python: str = "/usr/bin/python3", count: int = 30
 if __name__ == "__main__" and sys.argv[1:2] == ["executor"]:
     import tempfile
 
+    sys.path.insert(0, str(REPO / "tests"))
+    from harness.ansible import collections_root  # type: ignore[import-not-found]
+
     with tempfile.TemporaryDirectory() as directory:
-        print(executor_table(Path(directory), *(sys.argv[2:3] or ["/usr/bin/python3"])))
+        root = collections_root(Path(directory) / "collections")
+        print(executor_table(Path(directory), root, *(sys.argv[2:3] or ["/usr/bin/python3"])))

@@ -224,7 +224,7 @@ class Executor:
         template.runs.add(rid)
         # The zip text follows the request on the template's stream; the template splices the source.
         fields = {"head": req["head"], "tail": req["tail"], "env": req.get("env") or {}}
-        message = {"t": "run", "id": rid, "req": fields}
+        message = {"t": "run", "id": rid, "zip": zip_hash, "req": fields}
         template.queued.append((message, zip_text, [in_r, out_w, err_w]))
         self.flush_template(template)
 

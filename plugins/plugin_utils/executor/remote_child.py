@@ -5,10 +5,12 @@ Standard library only, Python 3.8+: sent to the managed host ahead of ``remote.p
 A template imports the shared ``ansible.module_utils`` of a payload once and forks one child per
 task; the child becomes exactly the plain run's ``python3`` reading the wrapper from stdin. The
 shared tree is here too: the hash that names a payload's template, and the zip it imports from.
+A template also compiles each payload's other sources once, for its children (:class:`_Compiled`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -18,8 +20,11 @@ import signal
 import socket
 import struct
 import sys
+import warnings
 import zipfile
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, TextIO
+import zipimport
+from types import CodeType
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO
 
 if TYPE_CHECKING:
     import io
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
 CHUNK = 65536
 #: What a template imports from the payload: the chain the wrapper's loader imports.
 PRELOAD = ("ansible.module_utils._internal._ansiballz._loader",)
+#: The sources a template holds compiled for its children (the sum of their sizes); the oldest
+#: payload's go first.
+MAX_COMPILED_BYTES = 8 * 1024 * 1024
+#: The name the template compiles a source under; a child renames the code to its own import's path.
+_PLACEHOLDER = "<pooled_ssh payload source>"
 
 
 def _status_rc(status: int) -> int:
@@ -89,7 +99,12 @@ def _stdio(fd: int, like: TextIO, reading: bool) -> io.TextIOWrapper:
 
 
 def _child(
-    fds: Sequence[int], req: Dict[str, Any], base_env: Dict[str, str], start: Dict[str, Any], source: bytes
+    fds: Sequence[int],
+    req: Dict[str, Any],
+    base_env: Dict[str, str],
+    start: Dict[str, Any],
+    source: bytes,
+    compiled: Dict[bytes, CodeType],
 ) -> None:
     """Become the plain run's ``python3`` reading the wrapper from stdin; never returns."""
     rc = 1
@@ -122,6 +137,7 @@ def _child(
         if hasattr(sys, "orig_argv"):
             sys.orig_argv = sys.orig_argv[:1]
         sys.meta_path.insert(0, _TaskFirst())
+        _use_compiled(compiled)
         import builtins
         import importlib.machinery
         import types
@@ -183,6 +199,95 @@ def _finish(rc: int = 0) -> int:
         except BaseException:
             rc = 120
     return rc
+
+
+# -- a payload's sources, compiled once -----------------------------------------------------------
+
+
+class _Compiled:
+    """Each payload's Python sources, compiled once by the template before it forks, for its children.
+
+    A child imports the module and the ``module_utils`` its template did not from its own payload zip,
+    and a fresh interpreter compiles each of those sources again for every task: for a module of a
+    dozen sources that is about half of what a task costs the host once the template is warm.
+    Compiling runs nothing of the source, so the template may do it ahead. The key is the source's
+    bytes themselves, so a changed file can never be given the code of another.
+    """
+
+    def __init__(self) -> None:
+        self.payloads: collections.OrderedDict[str, Dict[bytes, CodeType]] = collections.OrderedDict()
+        self.size = 0
+
+    def of(self, key: str, zip_text: bytes) -> Dict[bytes, CodeType]:
+        """The compiled sources of the payload with zip hash ``key`` (``zip_text``, its base64 zip)."""
+        codes = self.payloads.get(key)
+        if codes is None:
+            codes = _compile_payload(zip_text)
+            self.payloads[key] = codes
+            self.size += sum(len(s) for s in codes)
+            while self.size > MAX_COMPILED_BYTES and len(self.payloads) > 1:
+                _key, old = self.payloads.popitem(last=False)
+                self.size -= sum(len(s) for s in old)
+        self.payloads.move_to_end(key)
+        return codes
+
+
+def _compile_payload(zip_text: bytes) -> Dict[bytes, CodeType]:
+    """Code for each source of the payload a child may import from it, compiled as zipimport would.
+
+    Left out: what the template imported already (a child never imports it again), and any source
+    whose compiling warns (a fresh interpreter shows that warning on the module's stderr, so the child
+    compiles it itself and shows it too).
+    """
+    import base64
+    import io
+
+    compile_source: Optional[Callable[[str, bytes], CodeType]] = getattr(zipimport, "_compile_source", None)
+    codes: Dict[bytes, CodeType] = {}
+    if compile_source is None:
+        return codes
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_text))) as zf:
+        for name in zf.namelist():
+            if not name.endswith(".py") or (_shared_entry(name) and _module_name(name) in sys.modules):
+                continue
+            source = zf.read(name)
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                try:
+                    code = compile_source(_PLACEHOLDER, source)
+                except (SyntaxError, ValueError):
+                    continue  # the child's own import reports it, as a fresh interpreter's would
+            if not warned:
+                codes[source] = code
+    return codes
+
+
+def _module_name(entry: str) -> str:
+    parts = entry[: -len(".py")].split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _use_compiled(compiled: Dict[bytes, CodeType]) -> None:
+    """Have the child's zipimport take the template's code for a source it holds, under the path the
+    child's import gives it (tracebacks and warnings name the task's own payload, as in a plain run).
+
+    zipimport is the loader of a payload's modules in a plain run too; only its compile step is
+    replaced, and only for those exact bytes."""
+    original: Optional[Callable[[str, bytes], CodeType]] = getattr(zipimport, "_compile_source", None)
+    if original is None or not compiled:
+        return
+    compile_source = original
+
+    def _compile_source(pathname: str, source: bytes) -> CodeType:
+        code = compiled.get(source)
+        return compile_source(pathname, source) if code is None else _renamed(code, pathname)
+
+    vars(zipimport)["_compile_source"] = _compile_source
+
+
+def _renamed(code: CodeType, filename: str) -> CodeType:
+    consts = tuple(_renamed(c, filename) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 # -- a payload's shared tree ---------------------------------------------------------------------
@@ -293,6 +398,7 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str],
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     reader = _MsgReader(sock)
+    compiled = _Compiled()
     pids: Dict[int, int] = {}
     _send_msg(sock, {"t": "ready"})
     while True:
@@ -326,10 +432,14 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str],
                 fds, reader.fds = reader.fds[:3], reader.fds[3:]
                 req = msg["req"]
                 source = req["head"].encode("latin-1") + msg["blob"] + req["tail"].encode("latin-1")
+                try:
+                    codes = compiled.of(msg["zip"], msg["blob"])
+                except (OSError, ValueError, zipfile.BadZipFile):
+                    codes = {}  # the wrapper fails on it as in a plain run; the child shows how
                 pid = os.fork()
                 if pid == 0:
                     sock.close()
-                    _child(fds, req, base_env, start, source)
+                    _child(fds, req, base_env, start, source, codes)
                 for fd in fds:
                     os.close(fd)
                 pids[pid] = msg["id"]

@@ -11,6 +11,7 @@ import glob
 import io
 import json
 import os
+import re
 import select
 import shutil
 import stat
@@ -71,6 +72,7 @@ def payloads(tmp_path_factory: pytest.TempPathFactory, collections_root: Path) -
         "stderr": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "stderr"}},
         "raise": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "raise"}},
         "hang": {"module": str(MODULES / "exec_crash.py"), "args": {"how": "hang"}},
+        "compiles": {"module": str(MODULES / "exec_compiles.py")},
     }
     for spec in specs.values():
         spec["interpreter"] = PYTHON
@@ -243,6 +245,59 @@ def test_a_crashing_module_gives_the_plain_runs_stderr_and_rc(local: Local, payl
     prc, pout, perr = local.plain(payloads["raise"])
     assert (rc, err) == (prc, perr) == (1, b"")
     assert module_json(out)["exception"] == module_json(pout)["exception"]
+
+
+def _in_own_payload(paths: List[str]) -> List[str]:
+    """Each path within its task's payload zip (whose directory has a random name in every run)."""
+    return [path.split("_payload.zip/", 1)[1] for path in paths]
+
+
+def _payload_paths_masked(text: bytes) -> bytes:
+    return re.sub(rb"/\S*?_payload\.zip/", b"<payload>/", text)
+
+
+def test_a_task_child_compiles_none_of_its_payloads_sources_and_names_its_own_files(
+    local: Local, payloads: Dict[str, bytes]
+) -> None:
+    plain = module_json(local.plain(payloads["compiles"])[1])
+    # A fresh interpreter compiles each source it imports from the payload.
+    assert "ansible_collections/healer/pooled_ssh/plugins/module_utils/_diagnose_thresholds.py" in plain["compiled"]
+    for _round in range(2):
+        rc, out, err = local.run(payloads["compiles"])
+        assert (rc, err) == (0, b"")
+        mine = module_json(out)
+        # The template compiled the payload's sources before it forked: the child compiles none of them.
+        assert mine["compiled"] == []
+        # The code carries the file names of this task's own payload, as in a plain run.
+        for key in ("own", "late"):
+            assert len(set(mine[key])) == 1 and "<" not in mine[key][0], mine[key]
+            assert _in_own_payload(mine[key]) == _in_own_payload(plain[key])
+        assert mine["own"][0].split("_payload.zip/")[0] != plain["own"][0].split("_payload.zip/")[0]
+
+
+#: A module whose source warns when compiled (a SyntaxWarning, shown by default): a fresh interpreter
+#: writes that warning to the module's stderr. Written by the test: a source that warns has no place
+#: in the repository.
+WARNS = """#!/usr/bin/python
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(argument_spec={})
+module.exit_json(literal=len(module.params) is 0)
+"""
+
+
+def test_a_source_that_warns_when_compiled_warns_on_the_modules_stderr_as_in_a_plain_run(
+    local: Local, tmp_path: Path, collections_root: Path
+) -> None:
+    module = tmp_path / "exec_warns.py"
+    module.write_text(WARNS)
+    payload = build(tmp_path, collections_root, {"warns": {"module": str(module), "interpreter": PYTHON}})["warns"]
+    prc, pout, perr = local.plain(payload)
+    assert prc == 0 and b"SyntaxWarning" in perr
+    for _round in range(2):
+        rc, out, err = local.run(payload)
+        assert (rc, module_json(out)) == (prc, module_json(pout))
+        assert _payload_paths_masked(err) == _payload_paths_masked(perr)
 
 
 def test_a_module_killed_by_a_signal_reports_128_plus_the_signal(local: Local, payloads: Dict[str, bytes]) -> None:
