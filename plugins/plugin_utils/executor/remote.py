@@ -450,9 +450,6 @@ def main() -> None:
         hello["error"] = f"protocol {init.get('version')} / Python {sys.version.split()[0]} not supported"
         _write_all(1, _frame(K_HELLO, 0, json.dumps(hello).encode()))
         return
-    for name in STDLIB:
-        with contextlib.suppress(ImportError):
-            __import__(name)
     try:
         executor = Executor(init["tmp"])
     except OSError as e:
@@ -463,6 +460,10 @@ def main() -> None:
     try:
         hello["dir"] = executor.dir
         executor.send_json(K_HELLO, 0, hello)
+        # After the hello: the first run's request is on its way meanwhile (a round trip), not after it.
+        for name in STDLIB:
+            with contextlib.suppress(ImportError):
+                __import__(name)
         executor.serve()
     except OSError as e:
         if e.errno != errno.EPIPE:
