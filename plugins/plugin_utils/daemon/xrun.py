@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 from ..errors import ErrorKind, PoolError
 from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorError, ExecutorTimeout
 from ..ssh.paramiko_guard import paramiko
-from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, open_refused
+from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, exec_accepted, open_refused, send_exec
 from ..wire import messages as msgs
 from ..wire.frames import peer_closed
 from .relay import lost_while_running, timed_out
@@ -106,8 +106,14 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
         return _NotNow(why) if open_refused(pt, e) else why
     try:
         chan.settimeout(CHANNEL_TIMEOUT)
-        chan.exec_command(req.start)
+        # The source right behind the exec request, as the exec path sends a command's input: one
+        # round trip less. The reply comes before any output, so a refused exec is still known as such.
+        send_exec(chan, req.start)
         executor = Executor(_ChannelIO(chan), tmp=req.tmp)
+        executor.begin()
+        if not exec_accepted(chan):
+            chan.close()
+            return "the server refused the executor's exec request"
         hello = executor.start(timeout=CHANNEL_TIMEOUT)
     except ExecutorError as e:
         chan.close()

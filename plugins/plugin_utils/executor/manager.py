@@ -119,6 +119,7 @@ class Executor:
         self._write_lock = threading.Lock()
         self._next = 1
         self._alive = False
+        self._begun = False
         self._why = ""
         #: Seconds without a run after which :meth:`close_if_idle` may close it (0: never).
         self.idle_timeout = 0.0
@@ -233,12 +234,22 @@ class Executor:
 
     # -- life --
 
-    def start(self, timeout: Optional[float] = None) -> Dict[str, object]:
-        """Send the source and the init frame (the channel already runs :func:`.source.bootstrap`);
-        wait for hello, at most ``timeout`` seconds for each read."""
+    def begin(self) -> None:
+        """Send the source and the init frame (the channel already runs :func:`.source.bootstrap`, or
+        its exec request is on its way: the server holds input that comes before the command starts)."""
         try:
             self.channel.write(SOURCE)
             self._write(remote.K_INIT, 0, json.dumps({"version": remote.VERSION, "tmp": self.tmp}).encode())
+        except OSError as e:
+            self.close()
+            raise ExecutorError(f"the executor did not start ({type(e).__name__})", started=False) from None
+        self._begun = True
+
+    def start(self, timeout: Optional[float] = None) -> Dict[str, object]:
+        """:meth:`begin` unless done; wait for hello, at most ``timeout`` seconds for each read."""
+        if not self._begun:
+            self.begin()
+        try:
             frame = self._frame()
             while frame is None:
                 self._fill(timeout)

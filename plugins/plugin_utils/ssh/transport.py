@@ -31,6 +31,33 @@ def open_refused(pt: PooledTransport, error: BaseException) -> bool:
     )
 
 
+def send_exec(chan: paramiko.Channel, cmd: str) -> None:
+    """Send an exec request without waiting for its reply (:func:`exec_accepted` reads it later)."""
+    try:
+        m = paramiko.Message()
+        m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string("exec")
+        m.add_boolean(True)
+        m.add_string(cmd)
+        chan._event_pending()  # type: ignore[attr-defined]
+        chan.transport._send_user_message(m)  # type: ignore[union-attr]
+    except AttributeError:  # pragma: no cover - a Paramiko without these internals: wait as usual
+        chan.exec_command(cmd)
+
+
+def exec_accepted(chan: paramiko.Channel) -> bool:
+    """Whether the server accepted the exec request: False when it refused it or the channel closed first.
+
+    SSH messages are ordered and the server replies before the command's output, so a channel
+    closed with the request unanswered never ran it. A reply slower than CHANNEL_TIMEOUT counts as
+    accepted: the relay's deadlines and keepalives judge the channel from there.
+    """
+    if not chan.event.wait(CHANNEL_TIMEOUT):
+        return True
+    return bool(chan.event_ready)
+
+
 class Releasable(Protocol):
     """A lease held for as long as this transport lives (the bastion's channel slot)."""
 

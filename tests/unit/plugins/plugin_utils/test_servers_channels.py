@@ -140,6 +140,19 @@ def test_an_executor_refused_a_channel_is_tried_again_on_the_next_run(worker: Wo
     assert len(server.transports) == 1
 
 
+def test_an_executor_whose_exec_the_server_refuses_falls_back_with_nothing_run(
+    worker: Worker, server: FakeServer
+) -> None:
+    # The executor's source goes right behind its exec request; a refused exec must still be told
+    # from a started one (the reply comes first): a fallback, and the executor never saw a run.
+    server.refuse_exec = True
+    started = xrun.counters()["started"]
+    reply = final(run_xrun(worker, 2))
+    assert reply["t"] == "fallback" and reply["reason"] == "the server refused the executor's exec request", reply
+    assert xrun.counters()["started"] == started
+    assert len(server.transports) == 1
+
+
 @pytest.mark.parametrize("as_text", [False, True], ids=["ChannelException", "text-only"])
 def test_a_refused_spare_turns_spares_off_however_paramiko_says_it(
     worker: Worker, server: FakeServer, daemon: FakeDaemon, as_text: bool
