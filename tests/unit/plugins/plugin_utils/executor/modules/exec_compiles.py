@@ -1,4 +1,3 @@
-#!/usr/bin/python
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Test module: say which of the payload's sources this task's interpreter compiled itself, and the
 file names the code of its own functions and of a ``module_utils`` it imports late carries."""
