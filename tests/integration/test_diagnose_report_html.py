@@ -118,7 +118,13 @@ def request_host(line: str) -> str:
 
 
 class RequestTrap:
-    """A TCP listener standing in for chromium's proxy: records every connection made to it."""
+    """A TCP listener standing in for chromium's proxy: records the request line of every connection
+    made to it.
+
+    A connection that closes without sending a byte asked for nothing: chromium opens such
+    speculative connections to its proxy and drops them at exit. They are counted apart
+    (``empty``), never as requests; any byte sent makes the connection a request.
+    """
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -126,6 +132,10 @@ class RequestTrap:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.requests: List[str] = []
+        self.empty = 0
+        self._lock = threading.Lock()
+        self._conns: List[socket.socket] = []
+        self._readers: List[threading.Thread] = []
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -135,18 +145,37 @@ class RequestTrap:
                 conn, _addr = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    self.requests.append(conn.recv(1024).decode("latin-1").split("\r\n", 1)[0])
-                except OSError:
-                    self.requests.append("(connection without a request line)")
+            reader = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            with self._lock:
+                self._conns.append(conn)
+                self._readers.append(reader)
+            reader.start()
+
+    def _read(self, conn: socket.socket) -> None:
+        """The connection's first line, however long it waits for it (until :meth:`close`)."""
+        with conn:
+            try:
+                data = conn.recv(1024)
+            except OSError:
+                data = b""
+        with self._lock:
+            if data:
+                self.requests.append(data.decode("latin-1").split("\r\n", 1)[0])
+            else:
+                self.empty += 1
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self._thread.join(timeout=10)
+        with self._lock:
+            conns, readers = list(self._conns), list(self._readers)
+        for conn in conns:  # an idle one still open: it ends now, having asked for nothing
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for reader in readers:
+            reader.join(timeout=10)
 
 
 def browse(page: Path, profile: Path, proxy_port: int, *args: str) -> subprocess.CompletedProcess:
