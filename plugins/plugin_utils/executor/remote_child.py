@@ -276,11 +276,10 @@ def _use_compiled(compiled: Dict[bytes, CodeType]) -> None:
     original: Optional[Callable[[str, bytes], CodeType]] = getattr(zipimport, "_compile_source", None)
     if original is None or not compiled:
         return
-    compile_source = original
 
     def _compile_source(pathname: str, source: bytes) -> CodeType:
         code = compiled.get(source)
-        return compile_source(pathname, source) if code is None else _renamed(code, pathname)
+        return original(pathname, source) if code is None else _renamed(code, pathname)
 
     vars(zipimport)["_compile_source"] = _compile_source
 
