@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import paramiko
 
@@ -223,92 +223,83 @@ def executor_table(base: Path, collections: Path, python: str = "/usr/bin/python
     """Pipelined module payloads: through the remote executor vs a fresh interpreter.
 
     Both run on this machine on pipes (0 ms RTT, no SSH): what differs is the host's work per task.
+    Warm: a forked child of a warm template, the payload sent by hash. Cold: a new executor's start
+    and its first run, as a host's first module pays it, with its template compiling the payload's
+    sources, and with the code compiled once on the controller (``executor/bytecode.py``; that one
+    compile per payload is not counted).
     """
-    import json
     import resource
-    import select
 
-    sys.path.insert(0, str(REPO / "plugins" / "plugin_utils"))
-    out = base / "executor-payload"
-    out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(collections))
+    sys.path.insert(0, str(REPO / "tests/unit/plugins/plugin_utils/executor"))
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import bytecode, manager, recognise
+    from local_executor import Local, build  # type: ignore[import-not-found]
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
     specs = {name: dict(spec, interpreter=python) for name, (_label, spec) in EXECUTOR_PAYLOADS.items()}
-    builder = REPO / "tests/unit/plugins/plugin_utils/executor/build_payloads.py"
-    subprocess.run(
-        [sys.executable, str(builder), json.dumps(specs), str(out)],
-        check=True,
-        env=dict(os.environ, ANSIBLE_LOCAL_TEMP=str(base / "exec-local"), ANSIBLE_COLLECTIONS_PATH=str(collections)),
-    )
-    from executor import manager, recognise, source  # type: ignore[import-not-found]
-
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "LANG": "C.UTF-8"}
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", source.bootstrap(python)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-
-    class Pipes:
-        def read(self, size: int, timeout: Optional[float]) -> bytes:
-            poller = select.poll()
-            poller.register(proc.stdout.fileno(), select.POLLIN)  # type: ignore[union-attr]
-            if not poller.poll(None if timeout is None else int(timeout * 1000)):
-                raise TimeoutError
-            return os.read(proc.stdout.fileno(), size)  # type: ignore[union-attr]
-
-        def ended(self) -> bool:
-            return proc.poll() is not None
-
-        def write(self, data: bytes) -> None:
-            proc.stdin.write(data)  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-
-        def close(self) -> None:
-            proc.stdin.close()  # type: ignore[union-attr]
-
-    executor = manager.Executor(Pipes(), tmp=str(base / "exec-remote-tmp"))
-    hello = executor.start()
+    built = build(base / "executor-payload", collections, specs)
+    compiler = bytecode.Compiler()
+    warm = Local(_fresh_dir(base, "warm"), python)
+    cold_count = max(3, count // 4)
     rows = []
     for name, (label, _spec) in EXECUTOR_PAYLOADS.items():
-        payload = (out / name).read_bytes()
-
-        def fresh(payload: bytes = payload) -> None:
-            subprocess.run(["/bin/sh", "-c", python], input=payload, capture_output=True, env=env, check=True)
-
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        fresh_ms = _median_ms(fresh, count)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        fresh_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count + 3) * 1000
+        payload = built[name]
+        before = children_cpu()
+        fresh_ms = _median_ms(lambda payload=payload: _ok(warm.plain(payload)), count)
+        fresh_cpu = (children_cpu() - before) / (count + 3) * 1000
+        start_cpu = _tree_cpu(int(warm.hello["pid"]))  # type: ignore[call-overload]
+        warm_ms = _median_ms(lambda payload=payload: _ok(warm.run(payload)), count)
+        warm_cpu = (_tree_cpu(int(warm.hello["pid"])) - start_cpu) / (count + 3) * 1000  # type: ignore[call-overload]
+        rows += [
+            [f"{label}: fresh interpreter (`sh -c python3`, the plain pipelined run)", fresh_ms, fresh_cpu],
+            [f"{label}: remote executor, warm (forked child of a warm template, payload by hash)", warm_ms, warm_cpu],
+        ]
         parts = recognise.split_wrapper(payload)
         assert parts is not None
-
-        def through(parts: Tuple[bytes, bytes, bytes] = parts) -> None:
-            events = list(executor.run(*parts, {}))
-            assert events[-1] == (manager.EventKind.EXIT, 0), events
-
-        start_cpu = _tree_cpu(int(hello["pid"]))  # type: ignore[call-overload]
-        executor_ms = _median_ms(through, count)
-        executor_cpu = (_tree_cpu(int(hello["pid"])) - start_cpu) / (count + 3) * 1000  # type: ignore[call-overload]
-        rows += [
-            [
-                f"{label}: fresh interpreter (`sh -c python3`, the plain pipelined run)",
-                f"{fresh_ms:.1f}",
-                f"{fresh_cpu:.0f}",
-            ],
-            [
-                f"{label}: remote executor (forked child of a warm template, payload by hash)",
-                f"{executor_ms:.1f}",
-                f"{executor_cpu:.0f}",
-            ],
-        ]
-    executor.close()
-    proc.wait()
+        compiler.codes(parts[1], manager.zip_hash(parts[1]), warm.hello)  # its one compile: not counted
+        for how, given in (
+            ("its template compiles the sources", None),
+            ("code compiled on the controller", compiler.codes),
+        ):
+            times, cpus = [], []
+            for _sample in range(cold_count):
+                before = children_cpu()
+                started = time.perf_counter()
+                cold = Local(_fresh_dir(base, "cold"), python, compiler=given)
+                _ok(cold.run(payload))
+                times.append(time.perf_counter() - started)
+                cold.stop()
+                cpus.append(children_cpu() - before)
+            rows.append(
+                [
+                    f"{label}: remote executor, cold (start + first run; {how})",
+                    statistics.median(times) * 1000,
+                    statistics.median(cpus) * 1000,
+                ]
+            )
+    warm.stop()
     header = ["one pipelined module", "median ms", "host CPU ms/task"]
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
+    cells = [[r[0], f"{r[1]:.1f}", f"{r[2]:.0f}"] for r in rows]
+    widths = [max(len(header[i]), *(len(r[i]) for r in cells)) for i in range(3)]
     lines = [
         "| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
-    lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in rows]
+    lines += ["| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |" for r in cells]
     return "\n".join(lines)
+
+
+def _ok(result: Tuple[int, bytes, bytes]) -> None:
+    assert result[0] == 0, result
+
+
+def _fresh_dir(base: Path, name: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"executor-{name}-", dir=base))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["executor"]:

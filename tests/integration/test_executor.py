@@ -124,6 +124,8 @@ def test_modules_through_the_executor_match_the_plain_path(
         assert used >= 9, [line for line in output.splitlines() if "EXECUTOR" in line]
         assert counters["runs"] >= 9 and counters["started"] == 1 and counters["lost"] == 0
         assert counters["cache_hits"] >= 2  # the second and third exec_pristine: only the hash was sent
+        # The target's Python is this machine's: its payloads went with code compiled on the controller.
+        assert counters["compiled_on_controller"] >= 1
     else:
         # (The task's own EXECUTOR_MARKER variable shows in the command lines: look for the path lines.)
         assert "EXECUTOR ran the module" not in output and "EXECUTOR not used" not in output

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 from ..errors import ErrorKind, PoolError
+from ..executor.bytecode import COMPILER
 from ..executor.manager import EventKind, Executor, ExecutorAbandoned, ExecutorError, ExecutorTimeout
 from ..ssh.paramiko_guard import paramiko
 from ..ssh.transport import CHANNEL_TIMEOUT, PooledTransport, exec_accepted, open_refused, send_exec
@@ -42,6 +43,8 @@ class ExecutorCounters:
     lost: int = 0
     #: Runs past their command_timeout: the executor killed them.
     timeouts: int = 0
+    #: Payloads sent with their sources' code compiled on the controller, for the host's bytecode.
+    compiled_on_controller: int = 0
 
 
 #: The shortest wait of a read on an executor's channel (seconds).
@@ -109,7 +112,7 @@ def _start(pt: PooledTransport, req: msgs.XRun) -> Union[Executor, str]:
         # The source right behind the exec request, as the exec path sends a command's input: one
         # round trip less. The reply comes before any output, so a refused exec is still known as such.
         send_exec(chan, req.start)
-        executor = Executor(_ChannelIO(chan), tmp=req.tmp)
+        executor = Executor(_ChannelIO(chan), tmp=req.tmp, compiler=COMPILER.codes)
         executor.begin()
         if not exec_accepted(chan):
             chan.close()
@@ -216,7 +219,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
         session.send(
             msgs.reply(msgs.Reply.STARTED, op_id, msgs.Started(lease.hit, lease.entry.id, round(lease.waited, 6)))
         )
-        hits = executor.stats.cache_hits
+        hits, compiled = executor.stats.cache_hits, executor.stats.compiled_here
         try:
             runs = executor.run(
                 head,
@@ -230,6 +233,7 @@ def run_xrun(session: Session, op_id: int, req: msgs.XRun, payload: bytes) -> No
                 if kind is EventKind.EXIT:
                     COUNTERS.runs += 1
                     COUNTERS.cache_hits += executor.stats.cache_hits - hits
+                    COUNTERS.compiled_on_controller += executor.stats.compiled_here - compiled
                     session.send(msgs.reply(msgs.Reply.EXIT, op_id, msgs.Exit(int(data))))
                 else:
                     reply = msgs.Reply.OUT if kind is EventKind.OUT else msgs.Reply.ERR

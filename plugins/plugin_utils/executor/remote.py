@@ -44,8 +44,9 @@ K_INIT = 1  # json: {"version", "tmp"}
 K_PUT = 2  # 32-byte sha256 of the zip text, then the zip text
 K_RUN = 3  # json: {"zip", "head", "tail", "env", "key"}
 K_CANCEL = 4  # kill that run's process group
+K_CODE = 5  # 4-byte bytecode magic, 32-byte sha256 of a zip text, then its sources' code (marshal)
 # Executor -> controller.
-K_HELLO = 10  # json: {"version", "python", "pid", "dir"} or {"error"}
+K_HELLO = 10  # json: {"version", "python", "magic", "optimize", "pid", "dir"} or {"error"}
 K_NEED = 11  # the run's payload is not held: send it, then the run again (nothing started)
 K_OUT = 12
 K_ERR = 13
@@ -54,52 +55,15 @@ K_FAIL = 15  # json: {"started", "message"}: the run did not complete through th
 
 #: What the wrapper and ``basic`` import from the standard library; the executor imports them once
 #: so that templates start faster. Importing them has no effect a fresh interpreter would not have.
+# fmt: off
 STDLIB = (
-    "ast",
-    "base64",
-    "collections",
-    "contextlib",
-    "copy",
-    "datetime",
-    "dataclasses",
-    "enum",
-    "errno",
-    "fcntl",
-    "functools",
-    "glob",
-    "grp",
-    "importlib",
-    "importlib.util",
-    "inspect",
-    "io",
-    "itertools",
-    "json",
-    "locale",
-    "numbers",
-    "platform",
-    "pwd",
-    "re",
-    "resource",
-    "runpy",
-    "select",
-    "selectors",
-    "shlex",
-    "shutil",
-    "signal",
-    "stat",
-    "string",
-    "struct",
-    "subprocess",
-    "syslog",
-    "tempfile",
-    "textwrap",
-    "time",
-    "traceback",
-    "types",
-    "typing",
-    "zipfile",
-    "zipimport",
+    "ast", "base64", "collections", "contextlib", "copy", "datetime", "dataclasses", "enum", "errno",
+    "fcntl", "functools", "glob", "grp", "importlib", "importlib.util", "inspect", "io", "itertools",
+    "json", "locale", "numbers", "platform", "pwd", "re", "resource", "runpy", "select", "selectors",
+    "shlex", "shutil", "signal", "stat", "string", "struct", "subprocess", "syslog", "tempfile",
+    "textwrap", "time", "traceback", "types", "typing", "zipfile", "zipimport",
 )
+# fmt: on
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -126,6 +90,8 @@ class _Template:
         self.ready = False
         self.queued: List[Tuple[Dict[str, Any], bytes, List[int]]] = []  # message, zip text, descriptors
         self.runs: Set[int] = set()
+        #: The payloads whose controller code this template has (it needs each only once).
+        self.coded: Set[str] = set()
 
 
 class _Run:
@@ -157,6 +123,8 @@ class Executor:
             "stdio": (sys.stdin, sys.stdout, sys.stderr),
         }
         self.payloads: Dict[str, bytes] = {}  # zip hash -> zip text, oldest first
+        #: zip hash -> its sources' code, compiled by the controller for this magic (bytecode.py)
+        self.codes: Dict[str, bytes] = {}
         self.trees: Dict[str, str] = {}  # zip hash -> module_utils hash
         self.templates: Dict[str, _Template] = {}  # module_utils hash -> _Template
         self.runs: Dict[int, _Run] = {}
@@ -191,10 +159,17 @@ class Executor:
         key = digest.hex()
         self.payloads.pop(key, None)
         self.payloads[key] = data
-        total = sum(len(v) for v in self.payloads.values())
+        total = sum(len(v) for v in self.payloads.values()) + sum(len(v) for v in self.codes.values())
         while total > MAX_PAYLOAD_BYTES and len(self.payloads) > 1:
             old = next(iter(self.payloads))
-            total -= len(self.payloads.pop(old))
+            total -= len(self.payloads.pop(old)) + len(self.codes.pop(old, b""))
+
+    def on_code(self, body: bytes) -> None:
+        """Code of a payload's sources from the controller: kept only if it is this Python's bytecode."""
+        import importlib.util
+
+        if body[:4] == importlib.util.MAGIC_NUMBER and len(body) > 36:
+            self.codes[body[4:36].hex()] = body[36:]
 
     def on_run(self, rid: int, req: Dict[str, Any]) -> None:
         zip_hash = req["zip"]
@@ -209,7 +184,7 @@ class Executor:
         try:
             tree = self.trees.get(zip_hash) or module_utils_hash(zip_text)
             self.trees[zip_hash] = tree
-            template = self.templates.get(tree) or self.spawn_template(tree, zip_text)
+            template = self.templates.get(tree) or self.spawn_template(tree, zip_hash, zip_text)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             self.send_json(K_FAIL, rid, {"started": False, "message": f"cannot prepare the run: {e}"})
             return
@@ -224,8 +199,11 @@ class Executor:
         template.runs.add(rid)
         # The zip text follows the request on the template's stream; the template splices the source.
         fields = {"head": req["head"], "tail": req["tail"], "env": req.get("env") or {}}
-        message = {"t": "run", "id": rid, "zip": zip_hash, "req": fields}
-        template.queued.append((message, zip_text, [in_r, out_w, err_w]))
+        # The controller's code of this payload goes once to each template, behind the zip text.
+        codes = b"" if zip_hash in template.coded else self.codes.get(zip_hash, b"")
+        template.coded.add(zip_hash)
+        message = {"t": "run", "id": rid, "zip": zip_hash, "codes": len(codes), "req": fields}
+        template.queued.append((message, zip_text + codes, [in_r, out_w, err_w]))
         self.flush_template(template)
 
     def flush_template(self, template: _Template) -> None:
@@ -242,7 +220,7 @@ class Executor:
                 for fd in fds:
                     os.close(fd)
 
-    def spawn_template(self, tree: str, zip_text: bytes) -> _Template:
+    def spawn_template(self, tree: str, zip_hash: str, zip_text: bytes) -> _Template:
         while len(self.templates) >= MAX_TEMPLATES:
             idle = [k for k, t in self.templates.items() if not t.runs]
             if not idle:
@@ -262,11 +240,12 @@ class Executor:
                 os.closerange(keep + 1, self.start["maxfd"])
                 for sig in (signal.SIGTERM, signal.SIGHUP):
                     signal.signal(sig, signal.SIG_DFL)
-                _template_main(child_sock, zip_path, self.base_env, self.start)
+                _template_main(child_sock, zip_path, self.base_env, self.start, self.codes.get(zip_hash, b""))
             finally:
                 os._exit(0)
         child_sock.close()
         template = _Template(pid, parent_sock)
+        template.coded.add(zip_hash)  # it has them from its start
         self.templates[tree] = template
         return template
 
@@ -380,6 +359,8 @@ class Executor:
         for kind, rid, body in self.frames():
             if kind == K_PUT:
                 self.on_put(body)
+            elif kind == K_CODE:
+                self.on_code(body)
             elif kind == K_RUN:
                 self.on_run(rid, json.loads(body))
             elif kind == K_CANCEL:
@@ -445,7 +426,15 @@ def main() -> None:
         init = json.loads(_read_exact(size))
     except (EOFError, ValueError):
         os._exit(2)
-    hello = {"version": VERSION, "python": list(sys.version_info[:3]), "pid": os.getpid()}
+    import importlib.util
+
+    hello = {
+        "version": VERSION,
+        "python": list(sys.version_info[:3]),
+        "magic": importlib.util.MAGIC_NUMBER.hex(),  # whose compiled code it can take (bytecode.py)
+        "optimize": sys.flags.optimize,
+        "pid": os.getpid(),
+    }
     if init.get("version") != VERSION or sys.version_info < (3, 8):
         hello["error"] = f"protocol {init.get('version')} / Python {sys.version.split()[0]} not supported"
         _write_all(1, _frame(K_HELLO, 0, json.dumps(hello).encode()))

@@ -137,7 +137,8 @@ def _child(
         if hasattr(sys, "orig_argv"):
             sys.orig_argv = sys.orig_argv[:1]
         sys.meta_path.insert(0, _TaskFirst())
-        _use_compiled(compiled)
+        if compiled:
+            _use_compiled(compiled.get)
         import builtins
         import importlib.machinery
         import types
@@ -218,11 +219,12 @@ class _Compiled:
         self.payloads: collections.OrderedDict[str, Dict[bytes, CodeType]] = collections.OrderedDict()
         self.size = 0
 
-    def of(self, key: str, zip_text: bytes) -> Dict[bytes, CodeType]:
-        """The compiled sources of the payload with zip hash ``key`` (``zip_text``, its base64 zip)."""
+    def of(self, key: str, zip_text: bytes, given: Dict[bytes, CodeType]) -> Dict[bytes, CodeType]:
+        """The compiled sources of the payload with zip hash ``key`` (``zip_text``, its base64 zip),
+        taking the controller's code (``given``, by each source's SHA-256) where it has one."""
         codes = self.payloads.get(key)
         if codes is None:
-            codes = _compile_payload(zip_text)
+            codes = _compile_payload(zip_text, given)
             self.payloads[key] = codes
             self.size += sum(len(s) for s in codes)
             while self.size > MAX_COMPILED_BYTES and len(self.payloads) > 1:
@@ -232,12 +234,13 @@ class _Compiled:
         return codes
 
 
-def _compile_payload(zip_text: bytes) -> Dict[bytes, CodeType]:
-    """Code for each source of the payload a child may import from it, compiled as zipimport would.
+def _compile_payload(zip_text: bytes, given: Dict[bytes, CodeType]) -> Dict[bytes, CodeType]:
+    """Code for each source of the payload a child may import from it, compiled as zipimport would
+    (or by the controller, for this bytecode: ``given``, by the source's SHA-256).
 
     Left out: what the template imported already (a child never imports it again), and any source
     whose compiling warns (a fresh interpreter shows that warning on the module's stderr, so the child
-    compiles it itself and shows it too).
+    compiles it itself and shows it too; the controller leaves those out as well).
     """
     import base64
     import io
@@ -251,6 +254,10 @@ def _compile_payload(zip_text: bytes) -> Dict[bytes, CodeType]:
             if not name.endswith(".py") or (_shared_entry(name) and _module_name(name) in sys.modules):
                 continue
             source = zf.read(name)
+            known = given.get(hashlib.sha256(source).digest())
+            if known is not None:
+                codes[source] = known
+                continue
             with warnings.catch_warnings(record=True) as warned:
                 warnings.simplefilter("always")
                 try:
@@ -267,21 +274,39 @@ def _module_name(entry: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _use_compiled(compiled: Dict[bytes, CodeType]) -> None:
-    """Have the child's zipimport take the template's code for a source it holds, under the path the
-    child's import gives it (tracebacks and warnings name the task's own payload, as in a plain run).
+def _use_compiled(lookup: Callable[[bytes], Optional[CodeType]]) -> Optional[Callable[[str, bytes], CodeType]]:
+    """Have zipimport take ``lookup(source)``'s code for a source where it has one, under the path the
+    import gives it (tracebacks and warnings name the task's own payload, as in a plain run); the
+    compile step it replaced (to put back), None when there is none to replace.
 
     zipimport is the loader of a payload's modules in a plain run too; only its compile step is
-    replaced, and only for those exact bytes."""
+    replaced, and only for the exact bytes the code was compiled from."""
     original: Optional[Callable[[str, bytes], CodeType]] = getattr(zipimport, "_compile_source", None)
-    if original is None or not compiled:
-        return
+    if original is None:
+        return None
 
     def _compile_source(pathname: str, source: bytes) -> CodeType:
-        code = compiled.get(source)
+        code = lookup(source)
         return original(pathname, source) if code is None else _renamed(code, pathname)
 
     vars(zipimport)["_compile_source"] = _compile_source
+    return original
+
+
+def _load_codes(blob: bytes) -> Dict[bytes, CodeType]:
+    """The controller's code for a payload's sources (``bytecode.py``), by each source's SHA-256;
+    nothing from a blob that is not exactly that (the host then compiles, as without it)."""
+    import marshal
+
+    if not blob:
+        return {}
+    try:
+        codes = marshal.loads(blob)
+    except Exception:
+        return {}
+    if not isinstance(codes, dict):
+        return {}
+    return {k: v for k, v in codes.items() if isinstance(k, bytes) and len(k) == 32 and isinstance(v, CodeType)}
 
 
 def _renamed(code: CodeType, filename: str) -> CodeType:
@@ -380,10 +405,16 @@ class _MsgReader:
             yield msg
 
 
-def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str], start: Dict[str, Any]) -> None:
-    """A per-payload-tree forker: imports the shared ``module_utils`` once, forks one child per task."""
+def _template_main(
+    sock: socket.socket, zip_path: str, base_env: Dict[str, str], start: Dict[str, Any], code_blob: bytes
+) -> None:
+    """A per-payload-tree forker: imports the shared ``module_utils`` once, forks one child per task.
+
+    ``code_blob``: the controller's code for its first payload's sources, if it sent any."""
     import gc
 
+    given = _load_codes(code_blob)
+    original = _use_compiled(lambda source: given.get(hashlib.sha256(source).digest())) if given else None
     sys.path.insert(0, zip_path)
     try:
         for name in PRELOAD:
@@ -393,6 +424,8 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str],
             del sys.modules[name]
     finally:
         sys.path.remove(zip_path)
+        if original is not None:
+            vars(zipimport)["_compile_source"] = original
     gc.collect()
     if hasattr(gc, "freeze"):
         gc.freeze()  # the children share these pages instead of touching them with every collection
@@ -434,11 +467,16 @@ def _template_main(sock: socket.socket, zip_path: str, base_env: Dict[str, str],
                     continue
                 fds, reader.fds = reader.fds[:3], reader.fds[3:]
                 req = msg["req"]
-                source = req["head"].encode("latin-1") + msg["blob"] + req["tail"].encode("latin-1")
+                split = len(msg["blob"]) - msg.get("codes", 0)
+                zip_text = msg["blob"][:split]
+                if split < len(msg["blob"]):
+                    given = _load_codes(msg["blob"][split:])
+                source = req["head"].encode("latin-1") + zip_text + req["tail"].encode("latin-1")
                 try:
-                    codes = compiled.of(msg["zip"], msg["blob"])
+                    codes = compiled.of(msg["zip"], zip_text, given)
                 except Exception:  # only a speed-up: a payload it cannot read runs uncompiled, as plain
                     codes = {}
+                given = {}  # each payload's are used once, by compiled.of
                 pid = os.fork()
                 if pid == 0:
                     sock.close()

@@ -9,14 +9,11 @@ from __future__ import annotations
 import base64
 import glob
 import io
-import json
 import os
 import re
-import select
 import shutil
 import stat
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -24,13 +21,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import manager, recognise, remote, source
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import manager, recognise, remote
+from local_executor import HERE, PYTHON, Local, Pipes, Result, build, module_json
 
-HERE = Path(__file__).resolve().parent
 MODULES = HERE / "modules"
 REPO = HERE.parents[4]
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-Result = Tuple[int, bytes, bytes]
 
 
 def python38() -> Optional[str]:
@@ -41,20 +36,6 @@ def python38() -> Optional[str]:
     matches = sorted(glob.glob(os.path.join(root, "versions", "3.8.*", "bin", "python3.8")))
     found = matches[-1] if matches else shutil.which("python3.8")
     return None if found is None or "/shims/" in found else found
-
-
-def build(tmp: Path, collections_root: Path, specs: Dict[str, dict], python: str = sys.executable) -> Dict[str, bytes]:
-    """Real payloads from ansible-core's module_common (of the venv ``python`` belongs to)."""
-    out = tmp / "payloads"
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(collections_root),
-        ANSIBLE_LOCAL_TEMP=str(tmp / "local"),
-        ANSIBLE_HOME=str(tmp / "home"),
-    )
-    subprocess.run([python, str(HERE / "build_payloads.py"), json.dumps(specs), str(out)], check=True, env=env)
-    return {name: (out / name).read_bytes() for name in specs}
 
 
 @pytest.fixture(scope="module")
@@ -79,108 +60,11 @@ def payloads(tmp_path_factory: pytest.TempPathFactory, collections_root: Path) -
     return build(tmp_path_factory.mktemp("build"), collections_root, specs)
 
 
-def base_env(home: Path) -> Dict[str, str]:
-    """A small, fixed environment for both kinds of run (this sandbox's PYTHON* variables left out)."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
-
-
-class Pipes:
-    """The executor's channel: its stdin and stdout pipes."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        self.proc = proc
-        self.stdin = proc.stdin
-        self.stdout = proc.stdout
-
-    def read(self, size: int, timeout: Optional[float]) -> bytes:
-        poller = select.poll()
-        poller.register(self.stdout.fileno(), select.POLLIN)
-        if not poller.poll(None if timeout is None else int(timeout * 1000)):
-            raise TimeoutError
-        return os.read(self.stdout.fileno(), size)
-
-    def ended(self) -> bool:
-        poller = select.poll()
-        poller.register(self.stdout.fileno(), select.POLLIN)
-        return any(events & select.POLLHUP for _fd, events in poller.poll(0))
-
-    def write(self, data: bytes) -> None:
-        self.stdin.write(data)
-        self.stdin.flush()
-
-    def close(self) -> None:
-        if not self.stdin.closed:
-            self.stdin.close()
-
-
-class Local:
-    """An executor process on pipes, and the plain runs to compare it with (same env, same cwd)."""
-
-    def __init__(self, tmp: Path, python: str = PYTHON) -> None:
-        self.python = python
-        self.home = tmp / "home"
-        self.home.mkdir(exist_ok=True)
-        self.cwd = tmp / "cwd"
-        self.cwd.mkdir(exist_ok=True)
-        self.remote_tmp = tmp / "remote_tmp"
-        self.env = base_env(self.home)
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", source.bootstrap(python)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=self.env,
-            cwd=self.cwd,
-        )
-        self.executor = manager.Executor(Pipes(self.proc), tmp=str(self.remote_tmp))
-        self.hello = self.executor.start()
-
-    def run(self, payload: bytes, env: Optional[Dict[str, str]] = None) -> Result:
-        parts = recognise.split_wrapper(payload)
-        assert parts is not None
-        head, zip_text, tail = parts
-        out, err, rc = [], [], None
-        for kind, data in self.executor.run(head, zip_text, tail, env or {}):
-            if kind is manager.EventKind.OUT:
-                out.append(data)
-            elif kind is manager.EventKind.ERR:
-                err.append(data)
-            else:
-                rc = data
-        assert isinstance(rc, int)
-        return rc, b"".join(out), b"".join(err)  # type: ignore[arg-type]
-
-    def plain(self, payload: bytes, env: Optional[Dict[str, str]] = None, sleep0: bool = False) -> Result:
-        """What Ansible's plain pipelined run gets: ``/bin/sh -c python3`` (``&& sleep 0`` before 2.21)."""
-        command = self.python + (" && sleep 0" if sleep0 else "")
-        done = subprocess.run(
-            ["/bin/sh", "-c", command],
-            input=payload,
-            capture_output=True,
-            env=dict(self.env, **(env or {})),
-            cwd=self.cwd,
-            check=False,
-        )
-        return done.returncode, done.stdout, done.stderr
-
-    def stop(self) -> int:
-        self.executor.close()
-        return self.proc.wait()
-
-
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[Local]:
     executor = Local(tmp_path)
     yield executor
     executor.stop()
-
-
-def module_json(out: bytes) -> dict:
-    """The module's result; ``argv0`` without the payload's temporary directory (a random name in every run)."""
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    if "argv0" in result:
-        result["argv0"] = result["argv0"].split("_payload.zip/", 1)[1]
-    return result
 
 
 def test_ping_is_byte_identical(local: Local, payloads: Dict[str, bytes]) -> None:
