@@ -510,8 +510,8 @@ from ansible.utils.display import Display
 IMPORT_ERROR: Exception | None = None
 if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one import name (bootstrap)
     from ansible.plugins.become import BecomeBase
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client
-    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import PoolClient, pool_dir_path
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils import _client_connect
+    from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._client import PoolClient
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils._options import (
         OptionError,
         connection_spec,
@@ -532,7 +532,10 @@ else:
         # this code afresh, and Ansible's collection loader would compile it from source each time.
         from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
 
-        _client = _load("_client")
+        # Light: what every worker needs, including those of tasks that never connect (set_fact,
+        # debug...). The client and its wire messages (~20 dataclasses) come with the first
+        # request (_pool_client).
+        _client_connect = _load("_client_connect")
         _options = _load("_options")
         _errors = _load("errors")
 
@@ -543,9 +546,8 @@ else:
     except ImportError as e:  # pragma: no cover - reported on use, not at load
         IMPORT_ERROR = e
     else:
-        PoolClient, PoolFailure, PoolUnavailable = _client.PoolClient, _errors.PoolFailure, _errors.PoolUnavailable
+        PoolFailure, PoolUnavailable = _errors.PoolFailure, _errors.PoolUnavailable
         ErrorKind = _errors.ErrorKind
-        pool_dir_path = _client.pool_dir_path
         OptionError, connection_spec = _options.OptionError, _options.connection_spec
         daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
         remote_executor_enabled = _options.remote_executor_enabled
@@ -626,12 +628,25 @@ def _in_worker() -> bool:
     return worker is not None and isinstance(multiprocessing.current_process(), worker.WorkerProcess)
 
 
-def _open_quietly(client: PoolClient) -> None:
-    """Open the worker's socket ahead of its first request; a failure is met again, and reported, there."""
-    try:
-        client.open()
-    except Exception:  # reported by the request that retries it
-        client.close()
+def _pool_client() -> Any:
+    """The worker's client module, imported by the first request, not by every task's worker."""
+    return _load("_client")
+
+
+class _EarlySocket(threading.Thread):
+    """The worker's socket to the daemon, connected (the daemon started if none runs) ahead of its
+    first request; a failure is met again, and reported, there."""
+
+    def __init__(self, pool_dir: str, idle_exit: float) -> None:
+        super().__init__(name="pooled_ssh-open", daemon=True)
+        self.pool_dir, self.idle_exit = pool_dir, idle_exit
+        self.sock: Any = None
+
+    def run(self) -> None:
+        try:
+            self.sock = _client_connect.connect_or_spawn(self.pool_dir, self.idle_exit)
+        except Exception:  # reported by the request that connects again
+            self.sock = None
 
 
 def _int_env(name: str) -> int:
@@ -659,8 +674,8 @@ class Connection(ConnectionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: PoolClient | None = None
-        #: Opens the client's socket (and starts the daemon if needed) while the worker builds the module.
-        self._opening: threading.Thread | None = None
+        #: Opens the socket (and starts the daemon if needed) while the worker builds the module.
+        self._opening: _EarlySocket | None = None
         self._spec: dict[str, Any] | None = None
         self._pool: dict[str, Any] | None = None
         self._become_password_sent = False
@@ -701,12 +716,18 @@ class Connection(ConnectionBase):
             f"pooled_ssh: a request to {self._host} before its connection was made (a bug in pooled_ssh)"
         )
 
-    def _new_client(self, spawn: bool = True) -> PoolClient:
+    def _daemon_settings(self) -> tuple[str, float]:
+        """The pool directory (resolved) and the daemon's idle exit, from the options."""
         try:
             pool_dir, idle_exit = daemon_settings(self.get_option)
         except OptionError as e:
             raise AnsibleError(f"pooled_ssh option for {self._host}: {e}") from None
-        return PoolClient(pool_dir_path(pool_dir), idle_exit=idle_exit, spawn=spawn)
+        return _client_connect.pool_dir_path(pool_dir), idle_exit
+
+    def _new_client(self, spawn: bool = True) -> PoolClient:
+        pool_dir, idle_exit = self._daemon_settings()
+        client: PoolClient = _pool_client().PoolClient(pool_dir, idle_exit=idle_exit, spawn=spawn)
+        return client
 
     def _where(self) -> str:
         spec = self._spec or {}
@@ -725,22 +746,22 @@ class Connection(ConnectionBase):
         The worker builds the module before its first request; a cold pool's daemon start (~0.3 s,
         a Python importing Paramiko) then overlaps that work instead of following it.
         """
-        if self._client is not None or IMPORT_ERROR is not None or not _in_worker():
+        if self._client is not None or self._opening is not None or IMPORT_ERROR is not None or not _in_worker():
             return
         try:
-            self._client = self._new_client()
+            pool_dir, idle_exit = self._daemon_settings()
         except AnsibleError:
             return  # raised again, to the user, on first use
-        self._opening = threading.Thread(
-            target=_open_quietly, args=(self._client,), name="pooled_ssh-open", daemon=True
-        )
+        self._opening = _EarlySocket(pool_dir, idle_exit)
         self._opening.start()
 
-    def _opened(self) -> None:
-        """Wait for the early open, if one is under way: the client is then ours alone."""
-        if self._opening is not None:
-            self._opening.join()
-            self._opening = None
+    def _opened(self) -> Any:
+        """Wait for the early open, if one is under way; the socket it connected, if any (ours to use or close)."""
+        opening, self._opening = self._opening, None
+        if opening is None:
+            return None
+        opening.join()
+        return opening.sock
 
     # -- ConnectionBase ----------------------------------------------------------
 
@@ -761,9 +782,11 @@ class Connection(ConnectionBase):
                 f"ESTABLISH POOLED SSH CONNECTION FOR USER: {spec['user']} on PORT {spec['port']} TO {spec['addr']}",
                 host=self._host,
             )
-            self._opened()
+            early = self._opened()
             if self._client is None:
                 self._client = self._new_client()
+            if early is not None:
+                self._client.adopt(early)
             self._connected = True
         return self
 
@@ -925,7 +948,9 @@ class Connection(ConnectionBase):
         self._connect()
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self._host)
         local = os.path.abspath(to_text(out_path, errors="surrogate_or_strict"))
-        self._transfer("fetch", local, to_text(in_path, errors="surrogate_or_strict"), umask=_client.current_umask())
+        self._transfer(
+            "fetch", local, to_text(in_path, errors="surrogate_or_strict"), umask=_pool_client().current_umask()
+        )
 
     def _transfer(self, op: str, local: str, remote: str, **fields: Any) -> None:
         if self._client is None:
@@ -943,8 +968,10 @@ class Connection(ConnectionBase):
         Runs on a fresh, never-connected instance too, so it works from the options alone
         and never starts a daemon just to find it empty.
         """
-        self._opened()
+        early = self._opened()
         client = self._client if self._client is not None else self._new_client(spawn=False)
+        if early is not None:
+            client.adopt(early)
         try:
             spec = self._request()["conn"]
             reply = client.call({"op": "evict", "host": spec["host"], "port": spec["port"], "user": spec["user"]})
@@ -959,7 +986,9 @@ class Connection(ConnectionBase):
 
     def close(self) -> None:
         """Release the worker's link to the pool; the transports stay pooled."""
-        self._opened()
+        early = self._opened()
+        if early is not None:
+            early.close()
         if self._client is not None:
             self._client.close()
             self._client = None

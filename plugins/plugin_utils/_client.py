@@ -159,6 +159,18 @@ class PoolClient:
         """Connect now, starting the daemon if none answers (the first request would do it anyway)."""
         self._socket()
 
+    def adopt(self, sock: socket.socket) -> None:
+        """Take a socket that :func:`connect_or_spawn` connected ahead (on another thread), saying hello
+        on it. When that fails, the socket is dropped and the next request connects, and reports, as usual."""
+        if self._sock is not None and self._pid == os.getpid():
+            sock.close()
+            return
+        try:
+            self._hello(sock)
+        except (_DaemonGone, PoolUnavailable):
+            return  # _hello closed it
+        self._sock, self._pid, self._bound = sock, os.getpid(), None
+
     def close(self) -> None:
         self._writer = None  # its sends fail once the socket is closed; it is never waited for
         if self._sock is not None and self._pid == os.getpid():

@@ -10,6 +10,7 @@ success marker).
 from __future__ import annotations
 
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -111,7 +112,11 @@ def plugin_module() -> ModuleType:
 @pytest.fixture
 def wire(plugin_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Wire:
     wire = Wire(plugin_module)
-    monkeypatch.setattr(plugin_module, "PoolClient", lambda *a, **kw: FakeClient(wire, *a, **kw))
+    real = plugin_module._pool_client()
+    fake = types.SimpleNamespace(
+        PoolClient=lambda *a, **kw: FakeClient(wire, *a, **kw), current_umask=real.current_umask
+    )
+    monkeypatch.setattr(plugin_module, "_pool_client", lambda: fake)
     return wire
 
 
@@ -754,3 +759,38 @@ def test_a_pipelined_module_with_the_executor_off_never_reaches_its_worker_side(
     monkeypatch.setattr(module, "executor_xrun", lambda *a, **k: pytest.fail("the executor was asked"))
     wire.script = frames(STARTED, ("exit", 0))
     assert conn.exec_command("/bin/sh -c /usr/bin/python3", in_data=b"#!/usr/bin/python3\n")[0] == 0
+
+
+#: Run in a fresh interpreter: load the plugin as a task's worker does, set its options, and say
+#: which of the worker's pool modules are imported before and after the first request's client.
+LIGHT_WORKER = r"""
+import json, sys
+from ansible.plugins.loader import connection_loader, init_plugin_loader
+from ansible.playbook.play_context import PlayContext
+init_plugin_loader()
+conn = connection_loader.get("healer.pooled_ssh.pooled_ssh", PlayContext(), None)
+conn.set_options(var_options={"inventory_hostname": "web1", "ansible_host": "192.0.2.10"})
+names = ("healer_pooled_ssh._client", "healer_pooled_ssh.wire.messages", "healer_pooled_ssh._client_connect")
+before = [n for n in names if n in sys.modules]
+conn._new_client(spawn=False)
+print(json.dumps({"before": before, "after": [n for n in names if n in sys.modules]}))
+"""
+
+
+def test_a_worker_that_never_connects_imports_no_client(collections_root: Path) -> None:
+    """set_fact, debug, assert: a third to half of a role's workers load the connection and never
+    send a request. They import only what finds or starts the daemon; the client and its wire
+    messages (about 20 dataclasses) come with the first request."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_root))
+    done = subprocess.run([sys.executable, "-c", LIGHT_WORKER], capture_output=True, env=env, check=True, text=True)
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported["before"] == ["healer_pooled_ssh._client_connect"]
+    assert imported["after"] == [
+        "healer_pooled_ssh._client",
+        "healer_pooled_ssh.wire.messages",
+        "healer_pooled_ssh._client_connect",
+    ]

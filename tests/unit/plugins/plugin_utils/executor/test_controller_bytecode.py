@@ -179,8 +179,9 @@ def test_a_source_that_warns_is_left_for_the_host_to_compile_and_warn_as_a_plain
     local = make_local(compiler.codes)
     blob = compiler.codes(_zip_text(payload), manager.zip_hash(_zip_text(payload)), local.hello)
     assert blob is not None
+    listing = "import marshal,sys; print(*sorted(k.hex() for k in marshal.loads(sys.stdin.buffer.read()[4:])))"
     keys = subprocess.run(
-        [PYTHON, "-c", "import marshal,sys; print(*sorted(k.hex() for k in marshal.loads(sys.stdin.buffer.read()[4:])))"],
+        [PYTHON, "-c", listing],
         input=blob,
         capture_output=True,
         check=True,
