@@ -630,7 +630,10 @@ def _in_worker() -> bool:
 
 def _pool_client() -> Any:
     """The worker's client module, imported by the first request, not by every task's worker."""
-    return _load("_client")
+    try:
+        return _load("_client")
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise AnsibleError(f"pooled_ssh cannot load its controller code: {e}") from e
 
 
 class _EarlySocket(threading.Thread):
@@ -755,13 +758,19 @@ class Connection(ConnectionBase):
         self._opening = _EarlySocket(pool_dir, idle_exit)
         self._opening.start()
 
-    def _opened(self) -> Any:
-        """Wait for the early open, if one is under way; the socket it connected, if any (ours to use or close)."""
+    def _opened(self, client: PoolClient | None = None) -> None:
+        """Wait for the early open, if one is under way. Its socket goes to ``client`` when it is
+        connected to that client's pool directory; otherwise it is closed."""
         opening, self._opening = self._opening, None
         if opening is None:
-            return None
+            return
         opening.join()
-        return opening.sock
+        if opening.sock is None:
+            return
+        if client is not None and client.pool_dir == opening.pool_dir:
+            client.adopt(opening.sock)
+        else:
+            opening.sock.close()
 
     # -- ConnectionBase ----------------------------------------------------------
 
@@ -782,11 +791,11 @@ class Connection(ConnectionBase):
                 f"ESTABLISH POOLED SSH CONNECTION FOR USER: {spec['user']} on PORT {spec['port']} TO {spec['addr']}",
                 host=self._host,
             )
-            early = self._opened()
-            if self._client is None:
-                self._client = self._new_client()
-            if early is not None:
-                self._client.adopt(early)
+            try:
+                if self._client is None:
+                    self._client = self._new_client()
+            finally:
+                self._opened(self._client)  # or closes the early socket, whatever happened
             self._connected = True
         return self
 
@@ -968,10 +977,10 @@ class Connection(ConnectionBase):
         Runs on a fresh, never-connected instance too, so it works from the options alone
         and never starts a daemon just to find it empty.
         """
-        early = self._opened()
-        client = self._client if self._client is not None else self._new_client(spawn=False)
-        if early is not None:
-            client.adopt(early)
+        try:
+            client = self._client if self._client is not None else self._new_client(spawn=False)
+        finally:
+            self._opened(self._client)  # a temporary client never takes it: it is closed
         try:
             spec = self._request()["conn"]
             reply = client.call({"op": "evict", "host": spec["host"], "port": spec["port"], "user": spec["user"]})
@@ -986,9 +995,7 @@ class Connection(ConnectionBase):
 
     def close(self) -> None:
         """Release the worker's link to the pool; the transports stay pooled."""
-        early = self._opened()
-        if early is not None:
-            early.close()
+        self._opened()
         if self._client is not None:
             self._client.close()
             self._client = None

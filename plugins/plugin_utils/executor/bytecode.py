@@ -6,9 +6,10 @@ run (its template imports ``ansible.module_utils`` from source, and compiles the
 sources for its children): on a 2-core machine about 160 ms of the host's CPU for
 ``healer_diagnose``, for every host, every time an executor starts. The code is the same on every
 host whose Python has the same bytecode magic, so the daemon compiles it once, with a controller
-interpreter of that magic (:mod:`.compile_helper`, in a process of its own: compiling holds no lock
-of the daemon's), and sends it beside the payload. The host takes a code only for a source whose
-SHA-256 is the key it came under, and compiles anything else itself, as before.
+interpreter of that magic (:mod:`.compile_helper`, in a process of its own, so that compiling holds
+no lock of the daemon's; the first run of that payload waits for it), and sends it beside the
+payload. The host takes a code only for a source whose SHA-256 is the key it came under, and
+compiles anything else itself, as before.
 
 No controller interpreter of the host's magic (another Python minor version, say): nothing is
 sent, and the host compiles as it always did.
@@ -25,15 +26,23 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 log = logging.getLogger("pooled_ssh.daemon")
 
 #: The marshalled code the daemon keeps, all payloads and magics together; the oldest goes first.
 MAX_CACHED_BYTES = 64 * 1024 * 1024
+#: The largest code of one payload it sends (the executor's frames stop at 64 MiB); larger: the host compiles.
+MAX_CODE_BYTES = 16 * 1024 * 1024
+#: Payloads it remembers, compiled or not (a payload it could not compile is not tried again).
+MAX_ENTRIES = 1024
 #: The longest a compile may take before the host is left to compile itself (seconds).
-COMPILE_TIMEOUT = 60.0
+COMPILE_TIMEOUT = 20.0
 HELPER = (Path(__file__).parent / "compile_helper.py").read_text()
+#: The helper's exit status when its interpreter's magic is not the host's.
+OTHER_MAGIC = 3
+#: Python versions and magics for which no interpreter was found here, remembered (then no more looking).
+MAX_MISSING = 16
 
 Key = Tuple[bytes, bytes, int]  # zip digest, magic, optimisation level
 
@@ -56,10 +65,14 @@ class Compiler:
 
     def __init__(self, max_bytes: int = MAX_CACHED_BYTES) -> None:
         self.max_bytes = max_bytes
+        #: What each payload gave, by key: its code, or b"" when it could not be compiled here.
         self._codes: collections.OrderedDict[Key, bytes] = collections.OrderedDict()
         self._size = 0
-        #: Per host Python version, the interpreter that compiles for it ("" once none was found).
-        self._interpreters: Dict[Tuple[int, int, bytes], str] = {}
+        #: Per host Python version (major, minor): the interpreter that compiles for it, and its magic.
+        self._found: Dict[Tuple[int, int], Tuple[str, bytes]] = {}
+        #: (major, minor, magic) with no interpreter here; bounded, so hosts naming ever other magics
+        #: cannot have it look for interpreters without end.
+        self._missing: Set[Tuple[int, int, bytes]] = set()
         self._lock = threading.Lock()
         self._compiling: Dict[Key, threading.Lock] = {}
         self.compiles = 0
@@ -70,55 +83,65 @@ class Compiler:
         try:
             magic = bytes.fromhex(str(hello["magic"]))
             optimize = int(hello["optimize"])  # type: ignore[call-overload]
-            version = [int(v) for v in hello["python"]]  # type: ignore[attr-defined]
+            major, minor = (int(v) for v in hello["python"][:2])  # type: ignore[index]
         except (KeyError, TypeError, ValueError):
             return None  # an executor of an older protocol: it compiles for itself
-        if len(magic) != 4 or not 0 <= optimize <= 2 or len(version) < 2:
+        # A host whose code carries no column tables (-X no_debug_ranges) gets none it would not make.
+        if len(magic) != 4 or not 0 <= optimize <= 2 or major != 3 or not 0 <= minor < 100 or not hello.get("ranges"):
             return None
         key = (digest, magic, optimize)
         with self._lock:
+            if key in self._codes:
+                self._codes.move_to_end(key)
+                return self._codes[key] or None
+            found = self._found.get((major, minor))
+            if found is not None and found[1] != magic:
+                return None  # this version's interpreter here has another bytecode (a pre-release, say)
+            if found is None and ((major, minor, magic) in self._missing or len(self._missing) >= MAX_MISSING):
+                return None
             lock = self._compiling.setdefault(key, threading.Lock())
         with lock:  # the first host compiles; the others at once wait for it, then take its code
             with self._lock:
                 if key in self._codes:
-                    self._codes.move_to_end(key)
-                    return self._codes[key]
-            blob = self._compile(zip_text, magic, optimize, (version[0], version[1], magic))
+                    return self._codes[key] or None
+            blob = self._compile(zip_text, magic, optimize, (major, minor))
             with self._lock:
                 self._compiling.pop(key, None)
-                if blob is not None:
-                    self._keep(key, blob)
+                if blob is not None or (major, minor) in self._found:  # else: no interpreter, remembered apart
+                    self._keep(key, blob or b"")
         return blob
 
     def _keep(self, key: Key, blob: bytes) -> None:
         self._codes[key] = blob
         self._size += len(blob)
-        while self._size > self.max_bytes and self._codes:
+        while (self._size > self.max_bytes or len(self._codes) > MAX_ENTRIES) and self._codes:
             _key, old = self._codes.popitem(last=False)
             self._size -= len(old)
 
-    def _compile(self, zip_text: bytes, magic: bytes, optimize: int, which: Tuple[int, int, bytes]) -> Optional[bytes]:
-        known = self._interpreters.get(which)
-        if known == "":
-            return None
+    def _compile(self, zip_text: bytes, magic: bytes, optimize: int, version: Tuple[int, int]) -> Optional[bytes]:
         try:
             stdin = magic + bytes([optimize]) + base64.b64decode(zip_text)
         except ValueError:
             return None
-        for python in [known] if known else candidates(which[:2]):
-            blob = self._run(python, stdin)
-            if blob is not None and blob[:4] == magic:
-                self._interpreters[which] = python
-                self.compiles += 1
+        known = self._found.get(version)
+        other_magic_only = True
+        for python in [known[0]] if known else candidates(version):
+            blob, other_magic = self._run(python, stdin)
+            if blob is not None and blob[:4] == magic and len(blob) <= MAX_CODE_BYTES:
+                with self._lock:
+                    self._found[version] = (python, magic)
+                    self.compiles += 1
                 return blob
-        if known:
-            return None  # that payload only: the interpreter stays the one for this version
-        log.debug("no interpreter on the controller has the bytecode of Python %d.%d: hosts compile", *which[:2])
-        self._interpreters[which] = ""
-        return None
+            other_magic_only = other_magic_only and other_magic
+        if not known and other_magic_only:
+            log.debug("no interpreter on the controller has the bytecode of Python %d.%d: hosts compile", *version)
+            with self._lock:
+                self._missing.add((*version, magic))
+        return None  # a timeout, a crash, a code too large: that payload, for that bytecode, compiles on hosts
 
     @staticmethod
-    def _run(python: str, stdin: bytes) -> Optional[bytes]:
+    def _run(python: str, stdin: bytes) -> Tuple[Optional[bytes], bool]:
+        """The helper's output, or None; and whether it said (or could only say) its magic is another."""
         try:
             done = subprocess.run(
                 [python, "-I", "-S", "-c", HELPER],
@@ -127,10 +150,15 @@ class Compiler:
                 timeout=COMPILE_TIMEOUT,
                 check=False,
             )
-        except (OSError, subprocess.SubprocessError) as e:
+        except OSError as e:
             log.debug("compiling with %s failed: %s", python, e)
-            return None
-        return done.stdout if done.returncode == 0 else None
+            return None, True
+        except subprocess.SubprocessError as e:
+            log.debug("compiling with %s failed: %s", python, e)
+            return None, False
+        if done.returncode == 0:
+            return done.stdout, False
+        return None, done.returncode == OTHER_MAGIC
 
 
 COMPILER = Compiler()

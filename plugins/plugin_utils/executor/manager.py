@@ -391,7 +391,7 @@ class Executor:
                 codes = self.compiler(zip_text, digest, self.hello)
             except Exception:  # only a speed-up: the host compiles, as without it
                 codes = None
-        if codes:
+        if codes and len(codes) + len(digest) <= remote.MAX_FRAME:
             self._write(remote.K_CODE, 0, codes[:4] + digest + codes[4:])
             self.stats.compiled_here += 1
         self._write(remote.K_PUT, 0, digest + zip_text)

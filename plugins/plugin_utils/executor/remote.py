@@ -201,7 +201,8 @@ class Executor:
         fields = {"head": req["head"], "tail": req["tail"], "env": req.get("env") or {}}
         # The controller's code of this payload goes once to each template, behind the zip text.
         codes = b"" if zip_hash in template.coded else self.codes.get(zip_hash, b"")
-        template.coded.add(zip_hash)
+        if codes:
+            template.coded.add(zip_hash)
         message = {"t": "run", "id": rid, "zip": zip_hash, "codes": len(codes), "req": fields}
         template.queued.append((message, zip_text + codes, [in_r, out_w, err_w]))
         self.flush_template(template)
@@ -245,7 +246,8 @@ class Executor:
                 os._exit(0)
         child_sock.close()
         template = _Template(pid, parent_sock)
-        template.coded.add(zip_hash)  # it has them from its start
+        if zip_hash in self.codes:
+            template.coded.add(zip_hash)  # it has them from its start
         self.templates[tree] = template
         return template
 
@@ -433,6 +435,8 @@ def main() -> None:
         "python": list(sys.version_info[:3]),
         "magic": importlib.util.MAGIC_NUMBER.hex(),  # whose compiled code it can take (bytecode.py)
         "optimize": sys.flags.optimize,
+        # Whether compiled code carries column tables (3.11+: not with -X no_debug_ranges).
+        "ranges": not (os.environ.get("PYTHONNODEBUGRANGES") or "no_debug_ranges" in getattr(sys, "_xoptions", {})),
         "pid": os.getpid(),
     }
     if init.get("version") != VERSION or sys.version_info < (3, 8):

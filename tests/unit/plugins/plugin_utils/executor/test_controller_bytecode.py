@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 import pytest
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import bytecode, manager, recognise
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.executor import (
+    bytecode,
+    manager,
+    recognise,
+    remote_child,
+)
 from local_executor import HERE, PYTHON, Local, build, module_json
 
 MODULES = HERE / "modules"
@@ -47,6 +52,7 @@ def payloads(tmp_path_factory: pytest.TempPathFactory, collections_root: Path) -
     specs = {
         "marked": {"module": str(MODULES / "exec_marked.py")},
         "compiles": {"module": str(MODULES / "exec_compiles.py")},
+        "ping": {"module": "ansible.builtin.ping", "args": {"data": "pong"}},
     }
     for spec in specs.values():
         spec["interpreter"] = PYTHON
@@ -104,6 +110,22 @@ def test_the_template_and_the_child_take_the_code_given_for_their_exact_sources(
     assert local.executor.stats.compiled_here == 1
 
 
+def test_a_later_payload_of_the_same_tree_gets_its_code_on_the_warm_template(
+    make_local, payloads: Dict[str, bytes]
+) -> None:
+    """The code of a payload whose template already runs goes with its run, behind its zip."""
+    marked = given_code(payloads["marked"])
+    digest = manager.zip_hash(_zip_text(payloads["marked"]))
+    local = make_local(lambda zip_text, got, hello: marked(zip_text, got, hello) if got == digest else None)
+    trees = {remote_child.module_utils_hash(_zip_text(payloads[name])) for name in ("ping", "marked")}
+    assert len(trees) == 1  # one template serves both
+    assert module_json(local.run(payloads["ping"])[1]) == {"ping": "pong"}  # starts it: no code given
+    rc, out, err = local.run(payloads["marked"])
+    assert (rc, err) == (0, b"")
+    # basic was imported by the template (compiled on the host); the module took the given code.
+    assert module_json(out) == {"basic_mark": None, "module_mark": "given"}
+
+
 @pytest.mark.parametrize("other", ["other bytes", "another magic"])
 def test_code_given_for_other_bytes_or_another_bytecode_is_never_used(
     make_local, payloads: Dict[str, bytes], other: str
@@ -155,6 +177,7 @@ def test_no_interpreter_of_the_hosts_bytecode_here_means_the_host_compiles(
     assert compiler.codes(zip_text, digest, other) is None
     assert len(runs) == tried  # not asked again: the answer is kept for that version
     assert compiler.codes(zip_text, digest, dict(local.hello, python=[3, 1, 0])) is None
+    assert compiler.codes(zip_text, digest, dict(local.hello, ranges=False)) is None  # -X no_debug_ranges
     assert compiler.codes(zip_text, digest, {"python": [3, 11, 0]}) is None  # an executor without a magic
     assert compiler.compiles == 0
     assert compiler.codes(zip_text, digest, local.hello)[:4] == bytes.fromhex(str(local.hello["magic"]))
