@@ -120,13 +120,13 @@ class Compiler:
 
     def _compile(self, zip_text: bytes, magic: bytes, optimize: int, version: Tuple[int, int]) -> Optional[bytes]:
         try:
-            stdin = magic + bytes([optimize]) + base64.b64decode(zip_text)
+            stdin = magic + base64.b64decode(zip_text)
         except ValueError:
             return None
         known = self._found.get(version)
         other_magic_only = True
         for python in [known[0]] if known else candidates(version):
-            blob, other_magic = self._run(python, stdin)
+            blob, other_magic = self._run(python, optimize, stdin)
             if blob is not None and blob[:4] == magic and len(blob) <= MAX_CODE_BYTES:
                 with self._lock:
                     self._found[version] = (python, magic)
@@ -140,11 +140,11 @@ class Compiler:
         return None  # a timeout, a crash, a code too large: that payload, for that bytecode, compiles on hosts
 
     @staticmethod
-    def _run(python: str, stdin: bytes) -> Tuple[Optional[bytes], bool]:
+    def _run(python: str, optimize: int, stdin: bytes) -> Tuple[Optional[bytes], bool]:
         """The helper's output, or None; and whether it said (or could only say) its magic is another."""
         try:
             done = subprocess.run(
-                [python, "-I", "-S", "-c", HELPER],
+                [python, "-I", "-S", *["-O"] * optimize, "-c", HELPER],
                 input=stdin,
                 capture_output=True,
                 timeout=COMPILE_TIMEOUT,

@@ -3,9 +3,10 @@
 
 Private to this collection. Standard library only, Python 3.8+: the daemon runs it as
 ``<python> -I -S -c <this source>`` with an interpreter whose bytecode magic is the host's, to compile
-once on the controller what every host's executor would otherwise compile for itself. It reads
-the expected magic (4 bytes), the optimisation level (1 byte) and a payload zip from stdin; it
-runs nothing of the sources. On stdout: its own magic, then ``marshal.dumps`` of a dict from
+once on the controller what every host's executor would otherwise compile for itself, started with
+the host's optimisation level (``-O``, ``-OO``). It reads the expected magic (4 bytes) and a payload
+zip from stdin and compiles each source with zipimport's own compile step, the one the host's
+template uses; it runs nothing of the sources. On stdout: its own magic, then ``marshal.dumps`` of a dict from
 each source's SHA-256 to its code, or nothing with exit status 3 when its magic is another.
 
 Left out, as the host's compile step leaves them to the module's own import: sources whose
@@ -21,6 +22,7 @@ import marshal
 import sys
 import warnings
 import zipfile
+import zipimport
 
 #: The name every source is compiled under; the host renames the code to its own import's path.
 PLACEHOLDER = "<pooled_ssh payload source>"
@@ -28,21 +30,22 @@ PLACEHOLDER = "<pooled_ssh payload source>"
 
 def main() -> None:
     data = sys.stdin.buffer.read()
-    magic, optimize, zip_bytes = data[:4], data[4], data[5:]
+    magic, zip_bytes = data[:4], data[4:]
     if magic != importlib.util.MAGIC_NUMBER:
         sys.exit(3)
+    compile_source = getattr(zipimport, "_compile_source", None)
+    if compile_source is None:
+        sys.exit(4)  # the host has no such step to replace either: nothing to send
     codes = {}
     with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
         for name in zf.namelist():
             if not name.endswith(".py"):
                 continue
             source = zf.read(name)
-            text = source.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # as zipimport normalises it
             with warnings.catch_warnings(record=True) as warned:
                 warnings.simplefilter("always")
                 try:
-                    # As zipimport compiles a source, at the host's optimisation level.
-                    code = compile(text, PLACEHOLDER, "exec", dont_inherit=True, optimize=optimize)
+                    code = compile_source(PLACEHOLDER, source)
                 except Exception:
                     continue
             if not warned:

@@ -46,7 +46,7 @@ K_RUN = 3  # json: {"zip", "head", "tail", "env", "key"}
 K_CANCEL = 4  # kill that run's process group
 K_CODE = 5  # 4-byte bytecode magic, 32-byte sha256 of a zip text, then its sources' code (marshal)
 # Executor -> controller.
-K_HELLO = 10  # json: {"version", "python", "magic", "optimize", "pid", "dir"} or {"error"}
+K_HELLO = 10  # json: {"version", "python", "magic", "optimize", "ranges", "pid", "dir"} or {"error"}
 K_NEED = 11  # the run's payload is not held: send it, then the run again (nothing started)
 K_OUT = 12
 K_ERR = 13
