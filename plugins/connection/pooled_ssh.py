@@ -344,6 +344,24 @@ options:
         key: remote_executor
     vars:
       - name: ansible_pooled_ssh_remote_executor
+  warm_transports:
+    description:
+      - When a task needs no connection to its host (C(set_fact), C(assert), a role's argument validation)
+        and that host has no pooled transport yet, ask the pool daemon to open one in the background, with
+        the task's own options for that host, so that the host's next module finds it open instead of
+        paying the login then. Bounded (8 logins at once; never past the pool's limits; a key with a
+        transport or a login under way is left alone). A warm login that fails is not retried, and the host's
+        next request reports that failure as its own; a wrong password costs one attempt, as without
+        warming. V(false) opens transports only for requests.
+    type: bool
+    default: true
+    env:
+      - name: ANSIBLE_POOLED_SSH_WARM_TRANSPORTS
+    ini:
+      - section: pooled_ssh_connection
+        key: warm_transports
+    vars:
+      - name: ansible_pooled_ssh_warm_transports
   remote_executor_idle_timeout:
     description:
       - Seconds a host's remote executor may go without running a module before the pool daemon stops
@@ -498,7 +516,6 @@ import json
 import multiprocessing
 import os
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -636,22 +653,6 @@ def _pool_client() -> Any:
         raise AnsibleError(f"pooled_ssh cannot load its controller code: {e}") from e
 
 
-class _EarlySocket(threading.Thread):
-    """The worker's socket to the daemon, connected (the daemon started if none runs) ahead of its
-    first request; a failure is met again, and reported, there."""
-
-    def __init__(self, pool_dir: str, idle_exit: float) -> None:
-        super().__init__(name="pooled_ssh-open", daemon=True)
-        self.pool_dir, self.idle_exit = pool_dir, idle_exit
-        self.sock: Any = None
-
-    def run(self) -> None:
-        try:
-            self.sock = _client_connect.connect_or_spawn(self.pool_dir, self.idle_exit)
-        except Exception:  # reported by the request that connects again
-            self.sock = None
-
-
 def _int_env(name: str) -> int:
     """A terminal size from the environment, as paramiko_ssh passed it to ``get_pty``; 0 when unset or bad."""
     try:
@@ -678,7 +679,7 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._client: PoolClient | None = None
         #: Opens the socket (and starts the daemon if needed) while the worker builds the module.
-        self._opening: _EarlySocket | None = None
+        self._opening: _client_connect.EarlySocket | None = None
         self._spec: dict[str, Any] | None = None
         self._pool: dict[str, Any] | None = None
         self._become_password_sent = False
@@ -755,7 +756,7 @@ class Connection(ConnectionBase):
             pool_dir, idle_exit = self._daemon_settings()
         except AnsibleError:
             return  # raised again, to the user, on first use
-        self._opening = _EarlySocket(pool_dir, idle_exit)
+        self._opening = _client_connect.EarlySocket(pool_dir, idle_exit)
         self._opening.start()
 
     def _opened(self, client: PoolClient | None = None) -> None:
@@ -771,6 +772,22 @@ class Connection(ConnectionBase):
             client.adopt(opening.sock)
         else:
             opening.sock.close()
+
+    def _warm_unused(self) -> None:
+        """A worker whose task never connected has the daemon open its host's transport for the
+        host's next task (``warm_transports``; ``daemon/warm.py``). Only a speed-up: nothing is reported."""
+        opening = self._opening
+        if self._client is not None or opening is None:
+            return
+        try:
+            if not self.get_option("warm_transports"):
+                return
+            request = self._request()
+        except (AnsibleError, KeyError):
+            return  # an option error is the next request's to report
+        opening.join()
+        if opening.sock is not None and _client_connect.warm(opening.sock, request["conn"], request["pool"]):
+            display.vvvv("POOL asked the daemon to open the transport for the host's next task", host=self._host)
 
     # -- ConnectionBase ----------------------------------------------------------
 
@@ -995,6 +1012,7 @@ class Connection(ConnectionBase):
 
     def close(self) -> None:
         """Release the worker's link to the pool; the transports stay pooled."""
+        self._warm_unused()
         self._opened()
         if self._client is not None:
             self._client.close()

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -236,3 +237,42 @@ def _connect_or_spawn(fd: int, pool_dir: str, idle_exit: float, log_level: str, 
             delay = min(delay * 2, SPAWN_POLL_MAX)
     finally:
         os.close(lock)
+
+
+class EarlySocket(threading.Thread):
+    """A worker's socket to the daemon, connected (the daemon started if none runs) ahead of its
+    first request; a failure is met again, and reported, there."""
+
+    def __init__(self, pool_dir: str, idle_exit: float) -> None:
+        super().__init__(name="pooled_ssh-open", daemon=True)
+        self.pool_dir, self.idle_exit = pool_dir, idle_exit
+        self.sock: Optional[socket.socket] = None
+
+    def run(self) -> None:
+        try:
+            self.sock = connect_or_spawn(self.pool_dir, self.idle_exit)
+        except Exception:  # reported by the request that connects again
+            self.sock = None
+
+
+#: How long a worker that never connected waits for the daemon to take its warm request.
+WARM_REPLY = 2.0
+
+
+def warm(sock: socket.socket, conn: Dict[str, object], pool: Dict[str, object]) -> bool:
+    """Ask the daemon to open ``conn``'s transport in the background (this worker's task needed
+    none; the host's next one will): hello, bind and warm in one write, then their three replies,
+    so that the daemon has the request before the socket closes. Whether it took it; never raises."""
+    frames = [
+        proto.encode({"op": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()}),
+        proto.encode({"op": "bind", "id": 1, "conn": conn, "pool": pool}),
+        proto.encode({"op": "warm", "id": 2}),
+    ]
+    deadline = time.monotonic() + WARM_REPLY
+    try:
+        sock.settimeout(WARM_REPLY)
+        sock.sendall(b"".join(frames))
+        replies = [proto.recv_frame(sock, deadline=deadline)[0] for _frame in frames]
+    except (OSError, proto.ProtocolError):
+        return False
+    return [r.get("t") for r in replies] == ["hello", "bound", "ok"]

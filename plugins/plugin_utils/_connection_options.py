@@ -8,7 +8,7 @@ DOCUMENTATION and doc fragment as YAML, while DIGEST is that of those two texts
 
 from __future__ import annotations
 
-DIGEST = "d502f486b863ea4fb3a61ffe39b06bed99a37b126fe0363ca2b823a03ec2c2af"
+DIGEST = "aa511de59f239d3c08073c42f4c1e47739ddea33e232581d4710055be92d8a2b"
 PARSED = (
     '{"fragment":{"options":{"cleanup_interval":{"description":["Seconds between two idle sweeps of a tra'
     'nsport, which close it once O(idle_timeout) has passed (the daemon looks once a second, so less than'
@@ -233,5 +233,14 @@ PARSED = (
     'v":[{"name":"ANSIBLE_PARAMIKO_USE_RSA_SHA2_ALGORITHMS"},{"name":"ANSIBLE_POOLED_SSH_USE_RSA_SHA2_ALG'
     'ORITHMS"}],"ini":[{"key":"use_rsa_sha2_algorithms","section":"paramiko_connection"},{"key":"use_rsa_'
     'sha2_algorithms","section":"pooled_ssh_connection"}],"type":"boolean","vars":[{"name":"ansible_param'
-    'iko_use_rsa_sha2_algorithms"},{"name":"ansible_pooled_ssh_use_rsa_sha2_algorithms"}]}}}'
+    'iko_use_rsa_sha2_algorithms"},{"name":"ansible_pooled_ssh_use_rsa_sha2_algorithms"}]},"warm_transpor'
+    'ts":{"default":true,"description":["When a task needs no connection to its host (C(set_fact), C(asse'
+    "rt), a role's argument validation) and that host has no pooled transport yet, ask the pool daemon to"
+    " open one in the background, with the task's own options for that host, so that the host's next modu"
+    "le finds it open instead of paying the login then. Bounded (8 logins at once; never past the pool's "
+    'limits; a key with a transport or a login under way is left alone). A warm login that fails is not r'
+    "etried, and the host's next request reports that failure as its own; a wrong password costs one atte"
+    'mpt, as without warming. V(false) opens transports only for requests."],"env":[{"name":"ANSIBLE_POOL'
+    'ED_SSH_WARM_TRANSPORTS"}],"ini":[{"key":"warm_transports","section":"pooled_ssh_connection"}],"type"'
+    ':"bool","vars":[{"name":"ansible_pooled_ssh_warm_transports"}]}}}'
 )

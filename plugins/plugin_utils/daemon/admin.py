@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Optional
 
 from ..pool.settings import PoolKey
@@ -61,6 +62,7 @@ def status(session: Session, op_id: int, req: msgs.Empty) -> None:
         "threads": threading.active_count(),
         "dumpable": _dumpable(),
         "executor": xrun.counters(),
+        "warm": asdict(daemon.warmer.counters),
     }
     session.send(
         msgs.reply(msgs.Reply.STATUS, op_id, msgs.StatusReply(info, daemon.pool.stats(), daemon.pool.snapshot()))

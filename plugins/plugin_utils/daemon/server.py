@@ -42,6 +42,7 @@ from ..wire import messages as msgs
 from .jump import JumpOpener
 from .maintenance import Maintainer
 from .session import Session
+from .warm import Warmer
 
 log = logging.getLogger("pooled_ssh.daemon")
 
@@ -99,6 +100,7 @@ class Daemon:
         self.connector = Connector(tunnel=jump)
         self.pool: Pool[PooledTransport] = Pool(self.connector, on_event=self._event)
         jump.attach(self.pool)
+        self.warmer = Warmer()
         self.stopping = threading.Event()
         #: Set by maintenance when the daemon has held nothing for idle_exit; the accept loop acts on it.
         self.idle_exit_due = threading.Event()

@@ -61,7 +61,15 @@ class Binding:
     daemon: Daemon
 
     def lease(self) -> Lease[PooledTransport]:
+        """A transport for a request; a warm handshake's failure that nobody was told yet comes first."""
+        failed = self.daemon.warmer.failure(self.key)
+        if failed is not None:
+            raise failed
         return self.daemon.pool.acquire(self.key, self.settings, Target(self.spec, self.settings))
+
+    def open_warm(self) -> None:
+        """Open the transport a warm request reserved (:mod:`.warm`), leaving it idle in the pool."""
+        self.daemon.pool.open_reserved(self.key, self.settings, Target(self.spec, self.settings))
 
 
 def _drain_before_close(conn: socket.socket) -> None:
@@ -201,6 +209,11 @@ def _fetch(session: Session, op_id: int, req: msgs.Transfer, payload: bytes) -> 
     transfer(session, op_id, req, put=False)
 
 
+def _warm(session: Session, op_id: int, req: msgs.Empty, payload: bytes) -> None:
+    session.daemon.warmer.offer(session.bound())
+    session.send(msgs.reply(msgs.Reply.OK, op_id))
+
+
 def _admin(handler: Callable[[Session, int, Any], None]) -> Callable[[Session, int, Any, bytes], None]:
     return lambda session, op_id, req, payload: handler(session, op_id, req)
 
@@ -209,6 +222,7 @@ HANDLERS: Dict[msgs.Op, Callable[[Session, int, Any, bytes], None]] = {
     msgs.Op.BIND: Session.bind,
     msgs.Op.EXEC: _exec,
     msgs.Op.XRUN: run_xrun,
+    msgs.Op.WARM: _warm,
     msgs.Op.PUT: _put,
     msgs.Op.FETCH: _fetch,
     msgs.Op.EVICT: _admin(admin.evict),

@@ -26,6 +26,14 @@ class PoolExhausted(PoolError):
     default_kind = ErrorKind.EXHAUSTED
 
 
+class WarmFailed(Exception):
+    """A warm handshake failed with ``cause``; ``told`` requests that waited for it got that error."""
+
+    def __init__(self, cause: BaseException, told: int) -> None:
+        super().__init__(str(cause))
+        self.cause, self.told = cause, told
+
+
 def _shutting_down() -> PoolError:
     return PoolError("pool daemon is shutting down", kind=ErrorKind.SHUTDOWN)
 
@@ -168,10 +176,42 @@ class Pool(Generic[C]):
             return OpenTicket.OPEN
         return None
 
-    def _open(self, kp: KeyPool[C], settings: PoolSettings, target: Any, one_off: bool = False) -> Lease[C]:
-        """Open a transport for the request; a ``one_off`` (past the limit) serves it alone and closes after."""
+    # -- warming -------------------------------------------------------------------
+
+    def reserve_warm(self, key: PoolKey, settings: PoolSettings) -> bool:
+        """Count a handshake under way for ``key`` if warming it takes nothing from anyone: the key has
+        no transport, no handshake and nobody queued, and the pool is below its cap. A request that
+        comes meanwhile waits for that handshake instead of starting its own. Whether it was counted."""
+        with self._cond:
+            kp = self._keys.get(key)
+            if kp is not None and (kp.entries or kp.connecting or kp.waiters):
+                return False
+            if settings.max_connections < 1 or (
+                self.max_transports is not None and self.transport_count() >= self.max_transports
+            ):
+                return False
+            if kp is None:
+                kp = self._keys[key] = KeyPool(key)
+            kp.connecting += 1
+            return True
+
+    def open_reserved(self, key: PoolKey, settings: PoolSettings, target: Any) -> None:
+        """Open the transport :meth:`reserve_warm` counted and leave it in the pool, idle (or handed to
+        whoever waits for it). Raises what the handshake raised; those waiting get that error too."""
+        with self._cond:
+            kp = self._keys.get(key)  # a key with a handshake under way is kept, unless the pool closed
+        if kp is None:
+            raise _shutting_down()
+        self._open(kp, settings, target, warm=True).release()
+
+    def _open(
+        self, kp: KeyPool[C], settings: PoolSettings, target: Any, one_off: bool = False, warm: bool = False
+    ) -> Lease[C]:
+        """Open a transport for the request; a ``one_off`` (past the limit) serves it alone and closes after.
+        Past the pool's cap, idle transports are closed to make room, except for warming (``warm``), whose
+        failure is :class:`WarmFailed`: it says whether requests waiting for the handshake were told."""
         key = kp.key
-        if self.max_transports is not None:
+        if not warm and self.max_transports is not None:
             excess = self.transport_count() - self.max_transports
             if excess > 0 and self.shed_idle(excess):
                 self._on_event("shed", key=key.label, over=excess)
@@ -179,6 +219,7 @@ class Pool(Generic[C]):
         try:
             conn = self._connector.connect(key, target)
         except BaseException as e:
+            told = 0
             with self._cond:
                 kp.connecting -= 1
                 self._counters.of(key)["connectFailures"] += 1
@@ -187,9 +228,12 @@ class Pool(Generic[C]):
                     # tell them now instead of letting each retry (fail2ban counts).
                     while kp.waiters:
                         kp.waiters.popleft().error = e
+                        told += 1
                 self._dispatch(kp)
                 self._forget_if_empty(kp)
                 self._cond.notify_all()
+            if warm:
+                raise WarmFailed(e, told) from e
             raise
         with self._cond:
             kp.connecting -= 1

@@ -48,6 +48,8 @@ class Op(str, Enum):
     PING = "ping"
     #: A pipelined module run through the transport's remote executor (plugin_utils/executor).
     XRUN = "xrun"
+    #: Open the bound spec's transport in the background for a later request (daemon/warm.py).
+    WARM = "warm"
     #: Frames that belong to a running exec (named by its id), never requests of their own.
     STDIN = "stdin"
     EOF = "eof"
@@ -196,6 +198,7 @@ REQUESTS: Dict[Op, Any] = {
     Op.STOP: Empty,
     Op.PING: Empty,
     Op.XRUN: XRun,
+    Op.WARM: Empty,
 }
 
 

@@ -1,0 +1,232 @@
+"""Connection warming: the pool's reservation and the daemon's bounded warm queue (daemon/warm.py).
+
+A fake connector and fake clock, as in test_pool.py; threads only where the behaviour is about
+waiting, synchronised on observable state with bounded polling and joined with a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import pytest
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon import warm
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.warm import Warmer
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool, WarmFailed
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolKey
+from test_pool import (
+    KEY,
+    TIMEOUT,
+    Env,
+    FakeClock,
+    FakeConnector,
+    Worker,
+    acquire,
+    cfg,
+    host_stats,
+    wait_until,
+    waiting,
+)
+
+OTHER = PoolKey("web2", 22, "deploy", "cred-a")
+
+
+@pytest.fixture(name="env")
+def env_fixture() -> Env:
+    clock = FakeClock()
+    connector = FakeConnector()
+    return Env(Pool(connector, clock=clock), clock, connector)
+
+
+def warm_open(env: Env, key: PoolKey = KEY) -> None:
+    assert env.pool.reserve_warm(key, cfg())
+    env.pool.open_reserved(key, cfg(), {"host": key.host})
+
+
+# -- the pool's side --------------------------------------------------------------------------
+
+
+def test_a_warmed_transport_serves_the_next_request_without_a_login(env: Env) -> None:
+    warm_open(env)
+    assert [e for e in env.pool.entries() if e.in_use == 0], "the warmed transport waits idle in the pool"
+    lease = acquire(env)
+    assert lease.hit is True and env.connector.connects == 1
+    lease.release()
+    stats = host_stats(env)
+    assert stats["poolMisses"] == 1 and stats["poolHits"] == 1, stats
+
+
+@pytest.mark.parametrize("state", ["open", "handshake", "queued", "pool_full", "no_connections"])
+def test_warming_takes_nothing_from_anyone(env: Env, state: str) -> None:
+    """Never a second transport for a key, never ahead of a queued request, never past the cap."""
+    settings = cfg()
+    held = []
+    if state == "open":
+        warm_open(env)
+    elif state == "handshake":
+        assert env.pool.reserve_warm(KEY, settings)
+    elif state == "queued":
+        settings = cfg(max_connections=1, max_channels=1)
+        held.append(acquire(env, settings=settings))
+        waiter = Worker(env, "queued", settings=settings)
+        waiter.start()
+        wait_until(lambda: waiting(env) == 1, "a queued request")
+        held.append(waiter)
+    elif state == "pool_full":
+        env.pool.max_transports = 1
+        warm_open(env, OTHER)
+    else:
+        settings = cfg(max_connections=0)
+    connects = env.connector.connects
+    try:
+        assert env.pool.reserve_warm(KEY, settings) is False
+        assert env.connector.connects == connects
+        if state == "pool_full":
+            assert len(env.pool.entries()) == 1, "warming never sheds another host's idle transport"
+    finally:
+        for item in held:
+            if isinstance(item, Worker):
+                held[0].release()
+                assert item.got.wait(TIMEOUT)
+                item.let_go.set()
+                item.join(TIMEOUT)
+
+
+def request_during_warm_handshake(env: Env, failures: List[WarmFailed]) -> Worker:
+    """A request that comes while a warm handshake (held at the connector's gate) is under way; both
+    are done when this returns. The warm handshake's failure, if any, goes to ``failures``."""
+    env.connector.gate = threading.Event()
+    assert env.pool.reserve_warm(KEY, cfg())
+
+    def open_it() -> None:
+        try:
+            env.pool.open_reserved(KEY, cfg(), {"host": "web1"})
+        except WarmFailed as e:
+            failures.append(e)
+
+    opener = threading.Thread(target=open_it, daemon=True)
+    opener.start()
+    request = Worker(env, "request")
+    request.start()
+    try:
+        wait_until(lambda: waiting(env) == 1, "the request queued behind the warm handshake")
+    finally:
+        env.connector.gate.set()
+    assert request.got.wait(TIMEOUT)
+    opener.join(TIMEOUT)
+    return request
+
+
+def test_a_request_during_a_warm_handshake_waits_for_it(env: Env) -> None:
+    failures: List[WarmFailed] = []
+    request = request_during_warm_handshake(env, failures)
+    assert not failures
+    assert request.lease is not None and request.lease.hit is True
+    assert env.connector.connects == 1, "one login for the warm open and the request"
+    request.let_go.set()
+    request.join(TIMEOUT)
+
+
+def test_a_failed_warm_handshake_says_whether_a_waiting_request_got_its_error(env: Env) -> None:
+    env.connector.error = PoolError("authentication failed", kind="auth")
+    assert env.pool.reserve_warm(KEY, cfg())
+    with pytest.raises(WarmFailed) as alone:
+        env.pool.open_reserved(KEY, cfg(), {"host": "web1"})
+    assert alone.value.told == 0 and isinstance(alone.value.cause, PoolError)
+
+    failures: List[WarmFailed] = []
+    request = request_during_warm_handshake(env, failures)
+    request.join(TIMEOUT)
+    assert isinstance(request.error, PoolError) and "authentication failed" in str(request.error)
+    assert [f.told for f in failures] == [1]
+    assert env.connector.connects == 2, "each warm handshake was one attempt, the request made none"
+
+
+def test_open_reserved_after_the_pool_closed_fails_as_a_shutdown(env: Env) -> None:
+    assert env.pool.reserve_warm(KEY, cfg())
+    env.pool.close_all()
+    with pytest.raises(PoolError, match="shutting down"):
+        env.pool.open_reserved(KEY, cfg(), {"host": "web1"})
+    assert env.connector.connects == 0
+
+
+# -- the daemon's warm queue ------------------------------------------------------------------
+
+
+@dataclass
+class FakeSpec:
+    where: str
+
+
+@dataclass
+class FakeDaemon:
+    pool: Pool
+
+
+@dataclass
+class FakeBinding:
+    """What the warmer uses of a session's Binding: its key, settings, spec, daemon and open_warm."""
+
+    key: PoolKey
+    daemon: FakeDaemon
+    settings: Any = field(default_factory=cfg)
+    spec: FakeSpec = field(default_factory=lambda: FakeSpec("127.0.0.1:22"))
+
+    def open_warm(self) -> None:
+        self.daemon.pool.open_reserved(self.key, self.settings, {"host": self.key.host})
+
+
+def binding(env: Env, key: PoolKey = KEY) -> Any:
+    return FakeBinding(key, FakeDaemon(env.pool))
+
+
+def idle(warmer: Warmer) -> bool:
+    return warmer._threads == 0  # pylint: disable=protected-access
+
+
+def test_the_warmer_opens_in_the_background_and_counts(env: Env) -> None:
+    warmer = Warmer()
+    assert warmer.offer(binding(env)) is True
+    wait_until(lambda: idle(warmer), "the warm handshake")
+    assert warmer.counters.opened == 1 and env.connector.connects == 1
+    assert warmer.offer(binding(env)) is False, "a key with a transport is left alone"
+    assert warmer.counters.skipped == 1 and env.connector.connects == 1
+
+
+def test_the_warmer_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warm, "MAX_OPENING", 1)
+    monkeypatch.setattr(warm, "MAX_QUEUED", 1)
+    env.connector.gate = threading.Event()
+    warmer = Warmer()
+    third = PoolKey("web3", 22, "deploy", "cred-a")
+    try:
+        assert warmer.offer(binding(env)) is True  # handshaking
+        assert warmer.offer(binding(env, OTHER)) is True  # queued
+        assert warmer.offer(binding(env, OTHER)) is False  # already queued
+        assert warmer.offer(binding(env, third)) is False  # the queue is full
+        wait_until(lambda: env.connector.connects == 1, "the first warm handshake")
+        assert env.connector.connects == 1, "one handshake at once"
+    finally:
+        env.connector.gate.set()
+    wait_until(lambda: idle(warmer), "the warm queue to drain")
+    assert warmer.counters.opened == 2 and warmer.counters.skipped == 2
+    assert sorted(k.host for k in env.connector.calls) == ["web1", "web2"]
+
+
+def test_a_warm_failure_goes_once_to_the_next_request_while_fresh(env: Env) -> None:
+    clock = FakeClock()
+    warmer = Warmer(clock=clock)
+    env.connector.error = PoolError("connection refused", kind="connect")
+    assert warmer.offer(binding(env)) is True
+    wait_until(lambda: idle(warmer), "the warm handshake")
+    assert warmer.counters.failed == 1
+    failure: Optional[BaseException] = warmer.failure(KEY)
+    assert isinstance(failure, PoolError) and "connection refused" in str(failure)
+    assert warmer.failure(KEY) is None, "handed out once: later requests try on their own"
+
+    assert warmer.offer(binding(env)) is True
+    wait_until(lambda: idle(warmer), "the second warm handshake")
+    clock.advance(warm.FAILURE_KEPT + 1)
+    assert warmer.failure(KEY) is None, "a stale failure is not handed out"
