@@ -4,6 +4,7 @@ for the host's next task, with real ansible-playbook, sshd and Paramiko."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from harness import pool
@@ -28,10 +29,12 @@ def test_a_task_without_a_connection_warms_its_host_for_the_next(
     inventory = fleet.write_inventory(tmp_path / "inventory.yml")
     result = runner.playbook(PLAY, inventory, "-vvvv")
     assert result.rc == 0, result.output_tail()
-    # The command found its host's transport open (or its login under way, which it waited for).
-    assert result.stdout.count("POOL reused transport") == 2, result.output_tail()
-    assert "POOL created transport" not in result.stdout
+    # The command found its host's transport open (or its login under way, which it waited for): it
+    # counts as that command's login (a new transport for it), made ahead of it.
     assert result.stdout.count("POOL asked the daemon to open the transport for the host's next task") == 2
+    assert result.stdout.count("POOL created transport") == 2, result.output_tail()
+    log = (Path(pool_dir) / "daemon.log").read_text()
+    assert log.count("warmed key=") == 2 and log.count("created key=") == 2, log
     for host in fleet:
         assert host.accepted_count() == 1, host.log_tail()
     warm = pool.status(collections_root, pool_dir)["daemon"]["warm"]
@@ -51,6 +54,7 @@ def test_warm_transports_off_opens_only_for_requests(make_fleet, make_runner, tm
     assert result.rc == 0, result.output_tail()
     assert result.stdout.count("POOL created transport") == 2, result.output_tail()
     assert "POOL asked the daemon" not in result.stdout
+    assert "warmed key=" not in (Path(pool_dir) / "daemon.log").read_text()
     assert pool.status(collections_root, pool_dir)["daemon"]["warm"] == {"opened": 0, "failed": 0, "skipped": 0}
 
 

@@ -87,8 +87,9 @@ class Pool(Generic[C]):
                 counters["waitSeconds"] += waited
             if isinstance(grant, Lease):
                 grant.waited = waited
-                self._counters.of(key)["poolHits"] += 1
-                self._on_event("reused", key=key.label, transport=grant.entry.id)
+                # A transport opened ahead (warming) counts as this request's login, not as a reuse.
+                self._counters.of(key)["poolHits" if grant.hit else "poolMisses"] += 1
+                self._on_event("reused" if grant.hit else "created", key=key.label, transport=grant.entry.id)
                 return grant
         return self._open(kp, settings, target, one_off=grant is OpenTicket.DIRECT)
 
@@ -164,7 +165,8 @@ class Pool(Generic[C]):
             best.settings = settings
             if best.opened >= settings.max_transport_channels:
                 best.retire = True
-            return Lease(self, best, hit=True, settings=settings)
+            hit, best.ahead = not best.ahead, False
+            return Lease(self, best, hit=hit, settings=settings)
         # A handshake already under way will bring room for several requests: wait for it
         # rather than pay another handshake (and another MaxStartups slot).
         # Demand counts the request being served: queued (from _dispatch) or not (empty queue).
@@ -251,14 +253,16 @@ class Pool(Generic[C]):
                     in_use=1,
                     opened=1,
                     retire=one_off,
+                    ahead=warm,
                 )
                 kp.entries.append(entry)
                 counters = self._counters.of(key)
-                counters["poolMisses"] += 1
+                if not warm:  # counted when its first request takes it
+                    counters["poolMisses"] += 1
                 if one_off:
                     counters["directConnections"] += 1
                 counters["peakConnections"] = max(counters["peakConnections"], len(kp.entries))
-                self._on_event("created", key=key.label, transport=entry.id)
+                self._on_event("warmed" if warm else "created", key=key.label, transport=entry.id)
                 self._dispatch(kp)
                 return Lease(self, entry, hit=False, settings=settings, waited=0.0)
         # close_all() ran during the handshake: nobody may use this transport.

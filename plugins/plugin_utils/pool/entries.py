@@ -55,6 +55,8 @@ class Entry(Generic[C]):
     opened: int = 0
     dead: bool = False
     retire: bool = False
+    #: Opened by warming and not used yet: its first lease is the request's login (a pool miss).
+    ahead: bool = False
     checking: bool = False
     last_checked: float = 0.0
     #: When the idle sweep last looked at it (sweeps come every ``settings.cleanup_interval``).
