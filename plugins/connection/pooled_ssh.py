@@ -349,10 +349,12 @@ options:
       - When a task needs no connection to its host (C(set_fact), C(assert), a role's argument validation)
         and that host has no pooled transport yet, ask the pool daemon to open one in the background, with
         the task's own options for that host, so that the host's next module finds it open instead of
-        paying the login then. Bounded (8 logins at once; never past the pool's limits; a key with a
-        transport or a login under way is left alone). A warm login that fails is not retried, and the host's
-        next request reports that failure as its own; a wrong password costs one attempt, as without
-        warming. V(false) opens transports only for requests.
+        paying the login then. Bounded (8 logins at once, 256 waiting; never past the pool's limits; a host
+        with a transport, a login under way or a queued request is left alone). It adds no login attempt,
+        a failed warm login is remembered as any failed login is, and that host is not warmed again for
+        60 seconds. Not done for hosts reached through O(proxy_jump), nor with O(ssh_config_file) (reading
+        it would cost each such task about 0.1 s). A host is logged in to even if its later tasks do not
+        run (a failed C(assert), C(meta) C(end_host)). V(false) opens transports only for requests.
     type: bool
     default: true
     env:
@@ -535,6 +537,7 @@ if TYPE_CHECKING:  # the modules as mypy finds them; at run time under their one
         daemon_settings,
         pool_settings,
         remote_executor_enabled,
+        terminal_size,
     )
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.bootstrap import load as _load
     from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import (
@@ -567,7 +570,7 @@ else:
         ErrorKind = _errors.ErrorKind
         OptionError, connection_spec = _options.OptionError, _options.connection_spec
         daemon_settings, pool_settings = _options.daemon_settings, _options.pool_settings
-        remote_executor_enabled = _options.remote_executor_enabled
+        remote_executor_enabled, terminal_size = _options.remote_executor_enabled, _options.terminal_size
 
 display = Display()
 
@@ -651,14 +654,6 @@ def _pool_client() -> Any:
         return _load("_client")
     except ImportError as e:  # pragma: no cover - a broken install
         raise AnsibleError(f"pooled_ssh cannot load its controller code: {e}") from e
-
-
-def _int_env(name: str) -> int:
-    """A terminal size from the environment, as paramiko_ssh passed it to ``get_pty``; 0 when unset or bad."""
-    try:
-        return max(0, int(os.environ.get(name, "0")))
-    except ValueError:
-        return 0
 
 
 def _pool_event(started: dict[str, Any]) -> str:
@@ -775,12 +770,13 @@ class Connection(ConnectionBase):
 
     def _warm_unused(self) -> None:
         """A worker whose task never connected has the daemon open its host's transport for the
-        host's next task (``warm_transports``; ``daemon/warm.py``). Only a speed-up: nothing is reported."""
+        host's next task (``warm_transports``; ``daemon/warm.py``). Only a speed-up: nothing is reported.
+        Not with ``ssh_config_file``: reading it would cost a task that needs no connection ~0.1 s."""
         opening = self._opening
         if self._client is not None or opening is None:
             return
         try:
-            if not self.get_option("warm_transports"):
+            if not self.get_option("warm_transports") or self.get_option("ssh_config_file"):
                 return
             request = self._request()
         except (AnsibleError, KeyError):
@@ -928,8 +924,8 @@ class Connection(ConnectionBase):
             command_timeout=self.get_option("command_timeout"),
             pty=bool(self.get_option("pty") and sudoable and not in_data),
             term=os.getenv("TERM", "vt100"),
-            width=_int_env("COLUMNS"),
-            height=_int_env("LINES"),
+            width=terminal_size("COLUMNS"),
+            height=terminal_size("LINES"),
         )
 
     def _examine_become(self, pending: bytes, awaiting_prompt: bool, become: BecomeBase) -> tuple[bytes, bool, bool]:
@@ -1012,8 +1008,12 @@ class Connection(ConnectionBase):
 
     def close(self) -> None:
         """Release the worker's link to the pool; the transports stay pooled."""
-        self._warm_unused()
-        self._opened()
+        try:
+            self._warm_unused()
+        except Exception as e:  # only a speed-up: closing goes on
+            display.vvvv(f"POOL did not ask for the host's transport ahead: {e}", host=self._host)
+        finally:
+            self._opened()
         if self._client is not None:
             self._client.close()
             self._client = None

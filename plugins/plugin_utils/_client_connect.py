@@ -263,16 +263,16 @@ def warm(sock: socket.socket, conn: Dict[str, object], pool: Dict[str, object]) 
     """Ask the daemon to open ``conn``'s transport in the background (this worker's task needed
     none; the host's next one will): hello, bind and warm in one write, then their three replies,
     so that the daemon has the request before the socket closes. Whether it took it; never raises."""
-    frames = [
-        proto.encode({"op": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()}),
-        proto.encode({"op": "bind", "id": 1, "conn": conn, "pool": pool}),
-        proto.encode({"op": "warm", "id": 2}),
-    ]
     deadline = time.monotonic() + WARM_REPLY
     try:
+        frames = [
+            proto.encode({"op": "hello", "version": proto.PROTOCOL_VERSION, "pid": os.getpid()}),
+            proto.encode({"op": "bind", "id": 1, "conn": conn, "pool": pool}),
+            proto.encode({"op": "warm", "id": 2}),
+        ]
         sock.settimeout(WARM_REPLY)
         sock.sendall(b"".join(frames))
         replies = [proto.recv_frame(sock, deadline=deadline)[0] for _frame in frames]
-    except (OSError, proto.ProtocolError):
+    except (OSError, ValueError, TypeError, proto.ProtocolError):  # TypeError: a value JSON cannot hold
         return False
     return [r.get("t") for r in replies] == ["hello", "bound", "ok"]

@@ -8,7 +8,7 @@ DOCUMENTATION and doc fragment as YAML, while DIGEST is that of those two texts
 
 from __future__ import annotations
 
-DIGEST = "aa511de59f239d3c08073c42f4c1e47739ddea33e232581d4710055be92d8a2b"
+DIGEST = "961f210bb4e179ba347abfd10086e54f5bc89d5afc418b7725274da56e522ae0"
 PARSED = (
     '{"fragment":{"options":{"cleanup_interval":{"description":["Seconds between two idle sweeps of a tra'
     'nsport, which close it once O(idle_timeout) has passed (the daemon looks once a second, so less than'
@@ -237,10 +237,13 @@ PARSED = (
     'ts":{"default":true,"description":["When a task needs no connection to its host (C(set_fact), C(asse'
     "rt), a role's argument validation) and that host has no pooled transport yet, ask the pool daemon to"
     " open one in the background, with the task's own options for that host, so that the host's next modu"
-    "le finds it open instead of paying the login then. Bounded (8 logins at once; never past the pool's "
-    'limits; a key with a transport or a login under way is left alone). A warm login that fails is not r'
-    "etried, and the host's next request reports that failure as its own; a wrong password costs one atte"
-    'mpt, as without warming. V(false) opens transports only for requests."],"env":[{"name":"ANSIBLE_POOL'
-    'ED_SSH_WARM_TRANSPORTS"}],"ini":[{"key":"warm_transports","section":"pooled_ssh_connection"}],"type"'
-    ':"bool","vars":[{"name":"ansible_pooled_ssh_warm_transports"}]}}}'
+    'le finds it open instead of paying the login then. Bounded (8 logins at once, 256 waiting; never pas'
+    "t the pool's limits; a host with a transport, a login under way or a queued request is left alone). "
+    'It adds no login attempt, a failed warm login is remembered as any failed login is, and that host is'
+    ' not warmed again for 60 seconds. Not done for hosts reached through O(proxy_jump), nor with O(ssh_c'
+    'onfig_file) (reading it would cost each such task about 0.1 s). A host is logged in to even if its l'
+    'ater tasks do not run (a failed C(assert), C(meta) C(end_host)). V(false) opens transports only for '
+    'requests."],"env":[{"name":"ANSIBLE_POOLED_SSH_WARM_TRANSPORTS"}],"ini":[{"key":"warm_transports","s'
+    'ection":"pooled_ssh_connection"}],"type":"bool","vars":[{"name":"ansible_pooled_ssh_warm_transports"'
+    '}]}}}'
 )

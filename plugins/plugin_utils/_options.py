@@ -310,3 +310,12 @@ def expand_proxy_command(command: str, addr: str, port: int, user: str) -> str:
     values = {"%": "%", "h": addr, "p": str(port), "r": user}
     expanded: List[str] = [_PROXY_TOKEN.sub(lambda m: values[m.group(1)], arg) for arg in argv]
     return shlex.join(expanded)
+
+
+def terminal_size(name: str, environ: Optional[Mapping[str, str]] = None) -> int:
+    """A terminal size from the environment (``COLUMNS``, ``LINES``), as paramiko_ssh passed it to
+    ``get_pty``; 0 when unset or bad."""
+    try:
+        return max(0, int((os.environ if environ is None else environ).get(name, "0")))
+    except ValueError:
+        return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from ..errors import ErrorKind, PoolError
-from ..pool.entries import Lease
+from ..pool.entries import Lease, Reservation
 from ..pool.settings import PoolKey, PoolSettings
 from ..ssh.connect import Target
 from ..ssh.transport import PooledTransport
@@ -61,15 +61,11 @@ class Binding:
     daemon: Daemon
 
     def lease(self) -> Lease[PooledTransport]:
-        """A transport for a request; a warm handshake's failure that nobody was told yet comes first."""
-        failed = self.daemon.warmer.failure(self.key)
-        if failed is not None:
-            raise failed
         return self.daemon.pool.acquire(self.key, self.settings, Target(self.spec, self.settings))
 
-    def open_warm(self) -> None:
+    def open_warm(self, reservation: Reservation[PooledTransport]) -> None:
         """Open the transport a warm request reserved (:mod:`.warm`), leaving it idle in the pool."""
-        self.daemon.pool.open_reserved(self.key, self.settings, Target(self.spec, self.settings))
+        self.daemon.pool.open_reserved(reservation, self.settings, Target(self.spec, self.settings))
 
 
 def _drain_before_close(conn: socket.socket) -> None:

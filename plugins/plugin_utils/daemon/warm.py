@@ -11,13 +11,15 @@ logins then overlap that task and the first wave's modules instead of each wave'
 Bounded, and it takes nothing from anyone: a key is warmed only when it has no transport, no
 handshake under way and nobody queued, and the pool is below its transport cap (nothing is shed for
 it); at most :data:`MAX_OPENING` warm handshakes at once and :data:`MAX_QUEUED` waiting, the rest
-dropped. Credentials go only where the task's own options send them: the spec is the one its worker
-bound, for its own (or delegated) host.
+dropped. A request that comes during a warm handshake waits for it, whatever its ``on_exhausted``.
+Credentials go only where the task's own options send them: the spec is the one its worker bound, for
+its own (or delegated) host. Not warmed: a spec with ``proxy_jump`` (its bastions' transports are a
+request's to open, under that request's limits).
 
-A warm handshake that fails is not retried and not reported to anyone then: the next request of that
-key is given that failure, once and if it comes within :data:`FAILURE_KEPT` seconds, as if it had
-failed itself, so a wrong password costs one login attempt per task as it would without warming
-(account lockouts, fail2ban). Later requests try on their own.
+A warm handshake adds no login attempt: it goes through the same connector as a request, whose
+memory of a failed login (``ssh/connect.py``) answers the host's next request without knocking again,
+and a key whose warm handshake failed is not warmed again for :data:`FAILURE_KEPT` seconds, however
+many tasks without a connection come (a host that is down is not knocked at by each of them).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional
 
 from ..errors import PoolError
-from ..pool.core import WarmFailed
+from ..pool.entries import Reservation
 from ..pool.settings import PoolKey
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ log = logging.getLogger("pooled_ssh.daemon")
 MAX_OPENING = 8
 #: Warm requests waiting for a free handshake; past it they are dropped.
 MAX_QUEUED = 256
-#: How long a warm handshake's failure waits for the key's next request.
+#: How long a key whose warm handshake failed is not warmed again (seconds).
 FAILURE_KEPT = 60.0
 
 
@@ -52,7 +54,7 @@ class WarmCounters:
 
     #: Transports opened ahead of their first request.
     opened: int = 0
-    #: Warm handshakes that failed (their failure went to the key's next request, if it came soon).
+    #: Warm handshakes that failed (the key is not warmed again for FAILURE_KEPT seconds).
     failed: int = 0
     #: Warm requests with nothing to do (a transport or handshake there already, the pool full, the queue full).
     skipped: int = 0
@@ -68,7 +70,8 @@ class Warmer:
         self._queue: Deque[Binding] = collections.deque()
         self._queued: Dict[PoolKey, Binding] = {}
         self._threads = 0
-        self._failures: Dict[PoolKey, Tuple[float, BaseException]] = {}
+        #: When each key's last warm handshake failed.
+        self._failed: Dict[PoolKey, float] = {}
 
     def offer(self, binding: Binding) -> bool:
         """Warm ``binding``'s key unless there is nothing to do or no room; whether it was taken.
@@ -76,64 +79,74 @@ class Warmer:
         A handshake started here is counted in the pool before this returns, so a request for the key
         that comes next waits for it rather than opening another."""
         with self._lock:
-            if binding.key in self._queued or len(self._queue) >= MAX_QUEUED:
+            if (
+                binding.key in self._queued
+                or len(self._queue) >= MAX_QUEUED
+                or binding.spec.proxy_jump
+                or self._failed_lately(binding.key)
+            ):
                 self.counters.skipped += 1
                 return False
-            if self._threads < MAX_OPENING:
-                if not binding.daemon.pool.reserve_warm(binding.key, binding.settings):
-                    self.counters.skipped += 1
-                    return False
-                self._threads += 1
-                threading.Thread(target=self._work, args=(binding, True), name="pooled_ssh-warm", daemon=True).start()
+            if self._threads >= MAX_OPENING:
+                self._queue.append(binding)
+                self._queued[binding.key] = binding
                 return True
-            self._queue.append(binding)
-            self._queued[binding.key] = binding
+            reservation = binding.daemon.pool.reserve_warm(binding.key, binding.settings)
+            if reservation is None:
+                self.counters.skipped += 1
+                return False
+            self._threads += 1
+            try:
+                threading.Thread(
+                    target=self._work, args=(binding, reservation), name="pooled_ssh-warm", daemon=True
+                ).start()
+            except RuntimeError:  # no thread to be had: nothing held, nothing warmed
+                self._threads -= 1
+                binding.daemon.pool.cancel_reserved(reservation)
+                self.counters.skipped += 1
+                return False
             return True
 
-    def failure(self, key: PoolKey) -> Optional[BaseException]:
-        """The failure of the key's warm handshake, handed out once and only while fresh."""
-        with self._lock:
-            kept = self._failures.pop(key, None)
-        if kept is None or self._clock() - kept[0] > FAILURE_KEPT:
-            return None
-        return kept[1]
+    def _failed_lately(self, key: PoolKey) -> bool:
+        """Whether the key's last warm handshake failed within FAILURE_KEPT (call under the lock)."""
+        now = self._clock()
+        for old in [k for k, at in self._failed.items() if now - at > FAILURE_KEPT]:
+            del self._failed[old]
+        return key in self._failed
 
-    def _work(self, binding: Binding, reserved: bool) -> None:
+    def _work(self, binding: Binding, reservation: Optional[Reservation[Any]]) -> None:
         current: Optional[Binding] = binding
         while current is not None:
-            self._open(current, reserved)
+            self._open(current, reservation)
+            reservation = None
             with self._lock:
                 current = self._queue.popleft() if self._queue else None
                 if current is None:
                     self._threads -= 1
                 else:
                     del self._queued[current.key]
-            reserved = False
 
-    def _open(self, binding: Binding, reserved: bool) -> None:
+    def _open(self, binding: Binding, reservation: Optional[Reservation[Any]]) -> None:
         pool = binding.daemon.pool
-        if not reserved and not pool.reserve_warm(binding.key, binding.settings):
-            with self._lock:
-                self.counters.skipped += 1
-            return
+        if reservation is None:
+            reservation = pool.reserve_warm(binding.key, binding.settings)
+            if reservation is None:
+                with self._lock:
+                    self.counters.skipped += 1
+                return
         try:
-            binding.open_warm()
-        except WarmFailed as e:
-            log.info("%s: warm open failed: %s", binding.spec.where, e.cause)
+            binding.open_warm(reservation)
+        except Exception as e:  # the connector's errors, the pool's shutdown, or a bug: warming only
+            if not isinstance(e, PoolError):
+                log.exception("%s: warm open failed", binding.spec.where)
+            else:
+                log.info("%s: warm open failed: %s", binding.spec.where, e)
             with self._lock:
                 self.counters.failed += 1
-                self._forget_old_failures()
-                if not e.told:  # nobody waited for it: the key's next request gets it
-                    self._failures[binding.key] = (self._clock(), e.cause)
+                self._failed[binding.key] = self._clock()
             return
-        except PoolError as e:  # the pool closed before the handshake began
-            log.debug("%s: not warmed: %s", binding.spec.where, e)
-            return
+        finally:
+            pool.cancel_reserved(reservation)  # nothing when the handshake settled it
         with self._lock:
             self.counters.opened += 1
         log.debug("%s: transport opened ahead of its first request", binding.spec.where)
-
-    def _forget_old_failures(self) -> None:
-        now = self._clock()
-        for key in [k for k, (at, _e) in self._failures.items() if now - at > FAILURE_KEPT]:
-            del self._failures[key]

@@ -18,20 +18,12 @@ from typing import Any, Callable, Dict, Generic, List, Optional, Tuple
 
 from ..errors import ErrorKind, PoolError
 from . import stats as _stats
-from .entries import C, Connector, Entry, Grant, KeyPool, Lease, OpenTicket, Waiter
+from .entries import C, Connector, Entry, Grant, KeyPool, Lease, OpenTicket, Reservation, Waiter
 from .settings import OnExhausted, PoolKey, PoolSettings
 
 
 class PoolExhausted(PoolError):
     default_kind = ErrorKind.EXHAUSTED
-
-
-class WarmFailed(Exception):
-    """A warm handshake failed with ``cause``; ``told`` requests that waited for it got that error."""
-
-    def __init__(self, cause: BaseException, told: int) -> None:
-        super().__init__(str(cause))
-        self.cause, self.told = cause, told
 
 
 def _shutting_down() -> PoolError:
@@ -73,7 +65,8 @@ class Pool(Generic[C]):
                 kp = self._keys[key] = KeyPool(key)
             grant = None if kp.waiters else self._try_take(kp, settings)
             waited = 0.0
-            if grant is None and self._at_limit(kp, settings):
+            # A warm handshake is this request's own login, made ahead: wait for it, whatever on_exhausted says.
+            if grant is None and self._at_limit(kp, settings) and not kp.warming:
                 if settings.on_exhausted is OnExhausted.FAIL:
                     raise self._exhausted(kp, settings, "on_exhausted is fail")
                 if settings.on_exhausted is OnExhausted.DIRECT:
@@ -168,10 +161,11 @@ class Pool(Generic[C]):
             hit, best.ahead = not best.ahead, False
             return Lease(self, best, hit=hit, settings=settings)
         # A handshake already under way will bring room for several requests: wait for it
-        # rather than pay another handshake (and another MaxStartups slot).
+        # rather than pay another handshake (and another MaxStartups slot). One serves its opener and
+        # the rest of its channels; a warm one, opened for nobody, all of them.
         # Demand counts the request being served: queued (from _dispatch) or not (empty queue).
         demand = max(len(kp.waiters), 1)
-        if kp.connecting and demand <= kp.connecting * (kp.channel_limit(settings) - 1):
+        if kp.connecting and demand <= kp.connecting * (kp.channel_limit(settings) - 1) + kp.warming:
             return None
         if len(kp.entries) + kp.connecting < settings.max_connections:
             kp.connecting += 1
@@ -180,39 +174,65 @@ class Pool(Generic[C]):
 
     # -- warming -------------------------------------------------------------------
 
-    def reserve_warm(self, key: PoolKey, settings: PoolSettings) -> bool:
+    def reserve_warm(self, key: PoolKey, settings: PoolSettings) -> Optional[Reservation[C]]:
         """Count a handshake under way for ``key`` if warming it takes nothing from anyone: the key has
-        no transport, no handshake and nobody queued, and the pool is below its cap. A request that
-        comes meanwhile waits for that handshake instead of starting its own. Whether it was counted."""
+        no transport, no handshake and nobody queued, and the pool is below its cap. Requests that come
+        meanwhile wait for that handshake (it serves as many as a transport takes) instead of starting
+        their own, or failing at ``max_connections``. None: nothing to do."""
         with self._cond:
             kp = self._keys.get(key)
             if kp is not None and (kp.entries or kp.connecting or kp.waiters):
-                return False
+                return None
             if settings.max_connections < 1 or (
                 self.max_transports is not None and self.transport_count() >= self.max_transports
             ):
-                return False
+                return None
             if kp is None:
                 kp = self._keys[key] = KeyPool(key)
             kp.connecting += 1
-            return True
+            kp.warming += 1
+            return Reservation(kp)
 
-    def open_reserved(self, key: PoolKey, settings: PoolSettings, target: Any) -> None:
+    def open_reserved(self, reservation: Reservation[C], settings: PoolSettings, target: Any) -> None:
         """Open the transport :meth:`reserve_warm` counted and leave it in the pool, idle (or handed to
         whoever waits for it). Raises what the handshake raised; those waiting get that error too."""
         with self._cond:
-            kp = self._keys.get(key)  # a key with a handshake under way is kept, unless the pool closed
-        if kp is None:
+            closed = self._keys.get(reservation.kp.key) is not reservation.kp  # close_all ran meanwhile
+        if closed:
+            self.cancel_reserved(reservation)
             raise _shutting_down()
-        self._open(kp, settings, target, warm=True).release()
+        self._open(reservation.kp, settings, target, reservation=reservation)
+
+    def cancel_reserved(self, reservation: Reservation[C]) -> None:
+        """Give a reservation back unused (a thread that could not start, a bug): nobody waits for it."""
+        with self._cond:
+            if reservation.settled:
+                return
+            self._settle(reservation.kp, reservation)
+            self._dispatch(reservation.kp)
+            self._forget_if_empty(reservation.kp)
+            self._cond.notify_all()
+
+    @staticmethod
+    def _settle(kp: KeyPool[C], reservation: Optional[Reservation[C]]) -> None:
+        """A handshake counted in ``kp`` is over (call under the lock)."""
+        kp.connecting -= 1
+        if reservation is not None and not reservation.settled:
+            reservation.settled = True
+            kp.warming -= 1
 
     def _open(
-        self, kp: KeyPool[C], settings: PoolSettings, target: Any, one_off: bool = False, warm: bool = False
+        self,
+        kp: KeyPool[C],
+        settings: PoolSettings,
+        target: Any,
+        one_off: bool = False,
+        reservation: Optional[Reservation[C]] = None,
     ) -> Lease[C]:
         """Open a transport for the request; a ``one_off`` (past the limit) serves it alone and closes after.
-        Past the pool's cap, idle transports are closed to make room, except for warming (``warm``), whose
-        failure is :class:`WarmFailed`: it says whether requests waiting for the handshake were told."""
+        Past the pool's cap, idle transports are closed to make room, except for warming (``reservation``)."""
         key = kp.key
+        warm = reservation is not None
         if not warm and self.max_transports is not None:
             excess = self.transport_count() - self.max_transports
             if excess > 0 and self.shed_idle(excess):
@@ -221,24 +241,20 @@ class Pool(Generic[C]):
         try:
             conn = self._connector.connect(key, target)
         except BaseException as e:
-            told = 0
             with self._cond:
-                kp.connecting -= 1
+                self._settle(kp, reservation)
                 self._counters.of(key)["connectFailures"] += 1
                 if not kp.connecting and not any(en.usable for en in kp.entries):
                     # Everyone queued behind this handshake would fail the same way:
                     # tell them now instead of letting each retry (fail2ban counts).
                     while kp.waiters:
                         kp.waiters.popleft().error = e
-                        told += 1
                 self._dispatch(kp)
                 self._forget_if_empty(kp)
                 self._cond.notify_all()
-            if warm:
-                raise WarmFailed(e, told) from e
             raise
         with self._cond:
-            kp.connecting -= 1
+            self._settle(kp, reservation)
             if self._keys.get(key) is kp:
                 now = self._clock()
                 entry = Entry(
@@ -250,8 +266,8 @@ class Pool(Generic[C]):
                     last_swept=now,
                     max_channels=kp.channel_limit(settings),
                     settings=settings,
-                    in_use=1,
-                    opened=1,
+                    in_use=0 if warm else 1,  # a warm one goes to the pool idle: waiters take it now
+                    opened=0 if warm else 1,
                     retire=one_off,
                     ahead=warm,
                 )
@@ -264,7 +280,7 @@ class Pool(Generic[C]):
                 counters["peakConnections"] = max(counters["peakConnections"], len(kp.entries))
                 self._on_event("warmed" if warm else "created", key=key.label, transport=entry.id)
                 self._dispatch(kp)
-                return Lease(self, entry, hit=False, settings=settings, waited=0.0)
+                return Lease(self, entry, hit=False, settings=settings, waited=0.0, released=warm)
         # close_all() ran during the handshake: nobody may use this transport.
         self._close(Entry(key=key, conn=conn, created=0.0, last_used=0.0, max_channels=0), "shutdown")
         raise _shutting_down()

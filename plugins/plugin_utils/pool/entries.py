@@ -86,6 +86,14 @@ class Lease(Generic[C]):
         self.pool.release(self, broken=broken, refused=refused)
 
 
+@dataclass
+class Reservation(Generic[C]):
+    """A warm handshake counted in its key's pool until the handshake ends or it is given back."""
+
+    kp: KeyPool[C]
+    settled: bool = False
+
+
 class OpenTicket(Enum):
     """A grant that is not a lease: permission to open a new transport for the key (``DIRECT``: a
     one-off past ``max_connections``, for ``on_exhausted: direct``)."""
@@ -116,6 +124,8 @@ class KeyPool(Generic[C]):
     entries: List[Entry[C]] = field(default_factory=list)
     waiters: Deque[Waiter[C]] = field(default_factory=deque)
     connecting: int = 0
+    #: Of those, the warm handshakes (Pool.reserve_warm): opened for whoever comes first.
+    warming: int = 0
     #: The server's real MaxSessions once a refused channel has taught it to us.
     learned_max_channels: Optional[int] = None
 

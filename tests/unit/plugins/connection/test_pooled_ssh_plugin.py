@@ -794,3 +794,66 @@ def test_a_worker_that_never_connects_imports_no_client(collections_root: Path) 
         "healer_pooled_ssh.wire.messages",
         "healer_pooled_ssh._client_connect",
     ]
+
+
+# -- connection warming (a worker whose task never connected) ------------------------------
+
+
+class HeldSocket:
+    """Stands in for the early socket's thread: already connected, to the test's end of a socket pair."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.pool_dir = sock, "unused"
+
+    def join(self) -> None:
+        pass
+
+
+def unused_connection(make_conn: Callable[..., Any], **var_options: Any) -> Tuple[Any, Any, Any]:
+    """A connection whose task never connected, its early socket and the daemon's end of it."""
+    import socket
+
+    conn = make_conn(var_options or None)
+    ours, daemon = socket.socketpair()
+    daemon.settimeout(10)
+    conn._opening = HeldSocket(ours)
+    return conn, ours, daemon
+
+
+def test_a_worker_that_never_connected_asks_for_its_host_ahead(
+    make_conn: Callable[..., Any], plugin_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugin_module._client_connect, "WARM_REPLY", 0.2)  # the test's daemon never answers
+    conn, ours, daemon = unused_connection(make_conn)
+    conn.close()
+    proto = plugin_module._client_connect.proto
+    got = [proto.recv_frame(daemon)[0] for _frame in range(3)]
+    assert [m["op"] for m in got] == ["hello", "bind", "warm"]
+    assert got[1]["conn"]["addr"] == "192.0.2.10" and got[1]["conn"]["user"] == "deploy"
+    assert ours.fileno() == -1, "the early socket is closed, answered or not"
+    assert conn._opening is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"ansible_pooled_ssh_warm_transports": False}, {"ansible_pooled_ssh_ssh_config_file": "/nonexistent/config"}],
+)
+def test_no_warm_request_when_off_or_with_an_ssh_config(make_conn: Callable[..., Any], options: Dict[str, Any]) -> None:
+    conn, ours, daemon = unused_connection(make_conn, **options)
+    conn.close()
+    assert daemon.recv(1) == b"", "nothing was sent before the socket closed"
+    assert ours.fileno() == -1
+
+
+def test_a_failure_while_asking_ahead_still_closes_the_socket(
+    make_conn: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, ours, daemon = unused_connection(make_conn)
+
+    def unreadable() -> Dict[str, Any]:
+        raise PermissionError("ssh config not readable")
+
+    monkeypatch.setattr(conn, "_request", unreadable)
+    conn.close()  # never raises: warming is only a speed-up
+    assert daemon.recv(1) == b""
+    assert ours.fileno() == -1 and conn._opening is None

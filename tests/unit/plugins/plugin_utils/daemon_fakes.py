@@ -8,6 +8,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.session import Session
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.warm import Warmer
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolKey
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.ssh.connect import AuthFailures, Target
@@ -47,6 +48,7 @@ class FakeDaemon:
         self.socket_path = "pool.sock"
         self.connector = FakeConnector(server)
         self.pool: Pool[PooledTransport] = Pool(self.connector)
+        self.warmer = Warmer()
 
     def client_count(self) -> int:
         return 1

@@ -133,3 +133,25 @@ def test_a_worker_gone_mid_command_gives_the_lease_back(setup: Tuple[FakeServer,
     assert reply["t"] == "started" and in_use(daemon) == 1
     worker.close()
     wait_for(lambda: in_use(daemon) == 0, "the channel to be given back")
+
+
+def test_warm_through_a_session_opens_the_transport_the_next_exec_takes(
+    setup: Tuple[FakeServer, FakeDaemon, Path],
+) -> None:
+    """The daemon side of connection warming: bind + warm from one worker, an exec from the next."""
+    server, daemon, _remote = setup
+    warmer_worker = Worker(daemon)
+    warmer_worker.bind()
+    warmer_worker.send({"op": "warm", "id": 2})
+    assert warmer_worker.replies(2) == [({"t": "ok", "re": 2}, b"")]
+    warmer_worker.close()
+    wait_for(lambda: daemon.warmer.counters.opened == 1, "the warm handshake")
+    assert len(server.transports) == 1
+    worker = Worker(daemon)
+    worker.bind()
+    out, _err, final = worker.run(2, "echo hi")
+    assert out == b"hi\n" and final["rc"] == 0
+    assert len(server.transports) == 1, "the exec took the warmed transport: no second login"
+    stats = daemon.pool.stats()["total"]
+    assert stats["poolMisses"] == 1 and stats["poolHits"] == 0, stats
+    worker.close()

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List
 
 import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon import warm
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.warm import Warmer
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool, WarmFailed
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import PoolKey
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.entries import Reservation
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import OnExhausted, PoolKey, PoolSettings
 from test_pool import (
     KEY,
     TIMEOUT,
@@ -41,8 +42,9 @@ def env_fixture() -> Env:
 
 
 def warm_open(env: Env, key: PoolKey = KEY) -> None:
-    assert env.pool.reserve_warm(key, cfg())
-    env.pool.open_reserved(key, cfg(), {"host": key.host})
+    reservation = env.pool.reserve_warm(key, cfg())
+    assert reservation is not None
+    env.pool.open_reserved(reservation, cfg(), {"host": key.host})
 
 
 # -- the pool's side --------------------------------------------------------------------------
@@ -71,7 +73,7 @@ def test_warming_takes_nothing_from_anyone(env: Env, state: str) -> None:
     if state == "open":
         warm_open(env)
     elif state == "handshake":
-        assert env.pool.reserve_warm(KEY, settings)
+        assert env.pool.reserve_warm(KEY, settings) is not None
     elif state == "queued":
         settings = cfg(max_connections=1, max_channels=1)
         held.append(acquire(env, settings=settings))
@@ -86,7 +88,7 @@ def test_warming_takes_nothing_from_anyone(env: Env, state: str) -> None:
         settings = cfg(max_connections=0)
     connects = env.connector.connects
     try:
-        assert env.pool.reserve_warm(KEY, settings) is False
+        assert env.pool.reserve_warm(KEY, settings) is None
         assert env.connector.connects == connects
         if state == "pool_full":
             assert len(env.pool.entries()) == 1, "warming never sheds another host's idle transport"
@@ -99,21 +101,22 @@ def test_warming_takes_nothing_from_anyone(env: Env, state: str) -> None:
                 item.join(TIMEOUT)
 
 
-def request_during_warm_handshake(env: Env, failures: List[WarmFailed]) -> Worker:
-    """A request that comes while a warm handshake (held at the connector's gate) is under way; both
-    are done when this returns. The warm handshake's failure, if any, goes to ``failures``."""
+def request_during_warm_handshake(env: Env, failures: List[BaseException], settings: PoolSettings) -> Worker:
+    """A request (with ``settings``) that comes while a warm handshake, held at the connector's gate,
+    is under way; both are done when this returns. The warm handshake's error, if any, goes to ``failures``."""
     env.connector.gate = threading.Event()
-    assert env.pool.reserve_warm(KEY, cfg())
+    reservation = env.pool.reserve_warm(KEY, cfg())
+    assert reservation is not None
 
     def open_it() -> None:
         try:
-            env.pool.open_reserved(KEY, cfg(), {"host": "web1"})
-        except WarmFailed as e:
+            env.pool.open_reserved(reservation, cfg(), {"host": "web1"})
+        except PoolError as e:
             failures.append(e)
 
     opener = threading.Thread(target=open_it, daemon=True)
     opener.start()
-    request = Worker(env, "request")
+    request = Worker(env, "request", settings=settings)
     request.start()
     try:
         wait_until(lambda: waiting(env) == 1, "the request queued behind the warm handshake")
@@ -124,37 +127,54 @@ def request_during_warm_handshake(env: Env, failures: List[WarmFailed]) -> Worke
     return request
 
 
-def test_a_request_during_a_warm_handshake_waits_for_it(env: Env) -> None:
-    failures: List[WarmFailed] = []
-    request = request_during_warm_handshake(env, failures)
-    assert not failures
+@pytest.mark.parametrize(
+    "settings",
+    [
+        cfg(),
+        cfg(max_channels=1),  # a warm handshake serves a request even when a transport takes one
+        cfg(max_connections=1, on_exhausted=OnExhausted.FAIL),  # the warm login is its own: no "exhausted"
+        cfg(max_connections=1, on_exhausted=OnExhausted.DIRECT),  # and no one-off second login
+    ],
+    ids=["default", "one_channel", "max1_fail", "max1_direct"],
+)
+def test_a_request_during_a_warm_handshake_waits_for_it(env: Env, settings: PoolSettings) -> None:
+    failures: List[BaseException] = []
+    request = request_during_warm_handshake(env, failures, settings)
+    assert not failures and request.error is None, request.error
     assert request.lease is not None and request.lease.hit is False  # its login, made ahead
     assert env.connector.connects == 1, "one login for the warm open and the request"
     request.let_go.set()
     request.join(TIMEOUT)
+    assert host_stats(env)["poolMisses"] == 1 and host_stats(env).get("directConnections", 0) == 0
 
 
-def test_a_failed_warm_handshake_says_whether_a_waiting_request_got_its_error(env: Env) -> None:
+def test_a_failed_warm_handshake_fails_the_request_waiting_for_it_once(env: Env) -> None:
     env.connector.error = PoolError("authentication failed", kind="auth")
-    assert env.pool.reserve_warm(KEY, cfg())
-    with pytest.raises(WarmFailed) as alone:
-        env.pool.open_reserved(KEY, cfg(), {"host": "web1"})
-    assert alone.value.told == 0 and isinstance(alone.value.cause, PoolError)
-
-    failures: List[WarmFailed] = []
-    request = request_during_warm_handshake(env, failures)
+    failures: List[BaseException] = []
+    request = request_during_warm_handshake(env, failures, cfg())
     request.join(TIMEOUT)
     assert isinstance(request.error, PoolError) and "authentication failed" in str(request.error)
-    assert [f.told for f in failures] == [1]
-    assert env.connector.connects == 2, "each warm handshake was one attempt, the request made none"
+    assert len(failures) == 1
+    assert env.connector.connects == 1, "the request made no attempt of its own"
+    assert env.pool.is_empty()
+
+
+def test_a_reservation_given_back_leaves_nothing_behind(env: Env) -> None:
+    reservation = env.pool.reserve_warm(KEY, cfg())
+    assert isinstance(reservation, Reservation)
+    env.pool.cancel_reserved(reservation)
+    env.pool.cancel_reserved(reservation)  # twice: nothing more
+    assert env.pool.is_empty() and env.pool.transport_count() == 0
+    assert acquire(env).hit is False and env.connector.connects == 1
 
 
 def test_open_reserved_after_the_pool_closed_fails_as_a_shutdown(env: Env) -> None:
-    assert env.pool.reserve_warm(KEY, cfg())
+    reservation = env.pool.reserve_warm(KEY, cfg())
+    assert reservation is not None
     env.pool.close_all()
     with pytest.raises(PoolError, match="shutting down"):
-        env.pool.open_reserved(KEY, cfg(), {"host": "web1"})
-    assert env.connector.connects == 0
+        env.pool.open_reserved(reservation, cfg(), {"host": "web1"})
+    assert env.connector.connects == 0 and env.pool.is_empty()
 
 
 # -- the daemon's warm queue ------------------------------------------------------------------
@@ -163,6 +183,7 @@ def test_open_reserved_after_the_pool_closed_fails_as_a_shutdown(env: Env) -> No
 @dataclass
 class FakeSpec:
     where: str
+    proxy_jump: List[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -179,8 +200,8 @@ class FakeBinding:
     settings: Any = field(default_factory=cfg)
     spec: FakeSpec = field(default_factory=lambda: FakeSpec("127.0.0.1:22"))
 
-    def open_warm(self) -> None:
-        self.daemon.pool.open_reserved(self.key, self.settings, {"host": self.key.host})
+    def open_warm(self, reservation: Reservation) -> None:
+        self.daemon.pool.open_reserved(reservation, self.settings, {"host": self.key.host})
 
 
 def binding(env: Env, key: PoolKey = KEY) -> Any:
@@ -220,18 +241,53 @@ def test_the_warmer_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> Non
     assert sorted(k.host for k in env.connector.calls) == ["web1", "web2"]
 
 
-def test_a_warm_failure_goes_once_to_the_next_request_while_fresh(env: Env) -> None:
+def test_a_key_whose_warm_login_failed_is_not_warmed_again_for_a_while(env: Env) -> None:
     clock = FakeClock()
     warmer = Warmer(clock=clock)
-    env.connector.error = PoolError("connection refused", kind="connect")
-    assert warmer.offer(binding(env)) is True
-    wait_until(lambda: idle(warmer), "the warm handshake")
-    assert warmer.counters.failed == 1
-    failure: Optional[BaseException] = warmer.failure(KEY)
-    assert isinstance(failure, PoolError) and "connection refused" in str(failure)
-    assert warmer.failure(KEY) is None, "handed out once: later requests try on their own"
-
-    assert warmer.offer(binding(env)) is True
-    wait_until(lambda: idle(warmer), "the second warm handshake")
+    env.connector.error = PoolError("authentication failed", kind="auth")
+    for _task in range(3):  # three tasks without a connection on a host with a wrong password
+        warmer.offer(binding(env))
+        wait_until(lambda: idle(warmer), "the warm handshake")
+    assert env.connector.connects == 1, "one login attempt, not one per task"
+    assert warmer.counters.failed == 1 and warmer.counters.skipped == 2
     clock.advance(warm.FAILURE_KEPT + 1)
-    assert warmer.failure(KEY) is None, "a stale failure is not handed out"
+    assert warmer.offer(binding(env)) is True, "tried again once the failure is old"
+    wait_until(lambda: idle(warmer), "the warm handshake")
+    assert env.connector.connects == 2
+
+
+def test_a_jump_host_target_is_not_warmed(env: Env) -> None:
+    warmer = Warmer()
+    jumping = FakeBinding(KEY, FakeDaemon(env.pool), spec=FakeSpec("10.0.0.5:22", proxy_jump=[{"host": "bastion"}]))
+    assert warmer.offer(jumping) is False
+    assert warmer.counters.skipped == 1 and env.connector.connects == 0 and env.pool.is_empty()
+
+
+def test_no_thread_for_a_warm_handshake_gives_the_reservation_back(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(warm.threading.Thread, "start", refuse)
+    warmer = Warmer()
+    assert warmer.offer(binding(env)) is False
+    assert idle(warmer) and env.pool.is_empty()
+    monkeypatch.undo()
+    assert acquire(env).hit is False and env.connector.connects == 1, "the key opens at once, nothing held"
+
+
+def test_a_bug_in_a_warm_open_keeps_the_warmer_and_the_key_working(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warm, "MAX_OPENING", 1)
+    env.connector.gate = threading.Event()
+    broken = binding(env)
+    broken.open_warm = lambda reservation: (_ for _ in ()).throw(ValueError("a bug"))  # type: ignore[method-assign]
+    warmer = Warmer()
+    try:
+        assert warmer.offer(binding(env, OTHER)) is True  # handshaking, at the gate
+        assert warmer.offer(broken) is True  # queued behind it
+        assert warmer.offer(binding(env, PoolKey("web3", 22, "deploy", "cred-a"))) is True
+    finally:
+        env.connector.gate.set()
+    wait_until(lambda: idle(warmer), "the warm queue to drain")
+    assert warmer.counters.opened == 2 and warmer.counters.failed == 1
+    assert sorted(k.host for k in env.connector.calls) == ["web2", "web3"]
+    assert acquire(env).hit is False, "the broken key's reservation was given back: it opens at once"
