@@ -117,14 +117,26 @@ class Warmer:
     def _work(self, binding: Binding, reservation: Optional[Reservation[Any]]) -> None:
         current: Optional[Binding] = binding
         while current is not None:
-            self._open(current, reservation)
+            try:
+                self._open(current, reservation)
+            except Exception:  # a bug: this thread still serves the queue and is counted out
+                log.exception("%s: warm open failed", current.spec.where)
             reservation = None
             with self._lock:
-                current = self._queue.popleft() if self._queue else None
+                current = self._next_queued()
                 if current is None:
                     self._threads -= 1
-                else:
-                    del self._queued[current.key]
+
+    def _next_queued(self) -> Optional[Binding]:
+        """The next queued key still worth warming: one whose warm handshake failed while it waited
+        (another task queued it then) is not tried again (call under the lock)."""
+        while self._queue:
+            queued = self._queue.popleft()
+            del self._queued[queued.key]
+            if not self._failed_lately(queued.key):
+                return queued
+            self.counters.skipped += 1
+        return None
 
     def _open(self, binding: Binding, reservation: Optional[Reservation[Any]]) -> None:
         pool = binding.daemon.pool

@@ -65,8 +65,10 @@ class Pool(Generic[C]):
                 kp = self._keys[key] = KeyPool(key)
             grant = None if kp.waiters else self._try_take(kp, settings)
             waited = 0.0
-            # A warm handshake is this request's own login, made ahead: wait for it, whatever on_exhausted says.
-            if grant is None and self._at_limit(kp, settings) and not kp.warming:
+            # A warm handshake that will carry this request is its own login, made ahead: wait for it,
+            # whatever on_exhausted says. Past what the handshakes under way carry, on_exhausted applies.
+            carried = kp.warming and len(kp.waiters) < kp.connecting * (kp.channel_limit(settings) - 1) + kp.warming
+            if grant is None and self._at_limit(kp, settings) and not carried:
                 if settings.on_exhausted is OnExhausted.FAIL:
                     raise self._exhausted(kp, settings, "on_exhausted is fail")
                 if settings.on_exhausted is OnExhausted.DIRECT:

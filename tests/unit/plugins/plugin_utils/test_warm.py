@@ -14,7 +14,7 @@ import pytest
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon import warm
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.daemon.warm import Warmer
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.errors import PoolError
-from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool
+from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.core import Pool, PoolExhausted
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.entries import Reservation
 from ansible_collections.healer.pooled_ssh.plugins.plugin_utils.pool.settings import OnExhausted, PoolKey, PoolSettings
 from test_pool import (
@@ -291,3 +291,55 @@ def test_a_bug_in_a_warm_open_keeps_the_warmer_and_the_key_working(env: Env, mon
     assert warmer.counters.opened == 2 and warmer.counters.failed == 1
     assert sorted(k.host for k in env.connector.calls) == ["web2", "web3"]
     assert acquire(env).hit is False, "the broken key's reservation was given back: it opens at once"
+
+
+@pytest.mark.parametrize("mode", [OnExhausted.FAIL, OnExhausted.DIRECT])
+def test_past_what_a_warm_handshake_carries_on_exhausted_applies(env: Env, mode: OnExhausted) -> None:
+    """Max 1 transport of 1 channel: the first request waits for the warm login, the second is treated
+    as without warming (fails at once, or gets its one-off transport)."""
+    settings = cfg(max_connections=1, max_channels=1, on_exhausted=mode)
+    env.connector.gate = threading.Event()
+    reservation = env.pool.reserve_warm(KEY, settings)
+    assert reservation is not None
+    first = Worker(env, "first", settings=settings)
+    first.start()
+    try:
+        wait_until(lambda: waiting(env) == 1, "the first request queued behind the warm handshake")
+        second = Worker(env, "second", settings=settings)
+        second.start()
+        if mode is OnExhausted.FAIL:  # answered while the warm handshake is still held at the gate
+            wait_until(second.got.is_set, "the second request to fail at once")
+            assert isinstance(second.error, PoolExhausted), second.error
+        else:
+            wait_until(lambda: env.connector.connects == 1, "the second request's one-off login")
+    finally:
+        env.connector.gate.set()
+    env.pool.open_reserved(reservation, settings, {"host": "web1"})
+    assert first.got.wait(TIMEOUT) and first.error is None and first.lease is not None
+    first.let_go.set()
+    first.join(TIMEOUT)
+    if mode is OnExhausted.FAIL:
+        second.join(TIMEOUT)
+    if mode is OnExhausted.DIRECT:
+        assert second.got.wait(TIMEOUT) and second.error is None
+        second.let_go.set()
+        second.join(TIMEOUT)
+        assert env.connector.connects == 2 and host_stats(env)["directConnections"] == 1
+
+
+def test_a_key_queued_during_its_own_failing_warm_handshake_is_not_tried_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warm, "MAX_OPENING", 1)
+    env.connector.gate = threading.Event()
+    env.connector.error = PoolError("connection timed out", kind="connect")
+    warmer = Warmer()
+    try:
+        assert warmer.offer(binding(env)) is True  # handshaking, at the gate
+        wait_until(lambda: env.connector.connects == 1, "the warm handshake")
+        assert warmer.offer(binding(env)) is True  # a second task on the host: queued (threads full)
+    finally:
+        env.connector.gate.set()
+    wait_until(lambda: idle(warmer), "the warm queue to drain")
+    assert env.connector.connects == 1, "a host that failed is not knocked at again by the queued offer"
+    assert warmer.counters.failed == 1 and warmer.counters.skipped == 1
