@@ -279,7 +279,11 @@ def test_a_bug_in_a_warm_open_keeps_the_warmer_and_the_key_working(env: Env, mon
     monkeypatch.setattr(warm, "MAX_OPENING", 1)
     env.connector.gate = threading.Event()
     broken = binding(env)
-    broken.open_warm = lambda reservation: (_ for _ in ()).throw(ValueError("a bug"))  # type: ignore[method-assign]
+
+    def bug(reservation: Reservation) -> None:
+        raise ValueError("a bug")
+
+    broken.open_warm = bug  # type: ignore[method-assign]
     warmer = Warmer()
     try:
         assert warmer.offer(binding(env, OTHER)) is True  # handshaking, at the gate
