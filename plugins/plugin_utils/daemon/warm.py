@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Set
 
 from ..errors import PoolError
 from ..pool.entries import Reservation
@@ -68,7 +68,7 @@ class Warmer:
         self._clock = clock
         self._lock = threading.Lock()
         self._queue: Deque[Binding] = collections.deque()
-        self._queued: Dict[PoolKey, Binding] = {}
+        self._queued: Set[PoolKey] = set()
         self._threads = 0
         #: When each key's last warm handshake failed.
         self._failed: Dict[PoolKey, float] = {}
@@ -89,7 +89,7 @@ class Warmer:
                 return False
             if self._threads >= MAX_OPENING:
                 self._queue.append(binding)
-                self._queued[binding.key] = binding
+                self._queued.add(binding.key)
                 return True
             reservation = binding.daemon.pool.reserve_warm(binding.key, binding.settings)
             if reservation is None:
@@ -132,7 +132,7 @@ class Warmer:
         (another task queued it then) is not tried again (call under the lock)."""
         while self._queue:
             queued = self._queue.popleft()
-            del self._queued[queued.key]
+            self._queued.remove(queued.key)
             if not self._failed_lately(queued.key):
                 return queued
             self.counters.skipped += 1

@@ -67,7 +67,7 @@ class Pool(Generic[C]):
             waited = 0.0
             # A warm handshake that will carry this request is its own login, made ahead: wait for it,
             # whatever on_exhausted says. Past what the handshakes under way carry, on_exhausted applies.
-            carried = kp.warming and len(kp.waiters) < kp.connecting * (kp.channel_limit(settings) - 1) + kp.warming
+            carried = kp.warming and kp.handshakes_carry(len(kp.waiters) + 1, settings)
             if grant is None and self._at_limit(kp, settings) and not carried:
                 if settings.on_exhausted is OnExhausted.FAIL:
                     raise self._exhausted(kp, settings, "on_exhausted is fail")
@@ -163,11 +163,10 @@ class Pool(Generic[C]):
             hit, best.ahead = not best.ahead, False
             return Lease(self, best, hit=hit, settings=settings)
         # A handshake already under way will bring room for several requests: wait for it
-        # rather than pay another handshake (and another MaxStartups slot). One serves its opener and
-        # the rest of its channels; a warm one, opened for nobody, all of them.
+        # rather than pay another handshake (and another MaxStartups slot).
         # Demand counts the request being served: queued (from _dispatch) or not (empty queue).
         demand = max(len(kp.waiters), 1)
-        if kp.connecting and demand <= kp.connecting * (kp.channel_limit(settings) - 1) + kp.warming:
+        if kp.connecting and kp.handshakes_carry(demand, settings):
             return None
         if len(kp.entries) + kp.connecting < settings.max_connections:
             kp.connecting += 1

@@ -129,6 +129,11 @@ class KeyPool(Generic[C]):
     #: The server's real MaxSessions once a refused channel has taught it to us.
     learned_max_channels: Optional[int] = None
 
+    def handshakes_carry(self, demand: int, settings: PoolSettings) -> bool:
+        """Whether the handshakes under way bring room for ``demand`` requests: one serves its opener
+        and the rest of its channels; a warm one, opened for nobody, all of them."""
+        return demand <= self.connecting * (self.channel_limit(settings) - 1) + self.warming
+
     def channel_limit(self, settings: PoolSettings) -> int:
         limit = settings.max_channels
         if self.learned_max_channels is not None:
